@@ -1,0 +1,198 @@
+"""Saving and loading models, and the resume state of a run.
+
+A saved model is two files: `model.safetensors` (weights, no pickle) and `model.json` (model name
+and config, class names, normalisation, dataset and its hash, metrics, epoch, versions). Loading
+needs only these two files. The Quickstart's plain `model.pth` state dict loads too (as `mlp`,
+with `weights_only=True`). All writes are atomic.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorsError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from fmnist.atomic import atomic_path, write_text
+from fmnist.errors import CheckpointError
+from fmnist.models import build_model, clean_state_dict, model_config, model_name, unwrap
+
+WEIGHTS = "model.safetensors"
+META = "model.json"
+RESUME = "resume.pt"
+
+# What a Quickstart `model.pth` was trained on: Fashion-MNIST through ToTensor() alone.
+FASHION_CLASSES = [
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+]  # fmt: skip
+
+
+def versions() -> dict[str, str]:
+    from fmnist import __version__
+
+    return {"fmnist": __version__, "torch": torch.__version__}
+
+
+def save_model(directory: str | Path, model: nn.Module, meta: dict[str, Any]) -> Path:
+    """Write `model.safetensors` + `model.json` into `directory`; returns the weights path.
+
+    `meta` should hold at least `classes` and `normalize` ({"mean", "std"}); the model's name,
+    config and the library versions are added here.
+    """
+    directory = Path(directory)
+    model = unwrap(model)
+    full = {
+        **meta,
+        "model": model_name(model),
+        "model_config": model_config(model),
+        "versions": versions(),
+    }
+    state = {k: v.detach().cpu().contiguous() for k, v in clean_state_dict(model.state_dict()).items()}
+    weights = directory / WEIGHTS
+    with atomic_path(weights) as tmp:
+        save_file(state, str(tmp), metadata={"fmnist": json.dumps(full)})
+    write_text(directory / META, json.dumps(full, indent=2) + "\n")
+    return weights
+
+
+def resolve(path: str | Path) -> Path:
+    """The weights file a user means: a run folder, a `.safetensors`/`.json` file, or a `.pth`."""
+    p = Path(path)
+    if p.is_dir():
+        if (p / WEIGHTS).is_file():
+            return p / WEIGHTS
+        raise CheckpointError(
+            f"No checkpoint in folder {p}: expected {WEIGHTS} there "
+            "(train one with `fmnist train`, or pass a .safetensors or Quickstart .pth file)."
+        )
+    if p.suffix == ".json" and p.with_suffix(".safetensors").is_file():
+        return p.with_suffix(".safetensors")
+    if p.is_file():
+        return p
+    raise CheckpointError(
+        f"Checkpoint {p} does not exist: pass a run folder (e.g. runs/latest), "
+        "a model.safetensors file or a Quickstart model.pth."
+    )
+
+
+def load_model(
+    path: str | Path, model: str | None = None, device: str | torch.device = "cpu"
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the model saved at `path` and return it (in eval mode) with its metadata.
+
+    `model` names the architecture the caller expects: it must match a safetensors checkpoint,
+    and it picks the architecture for a Quickstart `.pth` (default `mlp`).
+    """
+    weights = resolve(path)
+    if weights.suffix in (".pth", ".pt"):
+        state = _load_pth(weights)
+        meta: dict[str, Any] = {
+            "model": model or "mlp",
+            "model_config": {},
+            "classes": FASHION_CLASSES,
+            "normalize": {"mean": 0.0, "std": 1.0},
+            "dataset": "fashion-mnist",
+            "source": "quickstart-pth",
+        }
+    else:
+        state, meta = _load_safetensors(weights)
+        if model is not None and model != meta["model"]:
+            raise CheckpointError(
+                f"Checkpoint {weights} holds a '{meta['model']}' model, not '{model}': "
+                f"drop --model or pass --model {meta['model']}."
+            )
+    net = build_model(meta["model"], meta.get("model_config"))
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as e:
+        first = str(e).splitlines()[1].strip() if "\n" in str(e) else str(e)
+        raise CheckpointError(
+            f"Checkpoint {weights} does not fit model '{meta['model']}' ({first[:200]}): "
+            "pass the --model it was trained with."
+        ) from e
+    return net.to(device).eval(), meta
+
+
+def _load_pth(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle errors, zip errors, refused globals: all mean "not a state dict"
+        raise CheckpointError(
+            f"Cannot read {path} as a PyTorch state dict ({type(e).__name__}): "
+            "expected the Quickstart's torch.save(model.state_dict(), ...) file."
+        ) from e
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path} is not a state dict of tensors.")
+    return clean_state_dict(state)
+
+
+def _load_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    try:
+        state = load_file(str(path))
+    except (SafetensorsError, OSError, ValueError) as e:
+        raise CheckpointError(f"Cannot read {path} as a safetensors file: {e}.") from e
+    meta_path = path.with_suffix(".json")
+    try:
+        if meta_path.is_file():
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        else:  # a lone weights file still carries the metadata in its header
+            from safetensors import safe_open
+
+            with safe_open(str(path), "pt") as f:
+                meta = json.loads((f.metadata() or {})["fmnist"])
+    except (KeyError, json.JSONDecodeError, OSError) as e:
+        raise CheckpointError(
+            f"Checkpoint {path} has no readable fmnist metadata ({meta_path.name} missing or "
+            "corrupt): it was not written by fmnist."
+        ) from e
+    if not isinstance(meta, dict) or "model" not in meta:
+        raise CheckpointError(f"Metadata of {path} does not name a model: it was not written by fmnist.")
+    return state, meta
+
+
+# ---- resume state: everything needed to continue a run exactly --------------------------------
+
+
+def rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_resume(directory: str | Path, state: dict[str, Any]) -> None:
+    with atomic_path(Path(directory) / RESUME) as tmp:
+        torch.save(state, tmp)
+
+
+def load_resume(directory: str | Path) -> dict[str, Any]:
+    path = Path(directory) / RESUME
+    if not path.is_file():
+        raise CheckpointError(
+            f"Cannot resume from {directory}: it has no {RESUME} (is it an fmnist run folder?)."
+        )
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"Cannot read resume state {path}: {e}.") from e

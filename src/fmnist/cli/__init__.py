@@ -1,0 +1,43 @@
+"""The `fmnist` command: a thin layer over the Python API.
+
+Each sub-command lives in its own module with `add_parser(subparsers)`; the module sets
+`func(args) -> int` on its parser. User errors (`FmnistError`) become one line on stderr and
+exit code 2; `--debug` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from fmnist.errors import FmnistError
+
+
+def get_parser() -> argparse.ArgumentParser:
+    from fmnist.cli import data, evaluate, export, predict, run, serve, train
+
+    parser = argparse.ArgumentParser(
+        prog="fmnist",
+        description="Fashion-MNIST: get the data, train, evaluate, predict, serve.",
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module in (data, train, evaluate, predict, export, serve, run):
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = get_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except FmnistError as e:
+        if getattr(args, "debug", False):
+            raise
+        print(f"fmnist: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fmnist: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,22 @@
+"""Errors a user can cause. The CLI prints their message as one sentence and exits non-zero;
+the server turns them into 4xx JSON. Anything else is a bug and keeps its traceback."""
+
+
+class FmnistError(Exception):
+    """Base class: the message says what happened and how to fix it."""
+
+
+class DatasetError(FmnistError):
+    """Dataset files missing, corrupt, or not what their spec says."""
+
+
+class CheckpointError(FmnistError):
+    """A checkpoint that is missing, unreadable, or for another architecture."""
+
+
+class ImageError(FmnistError):
+    """An input that is not a decodable image, or one too large to accept."""
+
+
+class ConfigError(FmnistError):
+    """An unknown recipe/model/dataset name or a bad option value."""

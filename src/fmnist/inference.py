@@ -1,0 +1,58 @@
+"""Batched forward passes over uint8 images: the one path shared by training-time evaluation,
+`fmnist evaluate`, the predictor and the server."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import nn
+
+
+def to_input(images: torch.Tensor, mean: float, std: float) -> torch.Tensor:
+    """uint8 (B, 28, 28) -> normalised float32 (B, 1, 28, 28), on the images' device."""
+    x = images.unsqueeze(1).float().div_(255.0)
+    if mean != 0.0 or std != 1.0:
+        x = x.sub_(mean).div_(std)
+    return x
+
+
+def autocast_for(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager:
+    """bf16 autocast on the given device, or a no-op."""
+    if not bf16:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+@torch.no_grad()
+def predict_logits(
+    model: nn.Module,
+    images: torch.Tensor,
+    mean: float,
+    std: float,
+    *,
+    batch_size: int = 1024,
+    tta_flip: bool = False,
+    bf16: bool = False,
+    channels_last: bool = False,
+) -> torch.Tensor:
+    """Logits (N, C) in float32 for uint8 images (N, 28, 28), computed in eval mode.
+
+    With `tta_flip`, logits are averaged with those of the horizontally flipped images
+    (Fashion-MNIST items are left-right symmetric in distribution, so this is a free gain).
+    """
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    out = []
+    for start in range(0, len(images), batch_size):
+        x = to_input(images[start : start + batch_size].to(device, non_blocking=True), mean, std)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast_for(device, bf16):
+            logits = model(x).float()
+            if tta_flip:
+                logits = (logits + model(x.flip(-1)).float()) / 2
+        out.append(logits)
+    model.train(was_training)
+    return torch.cat(out) if out else torch.empty(0, 0)
