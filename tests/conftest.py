@@ -1,0 +1,39 @@
+"""Shared fixtures. Unit tests use small synthetic data; `realdata` tests use Fashion-MNIST."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+from fmnist.checkpoint import FASHION_CLASSES, save_model
+from fmnist.models import build_model
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch):
+    """Never write into the user's real cache; tests that need the real data still find it in
+    Debian's copy (or wherever FMNIST_DATA_DIR points)."""
+    monkeypatch.setenv("FMNIST_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "fmnist-cache"))
+
+
+@pytest.fixture
+def make_checkpoint(tmp_path: Path) -> Callable[..., Path]:
+    """Save an (untrained, seeded) registered model as an fmnist checkpoint; returns its folder."""
+
+    def make(model: str = "mlp", config: dict | None = None, name: str = "ckpt") -> Path:
+        torch.manual_seed(0)
+        net = build_model(model, config)
+        folder = tmp_path / name
+        save_model(folder, net, {
+            "classes": FASHION_CLASSES,
+            "normalize": {"mean": 0.286, "std": 0.353},
+            "dataset": "fashion-mnist",
+            "metrics": {"test_accuracy": 0.1, "test_loss": 2.3},
+            "epoch": 0,
+        })
+        return folder
+
+    return make
