@@ -26,7 +26,7 @@ import os
 import sys
 import tempfile
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from fmnist.atomic import atomic_path
 from fmnist.errors import ConfigError, DatasetError
 
 log = logging.getLogger(__name__)
@@ -294,25 +295,7 @@ def read_idx(path: str | Path) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------
-# Atomic writes and the verification record
-
-
-@contextlib.contextmanager
-def _atomic_path(dest: Path) -> Iterator[Path]:
-    """Yield a temp path beside `dest`; move it into place only if the block succeeds."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        # mkstemp makes 0600 files; a cache or data file should get the usual umask mode.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, dest)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+# The verification record
 
 
 @dataclass(frozen=True)
@@ -335,7 +318,7 @@ def _load_record() -> dict[str, Any]:
 
 def _save_record(record: dict[str, Any]) -> None:
     # The record only saves time; failing to write it (read-only cache) must not fail a load.
-    with contextlib.suppress(OSError), _atomic_path(_record_path()) as tmp:
+    with contextlib.suppress(OSError), atomic_path(_record_path()) as tmp:
         tmp.write_text(json.dumps(record, indent=0, sort_keys=True))
 
 
@@ -573,7 +556,7 @@ def _decode(found: FoundFile, kind: str, spec: DatasetSpec) -> np.ndarray:
     arr = _check_array(read_idx(found.path), kind, spec, found.path)
     arr = np.ascontiguousarray(arr)
     if cached is not None:
-        with contextlib.suppress(OSError), _atomic_path(cached) as tmp, tmp.open("wb") as f:
+        with contextlib.suppress(OSError), atomic_path(cached) as tmp, tmp.open("wb") as f:
             np.save(f, arr, allow_pickle=False)
     return arr
 
