@@ -554,7 +554,8 @@ def _decode(found: FoundFile, kind: str, spec: DatasetSpec) -> np.ndarray:
             with contextlib.suppress(OSError):
                 cached.unlink()
     arr = _check_array(read_idx(found.path), kind, spec, found.path)
-    arr = np.ascontiguousarray(arr)
+    # np.frombuffer gives a read-only view of the file's bytes; callers (torch) want their own.
+    arr = np.array(arr, order="C")
     if cached is not None:
         with contextlib.suppress(OSError), atomic_path(cached) as tmp, tmp.open("wb") as f:
             np.save(f, arr, allow_pickle=False)
