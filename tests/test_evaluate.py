@@ -1,0 +1,130 @@
+"""Metrics checked against values computed by hand on tiny synthetic logits."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from fmnist.checkpoint import load_model
+from fmnist.evaluate import (
+    evaluate,
+    expected_calibration_error,
+    metrics_from_logits,
+    save_report_pictures,
+)
+
+CLASSES = ["a", "b", "c"]
+# Probabilities chosen away from the 15 ECE bin edges (multiples of 1/15).
+PROBS = np.array([
+    [0.90, 0.05, 0.05],  # true a, predicted a
+    [0.28, 0.62, 0.10],  # true a, predicted b  (wrong, confidence 0.62)
+    [0.20, 0.70, 0.10],  # true b, predicted b
+    [0.09, 0.09, 0.82],  # true c, predicted c
+    [0.05, 0.05, 0.90],  # true c, predicted c
+    [0.50, 0.10, 0.40],  # true c, predicted a  (wrong, confidence 0.50)
+])
+LABELS = np.array([0, 0, 1, 2, 2, 2])
+
+
+@pytest.fixture
+def report():
+    return metrics_from_logits(np.log(PROBS), LABELS, CLASSES)
+
+
+def test_accuracy_loss_confusion(report):
+    assert report.n == 6
+    assert report.accuracy == pytest.approx(4 / 6)
+    expected_loss = -np.mean(np.log([0.90, 0.28, 0.70, 0.82, 0.90, 0.40]))
+    assert report.loss == pytest.approx(expected_loss, rel=1e-12)
+    assert report.confusion_matrix == [[1, 1, 0], [0, 1, 0], [1, 0, 2]]
+
+
+def test_per_class_precision_recall_f1(report):
+    pc = report.per_class
+    assert list(pc) == CLASSES
+    assert pc["a"] == pytest.approx({"precision": 0.5, "recall": 0.5, "f1": 0.5, "support": 2})
+    assert pc["b"] == pytest.approx({"precision": 0.5, "recall": 1.0, "f1": 2 / 3, "support": 1})
+    assert pc["c"] == pytest.approx({"precision": 1.0, "recall": 2 / 3, "f1": 0.8, "support": 3})
+    assert report.macro_avg["f1"] == pytest.approx((0.5 + 2 / 3 + 0.8) / 3)
+    assert report.weighted_avg["recall"] == pytest.approx(4 / 6)  # weighted recall == accuracy
+    assert report.weighted_avg["support"] == 6
+
+
+def test_ece_by_hand(report):
+    # bins: {0.9, 0.9} both right -> 0.1*2; {0.62} wrong -> 0.62; {0.70} right -> 0.30;
+    # {0.82} right -> 0.18; {0.50} wrong -> 0.50; all / 6
+    assert report.ece == pytest.approx((0.2 + 0.62 + 0.30 + 0.18 + 0.50) / 6)
+
+
+def test_confident_errors_most_confident_first(report):
+    assert [(e["index"], e["true"], e["predicted"]) for e in report.confident_errors] == [
+        (1, 0, 1),
+        (5, 2, 0),
+    ]
+    assert report.confident_errors[0]["confidence"] == pytest.approx(0.62)
+
+
+def test_never_predicted_class_scores_zero_not_nan():
+    r = metrics_from_logits(np.log(np.array([[0.9, 0.1], [0.8, 0.2]])), np.array([0, 1]), ["x", "y"])
+    assert r.per_class["y"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 1}
+    assert r.per_class["x"]["precision"] == pytest.approx(0.5)
+
+
+def test_against_brute_force_on_random_logits():
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(500, 4, generator=gen) * 3
+    labels = torch.randint(0, 4, (500,), generator=gen)
+    r = metrics_from_logits(logits, labels, ["w", "x", "y", "z"])
+    pred = logits.argmax(1)
+    for k, name in enumerate(["w", "x", "y", "z"]):
+        tp = int(((pred == k) & (labels == k)).sum())
+        assert r.per_class[name]["precision"] == pytest.approx(tp / int((pred == k).sum()))
+        assert r.per_class[name]["recall"] == pytest.approx(tp / int((labels == k).sum()))
+    probs = torch.softmax(logits.double(), 1)
+    conf = probs.max(1).values.numpy()
+    correct = (pred == labels).numpy()
+    ece = 0.0
+    for b in range(15):
+        lo, hi = b / 15, (b + 1) / 15
+        m = (conf > lo) & (conf <= hi)
+        if m.any():
+            ece += abs(correct[m].mean() - conf[m].mean()) * m.sum() / 500
+    assert r.ece == pytest.approx(ece)
+    assert r.loss == pytest.approx(torch.nn.functional.cross_entropy(logits, labels).item(), rel=1e-5)
+
+
+def test_ece_perfectly_calibrated_is_zero():
+    assert expected_calibration_error(np.array([1.0, 1.0]), np.array([1.0, 1.0])) == 0.0
+    assert expected_calibration_error(np.array([]), np.array([])) == 0.0
+
+
+def test_text_and_dict(report):
+    text = report.to_text()
+    assert "precision    recall  f1-score   support" in text
+    assert "weighted avg" in text and "Confusion matrix" in text
+    assert "Accuracy: 66.67%" in text
+    d = json.loads(json.dumps(report.to_dict()))
+    assert {"accuracy", "loss", "per_class", "confusion_matrix", "ece"} <= set(d)
+
+
+def test_evaluate_on_a_checkpoint_matches_the_model(make_checkpoint, tmp_path):
+    model, meta = load_model(make_checkpoint("cnn"))
+    gen = torch.Generator().manual_seed(1)
+    images = torch.randint(0, 256, (64, 28, 28), dtype=torch.uint8, generator=gen)
+    labels = torch.randint(0, 10, (64,), generator=gen)
+    report = evaluate(model, images.numpy(), labels.numpy(), meta, batch_size=16)
+    mean, std = meta["normalize"]["mean"], meta["normalize"]["std"]
+    with torch.no_grad():
+        logits = model((images.unsqueeze(1).float() / 255 - mean) / std)
+    assert report.accuracy == pytest.approx((logits.argmax(1) == labels).float().mean().item())
+    assert report.loss == pytest.approx(
+        torch.nn.functional.cross_entropy(logits, labels).item(), rel=1e-4
+    )
+    assert not math.isnan(report.ece)
+    paths = save_report_pictures(report, images.numpy(), tmp_path / "pics")
+    assert [p.name for p in paths] == ["confusion.png", "confident_errors.png"]
+    assert all(p.read_bytes().startswith(b"\x89PNG") for p in paths)
