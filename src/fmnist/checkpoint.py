@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import SafetensorsError
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -136,7 +136,7 @@ def _load_pth(path: Path) -> dict[str, torch.Tensor]:
 def _load_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     try:
         state = load_file(str(path))
-    except (SafetensorsError, OSError, ValueError) as e:
+    except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"Cannot read {path} as a safetensors file: {e}.") from e
     meta_path = path.with_suffix(".json")
     try:
