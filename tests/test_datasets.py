@@ -190,6 +190,7 @@ def test_load_arrays_contract(env, payloads, register):
     write_files(env["data"], payloads)
     x, y = load_arrays(NAME, "train", env["data"])
     assert x.dtype == np.uint8 and x.shape == (20, 28, 28) and x.flags.c_contiguous
+    assert x.flags.writeable  # torch.from_numpy warns on read-only arrays
     assert y.dtype == np.int64 and y.shape == (20,)
     expected = np.frombuffer(payloads["train-images"], np.uint8, offset=16).reshape(20, 28, 28)
     assert np.array_equal(x, expected)

@@ -223,9 +223,12 @@ def read_payload(path: str | Path) -> bytes:
         raw = path.read_bytes()
     except OSError as e:
         raise DatasetError(f"Cannot read dataset file {path}: {e.strerror or e}.") from e
-    is_gz_name = path.suffix == ".gz"
+    return _gunzip(raw, path)
+
+
+def _gunzip(raw: bytes, path: Path) -> bytes:
     if raw[:2] != _GZIP_MAGIC:
-        if is_gz_name:
+        if path.suffix == ".gz":
             raise _corrupt(path, "is named .gz but is not gzip data")
         return raw
     try:
@@ -327,14 +330,21 @@ def _digest(path: Path, record: dict[str, Any]) -> tuple[_Digest, bool]:
 
     Returns (digest, record_changed).
     """
-    st = path.stat()
+    try:
+        st = path.stat()
+    except OSError as e:
+        return _Digest(None, None, error=f"cannot be read ({e.strerror or e})"), False
     key = str(path.resolve())
     entry = record.get(key)
     if entry and entry.get("size") == st.st_size and entry.get("mtime_ns") == st.st_mtime_ns:
         return _Digest(entry.get("sha256"), entry.get("md5"), entry.get("error")), False
-    raw_md5 = hashlib.md5(path.read_bytes(), usedforsecurity=False).hexdigest()
     try:
-        digest = _Digest(hashlib.sha256(read_payload(path)).hexdigest(), raw_md5)
+        raw = path.read_bytes()
+    except OSError as e:
+        return _Digest(None, None, error=f"cannot be read ({e.strerror or e})"), False
+    raw_md5 = hashlib.md5(raw, usedforsecurity=False).hexdigest()
+    try:
+        digest = _Digest(hashlib.sha256(_gunzip(raw, path)).hexdigest(), raw_md5)
     except DatasetError as e:
         digest = _Digest(None, raw_md5, error=str(e))
     record[key] = {

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from typing import Any
 
 from fmnist.cli.common import add_command
@@ -77,8 +76,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
-    for note in info["notes"]:
-        print(f"note: {note}", file=sys.stderr)
+    # Skipped copies (wrong hash, corrupt) were already logged as warnings by the data layer.
     folders = sorted({os.path.dirname(f["path"]) for f in info["files"].values()})
     print(f"{info['title']} ({info['dataset']}), found in {info['source']}: {', '.join(folders)}")
     for split, s in info["splits"].items():
