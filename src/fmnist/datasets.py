@@ -26,7 +26,7 @@ import os
 import sys
 import tempfile
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -199,7 +199,7 @@ def cache_dir() -> Path:
 
 _GZIP_MAGIC = b"\x1f\x8b"
 # IDX element type codes -> big-endian numpy dtypes.
-_IDX_DTYPES = {
+_IDX_DTYPES: dict[int, np.dtype[Any]] = {
     0x08: np.dtype("u1"),
     0x09: np.dtype("i1"),
     0x0B: np.dtype(">i2"),
@@ -364,7 +364,7 @@ def _check_digest(path: Path, want: DataFile, digest: _Digest) -> tuple[str | No
     if want.sha256:
         if digest.sha256 != want.sha256:
             return (
-                f"sha256 of its decompressed bytes is {digest.sha256[:12]}..., "
+                f"sha256 of its decompressed bytes is {(digest.sha256 or '?')[:12]}..., "
                 f"expected {want.sha256[:12]}... (wrong or corrupt file)",
                 False,
             )
@@ -430,7 +430,7 @@ def _fix_hint(spec: DatasetSpec) -> str:
 
 def locate(
     name: str = DEFAULT_DATASET,
-    data_dir: str | Path | list[str | Path] | None = None,
+    data_dir: str | Path | Sequence[str | Path] | None = None,
     *,
     download: bool = True,
     fallback: bool = True,
@@ -446,7 +446,8 @@ def locate(
     dirs = None
     if data_dir is not None:
         dirs = [
-            Path(d).expanduser() for d in (data_dir if isinstance(data_dir, list) else [data_dir])
+            Path(d).expanduser()
+            for d in ([data_dir] if isinstance(data_dir, (str, Path)) else data_dir)
         ]
     sources = _sources(spec, dirs)
     if not fallback:
@@ -504,7 +505,7 @@ def _download(
     spec: DatasetSpec, key: str, want: DataFile, record: dict[str, Any], progress: bool
 ) -> tuple[FoundFile | None, str]:
     """Try each mirror; a copy lands in the cache only after it verifies."""
-    import pooch
+    import pooch  # type: ignore[import-untyped]
 
     dest = cache_dir() / spec.name / f"{want.name}.gz"
     problems = []
