@@ -27,7 +27,7 @@ from fmnist.errors import ConfigError
 from fmnist.inference import autocast_for, predict_logits
 from fmnist.loader import Augment, Batches
 from fmnist.models import build_model, unwrap
-from fmnist.recipes import Recipe, to_dict, validate
+from fmnist.recipes import Recipe, get_recipe, to_dict, validate
 
 # ---- devices and speed switches --------------------------------------------------------------
 
@@ -305,7 +305,7 @@ def _point_latest(run_dir: Path) -> None:
 
 
 def fit(
-    recipe: Recipe,
+    recipe: Recipe | None = None,
     *,
     out: str | Path | None = None,
     resume: str | Path | None = None,
@@ -314,7 +314,7 @@ def fit(
     callbacks: Sequence[Callback] | None = None,
     save: bool = True,
 ) -> FitResult:
-    """Train `recipe`; returns the trained model, its checkpoint metadata and per-epoch metrics.
+    """Train `recipe` (default: the `default` recipe); returns the trained model, its checkpoint metadata and per-epoch metrics.
 
     `resume` continues the run in that folder from its last finished epoch, exactly: model,
     optimiser, schedule and RNG states come from its resume.pt, the recipe from its config.json.
@@ -325,6 +325,7 @@ def fit(
     if resume is not None:
         resumed = checkpoint.load_resume(resume)
         recipe = Recipe(**resumed["recipe"])
+    recipe = recipe or get_recipe("default")
     validate(recipe)
     if recipe.threads:
         torch.set_num_threads(recipe.threads)
