@@ -38,6 +38,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"fmnist: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `fmnist data info | head`: the reader left, nothing to report
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print("fmnist: interrupted", file=sys.stderr)
         return 130
