@@ -70,7 +70,7 @@ class ApiError(Exception):
 
 
 def _mb(n: int) -> str:
-    return f"{n / 1e6:.1f} MB" if n >= 100_000 else f"{n:,} bytes"
+    return f"{n:,} bytes ({n / 1e6:.1f} MB)" if n >= 1_000_000 else f"{n:,} bytes"
 
 
 def _error(status: int, message: str, **extra: Any) -> JSONResponse:
@@ -119,7 +119,7 @@ class BodyLimit:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
-                    raise ApiError(413, self._too_large(f"more than {_mb(self.max_bytes)}"))
+                    raise ApiError(413, self._too_large(f"over {_mb(self.max_bytes)}"))
             return message
 
         await self.app(scope, limited, send)
@@ -471,7 +471,7 @@ def create_app(
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         message = str(exc.detail)
         if exc.status_code == 404 and message == "Not Found":
-            message = f"No such endpoint: {request.method} {request.url.path} (see /docs)."
+            message = f"Nothing at {request.method} {request.url.path} (the API is listed at /docs)."
         elif exc.status_code == 405:
             message = f"{request.method} is not allowed on {request.url.path} (see /docs)."
         return JSONResponse({"error": message}, status_code=exc.status_code, headers=exc.headers)

@@ -1,0 +1,460 @@
+"""The HTTP API through FastAPI's test client: every endpoint, every error case, and health checks
+that answer while a prediction runs."""
+
+from __future__ import annotations
+
+import base64
+import io
+import re
+import struct
+import threading
+import time
+import zlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from fmnist.cli import main as cli_main
+from fmnist.predict import Predictor, open_image, preprocess
+from fmnist.serve import create_app
+from fmnist.serve.app import STATIC_DIR, app_from_env
+
+LIMITS = {"max_upload_bytes": 200_000, "max_batch": 4, "max_pixels": 1_000_000}
+
+
+# ---- helpers ---------------------------------------------------------------------------------
+
+
+def png(width: int = 40, height: int = 56, *, seed: int = 0, fmt: str = "PNG") -> bytes:
+    """A light blob on a dark background, as an encoded image file."""
+    rng = np.random.default_rng(seed)
+    img = np.zeros((height, width), np.uint8)
+    img[height // 5 : -height // 5, width // 4 : -width // 4] = rng.integers(120, 255)
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A tiny PNG that declares width x height pixels (a decompression bomb's header)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)  # 1-bit grayscale
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def decode_data_url(url: str) -> np.ndarray:
+    assert url.startswith("data:image/png;base64,")
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))))
+
+
+class Spy:
+    """Wraps a Predictor: records the batch shape of every forward pass; can block or fail."""
+
+    def __init__(self, inner: Predictor) -> None:
+        self.inner = inner
+        self.calls: list[tuple[int, ...]] = []
+        self.started = threading.Event()
+        self.release: threading.Event | None = None
+        self.fail = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def predict_arrays(self, images: np.ndarray) -> np.ndarray:
+        self.calls.append(tuple(images.shape))
+        self.started.set()
+        if self.release is not None:
+            assert self.release.wait(10), "test never released the prediction"
+        if self.fail:
+            raise RuntimeError("simulated bug")
+        return self.inner.predict_arrays(images)
+
+
+@pytest.fixture
+def predictor(make_checkpoint) -> Predictor:
+    return Predictor.from_checkpoint(make_checkpoint("mlp"))
+
+
+@pytest.fixture
+def spy(predictor: Predictor) -> Spy:
+    return Spy(predictor)
+
+
+@pytest.fixture
+def app(spy: Spy) -> FastAPI:
+    return create_app(spy, **LIMITS)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def client(app: FastAPI):
+    # raise_server_exceptions (the default) turns any 500 into a test failure on the spot
+    with TestClient(app) as c:
+        wait_ready(c)
+        yield c
+    # and no bad input may have reached the catch-all handler
+    assert app.state.engine.internal_errors == 0
+
+
+def wait_ready(c: TestClient) -> None:
+    for _ in range(200):
+        if c.get("/readyz").status_code == 200:
+            return
+        time.sleep(0.01)
+    raise AssertionError("server never became ready")
+
+
+def check_prediction(p: dict, classes: list[str]) -> None:
+    assert set(p["probabilities"]) == set(classes)
+    probs = np.array([p["probabilities"][c] for c in classes])
+    assert probs.sum() == pytest.approx(1.0, abs=1e-4)
+    assert p["label"] == classes[int(probs.argmax())] == classes[p["index"]]
+    assert p["probability"] == pytest.approx(probs.max(), abs=1e-5)
+    assert [t["label"] for t in p["top"]][0] == p["label"] and len(p["top"]) == 3
+    assert decode_data_url(p["input"]).shape == (28, 28)
+
+
+# ---- health, readiness, model info -----------------------------------------------------------
+
+
+def test_healthz_and_readyz(client: TestClient) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+    r = client.get("/readyz")
+    assert r.status_code == 200 and r.json() == {"status": "ready", "model": "mlp"}
+
+
+def test_readyz_is_503_until_warmed_up(predictor: Predictor) -> None:
+    gate = threading.Event()
+
+    class SlowWarmup(Spy):
+        def warmup(self) -> None:
+            gate.wait(10)
+
+    app = create_app(SlowWarmup(predictor))  # type: ignore[arg-type]
+    with TestClient(app) as c:
+        r = c.get("/readyz")
+        assert r.status_code == 503 and "warming up" in r.json()["error"]
+        assert c.get("/healthz").status_code == 200  # alive, just not ready
+        gate.set()
+        wait_ready(c)
+
+
+def test_model_info(client: TestClient, predictor: Predictor) -> None:
+    info = client.get("/v1/model").json()
+    assert info["model"] == "mlp"
+    assert info["classes"] == predictor.classes and len(info["classes"]) == 10
+    assert info["parameters"] == sum(p.numel() for p in predictor.model.parameters())
+    assert info["metrics"] == {"test_accuracy": 0.1, "test_loss": 2.3}
+    assert info["dataset"] == "fashion-mnist"
+    assert info["limits"] == LIMITS
+    assert info["ready"] is True
+
+
+# ---- predictions -----------------------------------------------------------------------------
+
+
+def test_predict_one_multipart_file(client: TestClient, predictor: Predictor) -> None:
+    data = png()
+    r = client.post("/v1/predict", files={"file": ("blob.png", data, "image/png")})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["model"] == "mlp" and body["count"] == 1
+    p = body["predictions"][0]
+    assert p["name"] == "blob.png"
+    check_prediction(p, predictor.classes)
+    # the image shown is exactly what the shared preprocessing gives, and the numbers match
+    seen = preprocess(open_image(data))
+    assert np.array_equal(decode_data_url(p["input"]), seen)
+    want = predictor.predict_arrays(seen[None])[0]
+    assert [p["probabilities"][c] for c in predictor.classes] == pytest.approx(want, abs=1e-5)
+    assert set(body["latency_ms"]) == {"decode", "queue", "model", "total"}
+    assert body["latency_ms"]["model"] > 0
+    assert "model;dur=" in r.headers["server-timing"]
+
+
+def test_a_batch_is_one_forward_pass(client: TestClient, spy: Spy) -> None:
+    files = [("file", (f"{i}.png", png(30 + i, 40, seed=i), "image/png")) for i in range(3)]
+    files.append(("other_field", ("x.jpg", png(fmt="JPEG"), "image/jpeg")))
+    r = client.post("/v1/predict", files=files)
+    assert r.status_code == 200, r.text
+    assert [p["name"] for p in r.json()["predictions"]] == ["0.png", "1.png", "2.png", "x.jpg"]
+    assert spy.calls == [(4, 28, 28)]
+
+
+def test_json_base64_arrays_and_raw_body_agree(client: TestClient, predictor: Predictor) -> None:
+    data = png(seed=3)
+    seen = preprocess(open_image(data))
+    via_form = client.post("/v1/predict", files={"f": ("a.png", data, "image/png")}).json()
+    via_b64 = client.post("/v1/predict", json={"images": [b64(data), "data:image/png;base64," + b64(data)]}).json()
+    via_raw = client.post("/v1/predict", content=data, headers={"Content-Type": "image/png"}).json()
+    via_array = client.post("/v1/predict", json={"arrays": [seen.tolist()]}).json()
+    via_bare = client.post("/v1/predict", json={"arrays": seen.tolist()}).json()  # one bare 28x28
+    results = [via_form, via_b64, via_raw, via_array, via_bare]
+    assert [r["count"] for r in results] == [1, 2, 1, 1, 1]
+    ref = via_form["predictions"][0]["probabilities"]
+    for r in results:
+        for p in r["predictions"]:
+            check_prediction(p, predictor.classes)
+            assert p["probabilities"] == pytest.approx(ref, abs=1e-5)
+
+
+def test_arrays_are_used_as_is(client: TestClient, predictor: Predictor) -> None:
+    """A raw 28x28 array is what the model sees: no re-cropping, floats rounded."""
+    arr = np.zeros((28, 28), np.uint8)
+    arr[2:6, 3:9] = 200  # off-centre: preprocessing would move it, arrays must not
+    mixed = arr.astype(float).tolist()
+    mixed[2][3] = 199.6  # rounds to 200
+    r = client.post("/v1/predict", json={"arrays": [arr.tolist(), mixed]})
+    assert r.status_code == 200, r.text
+    want = predictor.predict_arrays(arr[None])[0]
+    for p in r.json()["predictions"]:
+        assert np.array_equal(decode_data_url(p["input"]), arr)
+        assert [p["probabilities"][c] for c in predictor.classes] == pytest.approx(want, abs=1e-5)
+
+
+# ---- every bad input: a 4xx JSON error that names the problem, never a 500 -------------------
+
+BAD_REQUESTS = {
+    "malformed json": (dict(content=b'{"images": [', headers={"Content-Type": "application/json"}), 400, "Malformed JSON"),
+    "invalid utf-8 json": (dict(content=b"\xff\xfe{", headers={"Content-Type": "application/json"}), 400, "Malformed JSON"),
+    "deeply nested json": (dict(content=b"[" * 100_000, headers={"Content-Type": "application/json"}), 400, "Malformed JSON"),
+    "json list": (dict(json=[1, 2]), 422, '"images"'),
+    "json without keys": (dict(json={"picture": "x"}), 422, '"images"'),
+    "images not a list": (dict(json={"images": "abc"}), 422, "must be a list"),
+    "image not a string": (dict(json={"images": [123]}), 422, "base64 string"),
+    "bad base64": (dict(json={"images": ["not base64!!"]}), 422, "not valid base64"),
+    "base64 of text": (dict(json={"images": [b64(b"hello world")]}), 422, "not an image"),
+    "empty image list": (dict(json={"images": []}), 422, "No images"),
+    "array wrong shape": (dict(json={"arrays": [[[0] * 28] * 27]}), 422, "shape (27, 28)"),
+    "array flat": (dict(json={"arrays": [[0] * 784]}), 422, "shape (784,)"),
+    "array ragged": (dict(json={"arrays": [[[0] * 28] * 27 + [[0] * 5]]}), 422, "28x28"),
+    "array of strings": (dict(json={"arrays": [[["a"] * 28] * 28]}), 422, "28x28"),
+    "array out of range": (dict(json={"arrays": [[[300] * 28] * 28]}), 422, "0 to 255"),
+    "array negative": (dict(json={"arrays": [[[-1] * 28] * 28]}), 422, "0 to 255"),
+    "array NaN": (dict(content=("[" + ",".join(["[" + ",".join(["NaN"] * 28) + "]"] * 28) + "]").join(['{"arrays": [', "]}"]).encode(),
+                       headers={"Content-Type": "application/json"}), 422, "finite"),
+    "arrays not a list": (dict(json={"arrays": 5}), 422, "must be a list"),
+    "batch too large (json)": (dict(json={"arrays": [[[0] * 28] * 28] * 5}), 413, "at most 4"),
+    "batch too large (files)": (dict(files=[("file", (f"{i}.png", png(), "image/png")) for i in range(5)]), 413, "at most 4"),
+    "text file upload": (dict(files={"file": ("notes.txt", b"just some text", "text/plain")}), 422, "not an image"),
+    "empty file upload": (dict(files={"file": ("empty.png", b"", "image/png")}), 422, "empty"),
+    "truncated png": (dict(files={"file": ("cut.png", png(200, 200, seed=1)[:150], "image/png")}), 422, "corrupt or truncated"),
+    "truncated jpeg": (dict(files={"file": ("cut.jpg", png(200, 200, seed=1, fmt="JPEG")[:400], "image/jpeg")}), 422, "corrupt or truncated"),
+    "form without files": (dict(files={"note": (None, "hi")}), 422, "No images"),
+    "urlencoded form": (dict(data={"note": "hi"}), 415, "Unsupported Content-Type"),
+    "too many pixels": (dict(files={"file": ("big.png", png(2000, 1000), "image/png")}), 422, "more than the 1,000,000"),
+    "bomb header": (dict(files={"file": ("bomb.png", png_header_only(20_000, 20_000), "image/png")}), 422, "pixels"),
+    "raw body not an image": (dict(content=b"GIF89a-not-really", headers={"Content-Type": "image/gif"}), 422, "not an image"),
+    "unsupported content type": (dict(content=b"hello", headers={"Content-Type": "text/plain"}), 415, "Unsupported Content-Type"),
+    "no content type": (dict(content=b"hello"), 415, "Unsupported Content-Type"),
+    "body too large (content-length)": (dict(content=b"\0" * 300_000, headers={"Content-Type": "image/png"}), 413, "at most 200,000 bytes"),
+    "body too large (chunked)": (dict(content=iter([b"\0" * 50_000] * 6), headers={"Content-Type": "image/png"}), 413, "at most 200,000 bytes"),
+    "json too large": (dict(json={"images": ["A" * 300_000]}), 413, "at most"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(BAD_REQUESTS), ids=list(BAD_REQUESTS))
+def test_bad_predict_requests_get_a_json_4xx(client: TestClient, spy: Spy, case: str) -> None:
+    kwargs, status, words = BAD_REQUESTS[case]
+    r = client.post("/v1/predict", **kwargs)
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"] == "application/json"
+    error = r.json()["error"]
+    assert words in error and error.endswith("."), error
+    assert spy.calls == []  # nothing bad reached the model
+
+
+def test_chunked_body_is_counted_while_read(client: TestClient) -> None:
+    """No Content-Length: the limit is enforced on the bytes as they arrive."""
+
+    def body():
+        yield from [b"\0" * 40_000] * 4  # 160 KB: under the limit, so it must get through
+
+    r = client.post("/v1/predict", content=body(), headers={"Content-Type": "image/png"})
+    assert r.status_code == 422 and "not an image" in r.json()["error"]
+
+
+def test_default_limits_reject_a_decompression_bomb(predictor: Predictor) -> None:
+    with TestClient(create_app(predictor, warmup=False)) as c:
+        for w, h in [(8_000, 8_000), (50_000, 50_000)]:  # under and over PIL's own bomb limit
+            r = c.post("/v1/predict", files={"file": ("bomb.png", png_header_only(w, h), "image/png")})
+            assert r.status_code == 422 and "pixels" in r.json()["error"], r.text
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status", "words"),
+    [
+        ("GET", "/v1/nothing", 404, "Nothing at GET /v1/nothing"),
+        ("GET", "/v1/predict", 405, "GET is not allowed on /v1/predict"),
+        ("GET", "/v1/samples?n=0", 422, "n: Input should be greater than or equal to 1"),
+        ("GET", "/v1/samples?n=1000", 422, "less than or equal to 48"),
+        ("GET", "/v1/samples?seed=x", 422, "seed"),
+        ("GET", "/static/nothing.js", 404, "Nothing at GET /static/nothing.js"),
+    ],
+)
+def test_other_errors_are_json(client: TestClient, method: str, path: str, status: int, words: str) -> None:
+    r = client.request(method, path)
+    assert r.status_code == status
+    assert words in r.json()["error"]
+
+
+def test_a_bug_is_a_logged_json_500(app: FastAPI, spy: Spy, caplog: pytest.LogCaptureFixture) -> None:
+    spy.fail = True
+    with TestClient(app, raise_server_exceptions=False) as c:
+        r = c.post("/v1/predict", files={"file": ("a.png", png(), "image/png")})
+    assert r.status_code == 500
+    assert "bug in fmnist" in r.json()["error"]
+    assert app.state.engine.internal_errors == 1
+    assert "simulated bug" in caplog.text  # the traceback is in the server log
+
+
+# ---- concurrency -----------------------------------------------------------------------------
+
+
+def test_healthz_answers_while_a_prediction_runs(client: TestClient, spy: Spy) -> None:
+    spy.release = threading.Event()
+    result: dict[str, Any] = {}
+    worker = threading.Thread(
+        target=lambda: result.update(r=client.post("/v1/predict", files={"f": ("a.png", png(), "image/png")}))
+    )
+    worker.start()
+    try:
+        assert spy.started.wait(10), "the prediction never started"
+        answers: list[int] = []
+        probe = threading.Thread(target=lambda: answers.extend(
+            client.get(p).status_code for p in ("/healthz", "/readyz", "/v1/model")))  # fmt: skip
+        probe.start()
+        probe.join(5)
+        # the model is still busy (blocked) and yet the event loop answered
+        assert answers == [200, 200, 200] and "r" not in result
+    finally:
+        spy.release.set()
+        worker.join(10)
+    assert result["r"].status_code == 200
+
+
+# ---- test images for the page's strip ---------------------------------------------------------
+
+
+def test_samples_degrade_to_an_empty_strip_without_data(make_checkpoint) -> None:
+    pred = Predictor.from_checkpoint(make_checkpoint("mlp"))
+    pred.meta["dataset"] = "no-such-dataset"
+    with TestClient(create_app(pred, warmup=False)) as c:
+        r = c.get("/v1/samples?n=5")
+    assert r.status_code == 200
+    assert r.json()["samples"] == [] and "No test images" in r.json()["error"]
+
+
+@pytest.mark.realdata
+def test_samples_are_real_test_images(client: TestClient, predictor: Predictor) -> None:
+    from fmnist.datasets import load_arrays
+    from fmnist.errors import DatasetError
+
+    try:
+        images, labels = load_arrays("fashion-mnist", "test")
+    except DatasetError as e:
+        pytest.skip(f"Fashion-MNIST not available: {e}")
+    body = client.get("/v1/samples?n=6&seed=1").json()
+    assert len(body["samples"]) == 6 and body["dataset"] == "fashion-mnist"
+    for s in body["samples"]:
+        i = s["index"]
+        assert np.array_equal(np.array(s["pixels"], np.uint8), images[i])
+        assert np.array_equal(decode_data_url(s["image"]), images[i])
+        assert s["label_index"] == labels[i] and s["label"] == predictor.classes[labels[i]]
+    assert client.get("/v1/samples?n=6&seed=1").json() == body  # same seed, same images
+    assert client.get("/v1/samples?n=6&seed=2").json() != body
+
+
+# ---- the page, its files and the API docs ----------------------------------------------------
+
+
+def test_page_and_static_files(client: TestClient) -> None:
+    r = client.get("/")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    assert "default-src 'self'" in r.headers["content-security-policy"]
+    html = r.text
+    for ref in re.findall(r'(?:src|href)="(/static/[^"]+)"', html):
+        assert client.get(ref).status_code == 200, ref
+    for element in ('id="pad"', 'id="seen"', 'id="probs"', 'id="strip"', 'id="file"'):
+        assert element in html
+
+
+def test_static_files_need_no_outside_network() -> None:
+    for path in STATIC_DIR.iterdir():
+        text = path.read_text(encoding="utf-8")
+        assert not re.search(r"(?:src|href|url|import|fetch)\s*[=(]\s*[\"']?(?:https?:)?//", text), path.name
+
+
+def test_openapi_and_offline_docs(client: TestClient) -> None:
+    spec = client.get("/openapi.json").json()
+    for path in ("/v1/predict", "/v1/model", "/v1/samples", "/healthz", "/readyz"):
+        assert path in spec["paths"]
+    body = spec["paths"]["/v1/predict"]["post"]["requestBody"]["content"]
+    assert {"multipart/form-data", "application/json"} <= set(body)
+    docs = client.get("/docs")
+    assert docs.status_code == 200 and "/static/docs.js" in docs.text
+    assert client.get("/static/docs.js").status_code == 200
+    assert "cdn" not in docs.text.lower()
+
+
+# ---- fmnist serve ----------------------------------------------------------------------------
+
+
+def test_cli_serve_binds_loopback_with_a_warm_model(make_checkpoint, monkeypatch, capsys) -> None:
+    import uvicorn
+
+    seen: dict[str, Any] = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(app=app, **kw))
+    assert cli_main(["serve", str(make_checkpoint("mlp")), "--port", "8123", "--max-batch", "7"]) == 0
+    assert seen["host"] == "127.0.0.1" and seen["port"] == 8123
+    assert "Page at http://127.0.0.1:8123/" in capsys.readouterr().err
+    with TestClient(seen["app"]) as c:
+        assert c.get("/readyz").status_code == 200  # warmed up before binding
+        assert c.get("/v1/model").json()["limits"]["max_batch"] == 7
+
+
+def test_cli_serve_workers_use_the_app_factory(make_checkpoint, monkeypatch) -> None:
+    import uvicorn
+
+    seen: dict[str, Any] = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(app=app, **kw))
+    for key in ("CHECKPOINT", "MODEL", "MAX_UPLOAD", "MAX_BATCH"):
+        monkeypatch.delenv(f"FMNIST_SERVE_{key}", raising=False)
+    ckpt = make_checkpoint("mlp")
+    assert cli_main(["serve", str(ckpt), "--workers", "2", "--max-upload-mb", "1"]) == 0
+    assert seen["app"] == "fmnist.serve.app:app_from_env" and seen["factory"] and seen["workers"] == 2
+    with TestClient(app_from_env()) as c:  # what each worker process builds
+        wait_ready(c)
+        assert c.get("/v1/model").json()["limits"]["max_upload_bytes"] == 1_000_000
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["serve", "{missing}"], "does not exist"),
+        (["serve", "{garbage}"], "Cannot read"),
+        (["serve", "{ckpt}", "--model", "cnn"], "holds a 'mlp' model"),
+        (["serve", "{ckpt}", "--port", "70000"], "--port"),
+        (["serve", "{ckpt}", "--workers", "0"], "--workers"),
+    ],
+)
+def test_cli_serve_user_errors_are_one_line(make_checkpoint, tmp_path: Path, capsys, args, words) -> None:
+    garbage = tmp_path / "model.safetensors"
+    garbage.write_bytes(b"not a checkpoint")
+    paths = {"missing": tmp_path / "nope", "garbage": garbage, "ckpt": make_checkpoint("mlp")}
+    argv = [a.format(**paths) for a in args]
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("fmnist: error: ") and words in err and "\n" not in err, err
+
