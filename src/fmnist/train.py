@@ -188,9 +188,8 @@ class Curves(Callback):
             save_training_curves(state.rows, state.run_dir / "curves.png")
 
 
-def default_callbacks(recipe: Recipe) -> list[Callback]:
-    log: Callback = QuickstartLog() if recipe.log == "quickstart" else ProgressBar()
-    return [log, MetricsLog(), Curves()]
+def display_callback(recipe: Recipe) -> Callback:
+    return QuickstartLog() if recipe.log == "quickstart" else ProgressBar()
 
 
 # ---- the loop ----------------------------------------------------------------------------------
@@ -217,7 +216,7 @@ def load_data(recipe: Recipe, data_dir: str | Path | None = None) -> Data:
     data = Data(torch.from_numpy(xs), torch.from_numpy(ys), torch.from_numpy(xt),
                 torch.from_numpy(yt), list(spec.classes),
                 fingerprint=datasets.dataset_fingerprint(recipe.dataset, data_dir))
-    return split_holdout(data, recipe.holdout)
+    return data
 
 
 def split_holdout(data: Data, n: int) -> Data:
@@ -318,7 +317,8 @@ def fit(
 
     `resume` continues the run in that folder from its last finished epoch, exactly: model,
     optimiser, schedule and RNG states come from its resume.pt, the recipe from its config.json.
-    With `save=False` nothing is written (for tests and benchmarks).
+    `callbacks` replace the on-screen log (progress bar, or the Quickstart's lines); the
+    run-folder writers always run. With `save=False` nothing is written.
     """
     info = distributed.from_env()
     resumed: dict[str, Any] | None = None
@@ -336,7 +336,7 @@ def fit(
     distributed.init(info, device)
     bf16 = use_bf16(recipe.bf16, device)
 
-    data = data or load_data(recipe, data_dir)
+    data = split_holdout(data or load_data(recipe, data_dir), recipe.holdout)
     if recipe.normalize:
         pixels = data.train_images.float().div_(255)
         mean, std = pixels.mean().item(), pixels.std().item()
@@ -395,7 +395,9 @@ def fit(
     state = RunState(recipe, run_dir, info.is_main, len(batches),
                      len(batches.images) if info.world_size == 1 else batches.samples_per_rank,
                      rows=rows)
-    cbs = list(default_callbacks(recipe) if callbacks is None else callbacks) if info.is_main else []
+    # The run-folder writers always run; `callbacks` replaces only what is shown on screen.
+    shown = [display_callback(recipe)] if callbacks is None else list(callbacks)
+    cbs = [*shown, MetricsLog(), Curves()] if info.is_main else []
     for cb in cbs:
         cb.on_fit_start(state)
 

@@ -1,0 +1,72 @@
+import json
+
+import pytest
+import torch
+
+from fmnist.checkpoint import load_model, load_resume, save_model
+from fmnist.errors import CheckpointError
+from fmnist.models import build_model
+
+
+def test_loads_from_folder_weights_file_json_file_and_lone_weights(make_checkpoint, tmp_path):
+    folder = make_checkpoint("cnn", {"widths": [4, 4, 8]})
+    x = torch.randn(2, 1, 28, 28)
+    reference = load_model(folder)[0](x)
+    for path in (folder, folder / "model.safetensors", folder / "model.json"):
+        model, meta = load_model(path)
+        assert meta["model"] == "cnn" and torch.equal(model(x), reference)
+    # the weights file alone still carries its metadata in the safetensors header
+    lone = tmp_path / "lone.safetensors"
+    lone.write_bytes((folder / "model.safetensors").read_bytes())
+    model, meta = load_model(lone)
+    assert meta["model_config"]["widths"] == [4, 4, 8] and torch.equal(model(x), reference)
+
+
+def test_missing_and_empty_paths(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_model(tmp_path / "nope")
+    with pytest.raises(CheckpointError, match="No checkpoint in folder"):
+        load_model(tmp_path)
+
+
+def test_corrupt_weights_and_foreign_files(tmp_path, make_checkpoint):
+    folder = make_checkpoint()
+    (folder / "model.safetensors").write_bytes(b"\x00garbage" * 10)
+    with pytest.raises(CheckpointError, match="Cannot read .* as a safetensors file"):
+        load_model(folder)
+    junk = tmp_path / "model.pth"
+    junk.write_text("not a checkpoint")
+    with pytest.raises(CheckpointError, match="Cannot read .* as a PyTorch state dict"):
+        load_model(junk)
+
+
+def test_other_architecture_is_refused_with_the_right_flag(make_checkpoint, tmp_path):
+    folder = make_checkpoint("mlp")
+    with pytest.raises(CheckpointError, match="holds a 'mlp' model, not 'cnn'"):
+        load_model(folder, model="cnn")
+    pth = tmp_path / "model.pth"
+    torch.save(build_model("mlp").state_dict(), pth)
+    with pytest.raises(CheckpointError, match="does not fit model 'cnn'"):
+        load_model(pth, model="cnn")
+
+
+def test_metadata_is_complete_and_save_is_atomic(make_checkpoint, monkeypatch):
+    folder = make_checkpoint()
+    meta = json.loads((folder / "model.json").read_text())
+    assert {"model", "model_config", "classes", "normalize", "dataset", "metrics", "epoch",
+            "versions"} <= set(meta)
+    before = (folder / "model.safetensors").read_bytes()
+
+    def boom(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("fmnist.checkpoint.save_file", boom)
+    with pytest.raises(OSError):
+        save_model(folder, build_model("mlp"), {"classes": [], "normalize": {}})
+    assert (folder / "model.safetensors").read_bytes() == before
+    assert sorted(p.name for p in folder.iterdir()) == ["model.json", "model.safetensors"]
+
+
+def test_resume_needs_a_run_folder(tmp_path):
+    with pytest.raises(CheckpointError, match="has no resume.pt"):
+        load_resume(tmp_path)

@@ -1,0 +1,64 @@
+import json
+
+import pytest
+
+from fmnist.cli import main
+
+
+def run_cli(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--recipe", "fast"], "Unknown recipe 'fast'. Valid recipes: quickstart, default, best."),
+    (["--model", "vgg"], "Unknown model 'vgg'. Valid models: mlp, cnn, resnet."),
+    (["--epochs", "0"], "epochs must be positive, got 0."),
+    (["--optimizer", "lbfgs"], "Invalid optimizer 'lbfgs'. Only sgd, adamw are supported."),
+    (["--device", "tpu"], "Invalid device 'tpu'. Only auto, cpu, cuda, mps are supported."),
+    (["--config", "missing.toml"], "Cannot read config file missing.toml"),
+    (["--resume", "nowhere"], "Cannot resume from nowhere: it has no resume.pt"),
+    (["--resume", "somewhere", "--epochs", "3"], "--resume continues a run with its saved"),
+])
+def test_user_errors_are_one_line(capsys, tmp_path, monkeypatch, argv, message):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_cli(capsys, "train", *argv)
+    assert code == 2
+    assert err.startswith("fmnist: error: ") and message in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_bad_config_file_contents(capsys, tmp_path):
+    bad = tmp_path / "c.toml"
+    bad.write_text("epochs = [")
+    code, _, err = run_cli(capsys, "train", "--config", str(bad))
+    assert code == 2 and "is not valid TOML" in err
+    bad.write_text("epoch = 3\n")
+    code, _, err = run_cli(capsys, "train", "--config", str(bad))
+    assert code == 2 and "Unknown recipe field(s) epoch" in err
+
+
+def test_config_file_then_flags(tmp_path):
+    from fmnist.cli import get_parser
+    from fmnist.cli.train import recipe_from_args
+
+    config = tmp_path / "c.toml"
+    config.write_text('model = "mlp"\nepochs = 7\nlr = 0.5\n[model_config]\nhidden = 64\n')
+    args = get_parser().parse_args(["train", "--config", str(config), "--lr", "0.01",
+                                    "--no-tta-flip"])
+    recipe = recipe_from_args(args)
+    assert (recipe.model, recipe.epochs, recipe.lr, recipe.model_config, recipe.tta_flip) == (
+        "mlp", 7, 0.01, {"hidden": 64}, False)
+    # the effective config written into a run folder is accepted back as --config
+    saved = tmp_path / "config.json"
+    saved.write_text(json.dumps({"model": "mlp", "epochs": 2}))
+    args = get_parser().parse_args(["train", "--config", str(saved)])
+    assert recipe_from_args(args).epochs == 2
+
+
+def test_debug_shows_the_traceback(capsys):
+    from fmnist.errors import ConfigError
+
+    with pytest.raises(ConfigError):
+        main(["train", "--recipe", "fast", "--debug"])
