@@ -3,12 +3,12 @@ import re
 
 import pytest
 import torch
+from synthetic import make_data
 
 from fmnist.checkpoint import load_model
 from fmnist.errors import ConfigError
 from fmnist.recipes import Recipe, apply_overrides, get_recipe
 from fmnist.train import Callback, fit, lr_factor, new_run_dir
-from tests.synthetic import make_data
 
 # Small and fast: a tiny CNN (with BatchNorm, so buffers are covered) on synthetic data.
 SMALL = Recipe(name="t", model="cnn", model_config={"widths": [8, 8, 16]}, epochs=3,
