@@ -1,7 +1,199 @@
-"""Placeholder until this command lands."""
+"""`fmnist predict`: the seed's one-line prediction for a dataset image, or classify image files.
 
+    fmnist predict RUN|CKPT --index N [--split test]      Predicted: "Ankle boot", Actual: "..."
+    fmnist predict RUN|CKPT FILE_OR_DIR... [--top-k 3] [--json]
+
+Folders are expanded to the image files directly inside them (sorted; not recursive). A bad file
+never stops the others: its error is printed on stderr (and listed in --json output) and the
+exit code is 0 when every file was classified, 1 when some failed and 2 when none could be.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
 from typing import Any
+
+import numpy as np
+
+from fmnist.cli.common import add_command
+from fmnist.errors import ConfigError, ImageError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp")
+
+
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    """The checkpoint arguments shared by predict, evaluate and export."""
+    p.add_argument(
+        "checkpoint", metavar="RUN_DIR|CHECKPOINT",
+        help="run folder, model.safetensors, or a Quickstart model.pth",
+    )
+    p.add_argument(
+        "--model", metavar="NAME", default=None,
+        help="architecture: must match an fmnist checkpoint; picks it for a .pth (default mlp)",
+    )
+
+
+def load_checkpoint(path: str, model: str | None) -> tuple[Any, dict[str, Any]]:
+    """`checkpoint.load_model`, with an unknown --model name reported before any file is read."""
+    from fmnist.checkpoint import load_model
+    from fmnist.models import MODELS
+
+    if model is not None and model not in MODELS:
+        raise ConfigError(f"Unknown model '{model}'. Valid models: {', '.join(MODELS)}.")
+    return load_model(path, model=model)
+
+
+def dataset_for(meta: dict[str, Any], requested: str | None) -> str:
+    """The dataset to draw images from: --dataset, else the one the checkpoint was trained on,
+    checked to have as many classes as the model."""
+    from fmnist.datasets import get_spec
+
+    name = requested or meta.get("dataset") or "fashion-mnist"
+    spec = get_spec(name)  # ConfigError listing the valid names
+    if len(spec.classes) != len(meta["classes"]):
+        raise ConfigError(
+            f"Dataset '{name}' has {len(spec.classes)} classes but the model predicts "
+            f"{len(meta['classes'])}: pass the --dataset it was trained on."
+        )
+    return name
 
 
 def add_parser(sub: Any) -> None:
-    pass
+    p = add_command(sub, "predict", "classify a dataset image (--index) or image files")
+    add_model_arguments(p)
+    p.add_argument("inputs", nargs="*", metavar="FILE_OR_DIR",
+                   help="image files (PNG, JPEG, WebP, GIF, BMP) or folders of them")
+    p.add_argument("--index", type=int, metavar="N", help="predict image N of the dataset split")
+    p.add_argument("--split", default="test", choices=("test", "train"),
+                   help="split for --index (default test)")
+    p.add_argument("--dataset", metavar="NAME", help="dataset for --index (default: the model's)")
+    p.add_argument("--data-dir", metavar="DIR", help="folder holding the dataset files")
+    p.add_argument("--top-k", type=int, default=3, metavar="K",
+                   help="classes to show per file (default 3)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.index is not None and args.inputs:
+        raise ConfigError("Pass either --index N or image files, not both.")
+    if args.index is None and not args.inputs:
+        raise ConfigError(
+            "Nothing to predict: pass --index N for a dataset image, or image files or folders."
+        )
+    if args.top_k < 1:
+        raise ConfigError(f"--top-k must be at least 1, got {args.top_k}.")
+
+    from fmnist.predict import Predictor
+
+    model, meta = load_checkpoint(args.checkpoint, args.model)
+    predictor = Predictor(model, meta)
+    if args.index is not None:
+        return _predict_index(predictor, args)
+    return _predict_files(predictor, args)
+
+
+def _predict_index(predictor: Any, args: argparse.Namespace) -> int:
+    from fmnist.datasets import load_arrays
+
+    dataset = dataset_for(predictor.meta, args.dataset)
+    images, labels = load_arrays(dataset, args.split, args.data_dir)
+    n = len(images)
+    if not 0 <= args.index < n:
+        raise ConfigError(
+            f"--index {args.index} is out of range: the {dataset} {args.split} split has "
+            f"{n} images (0..{n - 1})."
+        )
+    probs = predictor.predict_arrays(images[args.index : args.index + 1])[0]
+    classes = predictor.classes
+    predicted, actual = classes[int(np.argmax(probs))], classes[int(labels[args.index])]
+    if args.json:
+        print(json.dumps({
+            "index": args.index,
+            "predicted": predicted,
+            "actual": actual,
+            "probabilities": {c: float(p) for c, p in zip(classes, probs, strict=True)},
+        }))
+    else:
+        print(f'Predicted: "{predicted}", Actual: "{actual}"')
+    return 0
+
+
+def expand_inputs(inputs: list[str]) -> list[tuple[str, str | None]]:
+    """(file, error) pairs: folders become their image files (sorted), in argument order."""
+    out: list[tuple[str, str | None]] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            files = sorted(
+                f for f in path.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
+            )
+            if not files:
+                out.append((item, f"Folder {item} has no image files ({', '.join(IMAGE_SUFFIXES)})."))
+            out.extend((str(f), None) for f in files)
+        else:
+            out.append((item, None))
+    return out
+
+
+def _predict_files(predictor: Any, args: argparse.Namespace) -> int:
+    from fmnist.predict import open_image
+
+    entries = expand_inputs(args.inputs)
+    arrays: list[np.ndarray] = []
+    ok: list[str] = []
+    errors: dict[str, str] = {}
+    for name, error in entries:
+        if error is None:
+            try:
+                arrays.append(predictor.preprocess(open_image(name)))
+                ok.append(name)
+                continue
+            except ImageError as e:
+                error = str(e)
+        if len(entries) == 1:
+            raise ImageError(error)  # a lone bad input is an ordinary user error (exit 2)
+        errors[name] = error
+        print(f"fmnist: error: {error}", file=sys.stderr)
+
+    predictions = dict(zip(ok, predictor.predict(arrays), strict=True)) if arrays else {}
+    k = min(args.top_k, len(predictor.classes))
+    if args.json:
+        rows = []
+        for name, _ in entries:
+            if name in predictions:
+                p = predictions[name]
+                rows.append({
+                    "file": name,
+                    "label": p.label,
+                    "index": p.index,
+                    "probability": p.probabilities[p.label],
+                    "top": [{"label": c, "probability": q} for c, q in p.top(k)],
+                    "probabilities": p.probabilities,
+                })
+            else:
+                rows.append({"file": name, "error": errors[name]})
+        print(json.dumps(rows, indent=2))
+    elif predictions:
+        _print_table(predictions, k)
+
+    if not errors:
+        return 0
+    if predictions:
+        print(f"fmnist: {len(errors)} of {len(entries)} inputs could not be classified.",
+              file=sys.stderr)
+        return 1
+    return 2
+
+
+def _print_table(predictions: dict[str, Any], k: int) -> None:
+    file_w = max(len("file"), *(len(n) for n in predictions))
+    label_w = max(len("prediction"), *(len(p.label) for p in predictions.values()))
+    print(f"{'file':<{file_w}}  {'prediction':<{label_w}}  top-{k}")
+    for name, p in predictions.items():
+        top = "  ".join(f"{c} {prob:.3f}" for c, prob in p.top(k))
+        print(f"{name:<{file_w}}  {p.label:<{label_w}}  {top}")
+
