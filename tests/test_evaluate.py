@@ -128,3 +128,77 @@ def test_evaluate_on_a_checkpoint_matches_the_model(make_checkpoint, tmp_path):
     paths = save_report_pictures(report, images.numpy(), tmp_path / "pics")
     assert [p.name for p in paths] == ["confusion.png", "confident_errors.png"]
     assert all(p.read_bytes().startswith(b"\x89PNG") for p in paths)
+
+
+# ---- fmnist evaluate (CLI, in-process, synthetic data in place of the real files) -------------
+
+
+@pytest.fixture
+def fake_data(monkeypatch):
+    import fmnist.datasets
+
+    gen = np.random.default_rng(0)
+    images = gen.integers(0, 256, size=(120, 28, 28), dtype=np.uint8)
+    labels = np.arange(120, dtype=np.int64) % 10
+
+    def load_arrays(name="fashion-mnist", split="train", data_dir=None, **kwargs):
+        fmnist.datasets.get_spec(name)
+        return images, labels
+
+    monkeypatch.setattr(fmnist.datasets, "load_arrays", load_arrays)
+    return images, labels
+
+
+def test_cli_json_and_pictures_in_the_run_folder(make_checkpoint, fake_data, capsys):
+    from fmnist.cli import main
+
+    folder = make_checkpoint("cnn")
+    model, meta = load_model(folder)
+    expected = evaluate(model, *fake_data, meta)
+    assert main(["evaluate", str(folder), "--json"]) == 0
+    out, err = capsys.readouterr()
+    d = json.loads(out)  # stdout is exactly one JSON object
+    assert d["accuracy"] == pytest.approx(expected.accuracy)
+    assert d["loss"] == pytest.approx(expected.loss, rel=1e-5)
+    assert d["confusion_matrix"] == expected.confusion_matrix
+    assert set(d["per_class"]) == set(meta["classes"]) and 0 <= d["ece"] <= 1
+    assert (folder / "confusion.png").is_file() and (folder / "confident_errors.png").is_file()
+    assert "confusion.png" in err
+
+
+def test_cli_text_for_a_pth_writes_eval_folder(tmp_path, fake_data, monkeypatch, capsys):
+    from fmnist.cli import main
+    from fmnist.models import build_model
+
+    torch.save(build_model("mlp").state_dict(), tmp_path / "model.pth")
+    monkeypatch.chdir(tmp_path)
+    assert main(["evaluate", "model.pth", "--split", "train", "--tta"]) == 0
+    out, _ = capsys.readouterr()
+    assert "precision    recall  f1-score   support" in out and "Confusion matrix" in out
+    assert (tmp_path / "eval-model" / "confusion-train.png").is_file()
+    assert "eval-model" in out
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--model", "vgg"], "Unknown model 'vgg'"),
+        (["--model", "mlp"], "holds a 'cnn' model, not 'mlp'"),
+        (["--dataset", "nope"], "Unknown dataset 'nope'"),
+        (["--batch-size", "0"], "--batch-size must be at least 1"),
+    ],
+)
+def test_cli_errors_are_one_line(make_checkpoint, fake_data, capsys, argv, message):
+    from fmnist.cli import main
+
+    code = main(["evaluate", str(make_checkpoint("cnn")), *argv])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+    assert "Traceback" not in err
+
+
+def test_cli_missing_checkpoint(tmp_path, capsys):
+    from fmnist.cli import main
+
+    assert main(["evaluate", str(tmp_path / "nope")]) == 2
+    assert "does not exist" in capsys.readouterr().err

@@ -1,7 +1,76 @@
-"""Placeholder until this command lands."""
+"""`fmnist evaluate RUN_DIR|CHECKPOINT`: accuracy, loss, per-class metrics, confusion matrix,
+calibration, and pictures (confusion.png, confident_errors.png).
 
+Pictures go to --out; by default into the run folder when given a run folder (or the
+model.safetensors inside one), else into ./eval-<checkpoint name>. Pictures of the train split
+get a `-train` suffix so they never replace the test-set ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
 from typing import Any
+
+import torch
+
+from fmnist.cli.common import add_command
+from fmnist.cli.predict import add_model_arguments, dataset_for, load_checkpoint
 
 
 def add_parser(sub: Any) -> None:
-    pass
+    p = add_command(sub, "evaluate", "report a model's accuracy, per-class metrics and errors")
+    add_model_arguments(p)
+    p.add_argument("--dataset", metavar="NAME", help="dataset (default: the model's)")
+    p.add_argument("--data-dir", metavar="DIR", help="folder holding the dataset files")
+    p.add_argument("--split", default="test", choices=("test", "train"), help="(default test)")
+    p.add_argument("--tta", action="store_true", help="average with horizontally flipped images")
+    p.add_argument("--batch-size", type=int, default=1024, metavar="N", help="(default 1024)")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object (accuracy, loss, per_class, confusion_matrix, ece)")
+    p.add_argument("--out", metavar="DIR", help="where to write the PNGs (see above)")
+    p.set_defaults(func=run)
+
+
+def default_out_dir(checkpoint: str) -> Path:
+    from fmnist.checkpoint import META, WEIGHTS, resolve
+
+    given = Path(checkpoint)
+    weights = resolve(given)
+    if given.is_dir() or (weights.name == WEIGHTS and (weights.parent / META).is_file()):
+        return weights.parent
+    return Path.cwd() / f"eval-{weights.stem}"
+
+
+def run(args: argparse.Namespace) -> int:
+    from fmnist.datasets import load_arrays
+    from fmnist.errors import ConfigError
+    from fmnist.evaluate import evaluate, save_report_pictures
+
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}.")
+    model, meta = load_checkpoint(args.checkpoint, args.model)
+    out_dir = Path(args.out) if args.out else default_out_dir(args.checkpoint)
+    dataset = dataset_for(meta, args.dataset)
+    images, labels = load_arrays(dataset, args.split, args.data_dir)
+    # fp32 channels_last: identical logits, ~1.4x faster for the conv nets on CPU (measured)
+    channels_last = any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    report = evaluate(model, images, labels, meta, batch_size=args.batch_size,
+                      tta_flip=args.tta, channels_last=channels_last)
+    suffix = "" if args.split == "test" else f"-{args.split}"
+    pictures = save_report_pictures(report, images, out_dir, suffix=suffix)
+
+    if args.json:
+        print(json.dumps({**report.to_dict(), "dataset": dataset, "split": args.split,
+                          "tta": args.tta, "pictures": [str(p) for p in pictures]}))
+        # stdout stays one JSON object; the note goes to stderr
+        print(f"Pictures: {', '.join(str(p) for p in pictures)}", file=sys.stderr)
+    else:
+        print(f"{dataset} {args.split} split, {'with' if args.tta else 'no'} flip TTA")
+        print(report.to_text())
+        print(f"\nPictures: {', '.join(str(p) for p in pictures)}")
+    return 0
