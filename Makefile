@@ -13,7 +13,7 @@ setup: $(STAMP) data
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check torch==2.13.0
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[serve,dev]'
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[serve,onnx,dev]'
 	touch $@
 
 # Make sure the real Fashion-MNIST is present and verified (installs Debian's

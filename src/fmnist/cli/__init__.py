@@ -30,7 +30,14 @@ def get_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = get_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        # argparse stops filling a trailing list of files at the first option
+        # (`fmnist predict CKPT --top-k 5 a.png`); files after options belong to it too.
+        if hasattr(args, "inputs") and not any(e.startswith("-") for e in extra):
+            args.inputs = [*args.inputs, *extra]
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return int(args.func(args) or 0)
     except FmnistError as e:
