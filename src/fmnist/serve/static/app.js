@@ -161,18 +161,19 @@
     const form = new FormData();
     form.append("file", file, file.name || "image.png");
     send({ body: form });
-    showOnPad(URL.createObjectURL(file), false);
+    showOnPad(URL.createObjectURL(file));
   }
 
   // Show an image on the pad (contain-fit on black) so that drawing can continue over it.
-  function showOnPad(src, pixelated) {
+  function showOnPad(src, pixelated = false) {
     const img = new Image();
     img.onload = () => {
       resetPad();
       const s = Math.min(pad.width / img.width, pad.height / img.height);
       const w = img.width * s;
       const h = img.height * s;
-      ctx.imageSmoothingEnabled = !pixelated;
+      // small images (a 28x28 test image) are shown as crisp pixels, photos smoothly
+      ctx.imageSmoothingEnabled = !(pixelated || Math.max(img.width, img.height) <= 64);
       ctx.drawImage(img, (pad.width - w) / 2, (pad.height - h) / 2, w, h);
       ctx.imageSmoothingEnabled = true;
       state.dirty = true;
