@@ -303,6 +303,7 @@ def _point_latest(run_dir: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
+@distributed.clear_errors
 def fit(
     recipe: Recipe | None = None,
     *,
@@ -325,14 +326,13 @@ def fit(
     if resume is not None:
         resumed = checkpoint.load_resume(resume)
         recipe = Recipe(**resumed["recipe"])
+        distributed.check_resume(resumed, info, resume)
     recipe = recipe or get_recipe("default")
     validate(recipe)
     if recipe.threads:
         torch.set_num_threads(recipe.threads)
     device = resolve_device(recipe.device)
-    if device.type == "cuda" and info.enabled:
-        device = torch.device("cuda", info.local_rank)
-        torch.cuda.set_device(device)
+    device = distributed.device_for(info, device)  # cuda:LOCAL_RANK under DDP
     distributed.init(info, device)
     bf16 = use_bf16(recipe.bf16, device)
 
@@ -402,7 +402,7 @@ def fit(
         cb.on_fit_start(state)
 
     if resumed is not None:
-        checkpoint.set_rng_state(resumed["rng"])
+        checkpoint.set_rng_state(distributed.rank_rng_state(resumed, info))
     else:
         torch.manual_seed(recipe.seed + info.rank)  # dropout etc. differ per rank; data does not
 
@@ -429,6 +429,7 @@ def fit(
                 "train_loss": (loss_sum[0] / loss_sum[1]).item(),
                 "lr": scheduler.get_last_lr()[0],
             }
+            distributed.broadcast_buffers(model, info)  # evaluate the model rank 0 saves
             row["test_accuracy"], row["test_loss"] = evaluate_split(
                 model, data.test_images, data.test_labels, recipe, mean, std, bf16, info)
             if data.holdout_images is not None:
@@ -439,12 +440,15 @@ def fit(
             row["images_per_s"] = len(batches) * recipe.batch_size * info.world_size / seconds
             rows.append(row)
             meta = {**meta_base, "epoch": epoch, "metrics": row}
+            # Every rank's RNG state, for exact resume of per-rank randomness (a collective).
+            rngs = distributed.gather_objects(checkpoint.rng_state(), info) if save else None
             if run_dir is not None:
                 checkpoint.save_model(run_dir, model, meta)
                 checkpoint.save_resume(run_dir, {
                     "epoch": epoch, "rows": rows, "recipe": to_dict(recipe),
                     "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(), "rng": checkpoint.rng_state(),
+                    "rng_ranks": rngs, "world_size": info.world_size,
                 })
             for cb in cbs:
                 cb.on_epoch_end(state, row)
