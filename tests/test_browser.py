@@ -60,14 +60,15 @@ def trained(tmp_path_factory: pytest.TempPathFactory, test_set) -> Path:
 
     images, labels = load_arrays("fashion-mnist", "train")
     mean, std = 0.286, 0.353
-    x = ((torch.from_numpy(images).float() / 255 - mean) / std).unsqueeze(1)  # (N, 1, 28, 28)
+    x = torch.from_numpy(images)  # uint8 (N, 28, 28); each batch is normalised when drawn
     y = torch.from_numpy(labels)
     torch.manual_seed(0)
     model = build_model("mlp", {"hidden": 128})
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
     for _ in range(300):
         idx = torch.randint(0, len(x), (128,))
-        loss = torch.nn.functional.cross_entropy(model(x[idx]), y[idx])
+        batch = ((x[idx].float() / 255 - mean) / std).unsqueeze(1)  # (B, 1, 28, 28)
+        loss = torch.nn.functional.cross_entropy(model(batch), y[idx])
         opt.zero_grad()
         loss.backward()
         opt.step()
