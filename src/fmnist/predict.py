@@ -35,7 +35,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import nn
 
 from fmnist.errors import ImageError
-from fmnist.inference import predict_logits
+from fmnist.inference import predict_logits, prepare_for_inference
 
 # Decompression-bomb guard: a 100 KB PNG can declare 50000x50000 pixels (10 GB decoded).
 MAX_PIXELS = 40_000_000
@@ -196,6 +196,7 @@ class Predictor:
     ) -> None:
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
+        self.channels_last = prepare_for_inference(self.model)
         self.meta = meta
         self.classes: list[str] = list(meta["classes"])
         norm = meta.get("normalize") or {}
@@ -227,7 +228,8 @@ class Predictor:
             )
         if len(x) == 0:
             return np.zeros((0, len(self.classes)), dtype=np.float32)
-        logits = predict_logits(self.model, x, self.mean, self.std, batch_size=self.batch_size)
+        logits = predict_logits(self.model, x, self.mean, self.std, batch_size=self.batch_size,
+                                channels_last=self.channels_last)
         return torch.softmax(logits, dim=1).cpu().numpy().astype(np.float32, copy=False)
 
     def predict(self, images: Sequence[Image.Image | np.ndarray]) -> list[Prediction]:

@@ -14,10 +14,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from fmnist.cli.common import add_command
 from fmnist.cli.predict import add_model_arguments, dataset_for, load_checkpoint
+from fmnist.inference import prepare_for_inference
 
 
 def add_parser(sub: Any) -> None:
@@ -57,10 +56,7 @@ def run(args: argparse.Namespace) -> int:
     dataset = dataset_for(meta, args.dataset)
     tta = bool(meta.get("tta_flip")) if args.tta is None else args.tta
     images, labels = load_arrays(dataset, args.split, args.data_dir)
-    # fp32 channels_last: identical logits, ~1.4x faster for the conv nets on CPU (measured)
-    channels_last = any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    channels_last = prepare_for_inference(model)
     report = evaluate(model, images, labels, meta, batch_size=args.batch_size,
                       tta_flip=tta, channels_last=channels_last)
     suffix = "" if args.split == "test" else f"-{args.split}"
