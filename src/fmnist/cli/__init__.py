@@ -8,6 +8,7 @@ exit code 2; `--debug` shows the traceback instead.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -43,7 +44,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FmnistError as e:
         if getattr(args, "debug", False):
             raise
-        print(f"fmnist: error: {e}", file=sys.stderr)
+        # Under torchrun every rank parses the same flags: say a flag error once (rank 0).
+        # Errors raised while training already name their rank and are always shown.
+        if os.environ.get("RANK", "0") == "0" or str(e).startswith("rank "):
+            print(f"fmnist: error: {e}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # `fmnist data info | head`: the reader left, nothing to report
         sys.stderr.close()
