@@ -37,7 +37,7 @@ def test_same_seed_gives_identical_metrics_and_weights():
 def test_learns_the_synthetic_task():
     result = fit(apply_overrides(SMALL, {"epochs": 4}), data=make_data(512), save=False,
                  callbacks=[])
-    assert result.rows[-1]["test_accuracy"] >= 0.9
+    assert result.rows[-1]["test_accuracy"] >= 0.8  # chance is 0.1
     assert result.rows[-1]["train_loss"] < result.rows[0]["train_loss"]
 
 

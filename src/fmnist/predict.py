@@ -71,7 +71,7 @@ def open_image(source: bytes | str | Path, *, max_pixels: int = MAX_PIXELS) -> I
     if not data:
         raise ImageError(f"{_cap(name)} is empty, not an image.")
     try:
-        img = Image.open(io.BytesIO(data))
+        img: Image.Image = Image.open(io.BytesIO(data))
         width, height = img.size  # known from the header, before any pixel is decoded
         if width * height > max_pixels:
             raise ImageError(

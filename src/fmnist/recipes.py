@@ -8,11 +8,10 @@ effective recipe is written into the run folder as `config.json`, which `--confi
 from __future__ import annotations
 
 import json
+import tomllib
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 from fmnist.errors import ConfigError
 

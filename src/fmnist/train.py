@@ -16,7 +16,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -348,7 +348,7 @@ def fit(
     model = build_model(recipe.model, {**recipe.model_config, "num_classes": len(data.classes)})
     model.to(device)
     if recipe.channels_last:
-        model.to(memory_format=torch.channels_last)
+        model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
 
     lr = recipe.lr * (info.world_size if recipe.lr_scaling == "linear" else 1)
     optimizer = make_optimizer(recipe, model, lr)
@@ -381,7 +381,7 @@ def fit(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
     if recipe.compile:
-        train_model = torch.compile(train_model)
+        train_model = cast(nn.Module, torch.compile(train_model))
 
     loss_fn = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
     meta_base = {
@@ -432,7 +432,7 @@ def fit(
             distributed.broadcast_buffers(model, info)  # evaluate the model rank 0 saves
             row["test_accuracy"], row["test_loss"] = evaluate_split(
                 model, data.test_images, data.test_labels, recipe, mean, std, bf16, info)
-            if data.holdout_images is not None:
+            if data.holdout_images is not None and data.holdout_labels is not None:
                 row["holdout_accuracy"], row["holdout_loss"] = evaluate_split(
                     model, data.holdout_images, data.holdout_labels, recipe, mean, std, bf16, info)
             row["seconds"] = seconds

@@ -118,6 +118,7 @@ def export_onnx(model: nn.Module, meta: dict[str, Any], path: str | Path) -> boo
             )
     finally:
         exporter_log.setLevel(old_level)
+    assert program is not None  # dynamo=True always returns a program
     proto = program.model_proto
     extra = {
         "classes": json.dumps(list(meta["classes"])),
