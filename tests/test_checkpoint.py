@@ -70,3 +70,32 @@ def test_metadata_is_complete_and_save_is_atomic(make_checkpoint, monkeypatch):
 def test_resume_needs_a_run_folder(tmp_path):
     with pytest.raises(CheckpointError, match="has no resume.pt"):
         load_resume(tmp_path)
+
+
+def test_damaged_metadata_is_one_clear_error(make_checkpoint):
+    folder = make_checkpoint()
+    meta_path = folder / "model.json"
+    good = json.loads(meta_path.read_text())
+    for damage in ({"classes": ["a", "b", "c"]}, {"classes": None}, {"model_config": "x"},
+                   {"model_config": {"hidden": "x"}}):
+        meta_path.write_text(json.dumps({**good, **damage}))
+        with pytest.raises(CheckpointError):
+            load_model(folder)
+    meta_path.write_text("{not json")
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        load_model(folder)
+
+
+def test_exported_pth_beside_its_run_keeps_the_runs_normalisation(make_checkpoint):
+    from fmnist.checkpoint import normalization
+    from fmnist.cli.export import export_pth
+
+    folder = make_checkpoint("cnn")  # default config: a lone .pth can only say "cnn"
+    model, meta = load_model(folder)
+    export_pth(model, folder / "model.pth")
+    again, again_meta = load_model(folder / "model.pth", model="cnn")
+    assert normalization(again_meta) == normalization(meta) != (0.0, 1.0)
+    # a lone .pth is the Quickstart's: inputs just /255
+    lone = folder.parent / "lone.pth"
+    lone.write_bytes((folder / "model.pth").read_bytes())
+    assert normalization(load_model(lone, model="cnn")[1]) == (0.0, 1.0)

@@ -144,3 +144,48 @@ def test_short_real_data_training_reaches_a_floor():
         "channels_last": False, "holdout": 0})
     result = fit(recipe, save=False, callbacks=[])
     assert result.rows[-1]["test_accuracy"] > 0.80
+
+
+def test_out_must_be_new_or_empty_and_latest_is_never_clobbered(tmp_path):
+    mine = tmp_path / "proj"
+    mine.mkdir()
+    (mine / "config.json").write_text("my own notes")
+    with pytest.raises(ConfigError, match="not an empty folder"):
+        new_run_dir(mine, SMALL)
+    assert (mine / "config.json").read_text() == "my own notes"
+    # a user's own file called `latest` beside runs is left alone
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    (runs / "latest").write_text("keep me")
+    new_run_dir(runs / "a", SMALL)
+    assert (runs / "latest").read_text() == "keep me"
+    # outside a runs/ folder no `latest` appears at all
+    new_run_dir(tmp_path / "elsewhere" / "r", SMALL)
+    assert not (tmp_path / "elsewhere" / "latest").exists()
+
+
+def test_holdout_images_are_not_trained_on():
+    from fmnist.train import split_holdout
+
+    data = make_data(n_train=200)
+    data.train_labels = torch.arange(200)  # labels as ids, to see which images went where
+    split = split_holdout(data, 50)
+    kept, held = set(split.train_labels.tolist()), set(split.holdout_labels.tolist())
+    assert len(kept) == 150 and len(held) == 50 and not kept & held
+    assert split_holdout(make_data(n_train=200), 50).holdout_labels.tolist() == [
+        data.train_labels.remainder(10)[i].item() for i in sorted(held)]
+
+
+def test_a_foreign_or_damaged_resume_state_is_one_clear_error(tmp_path):
+    from fmnist.errors import CheckpointError
+
+    run = tmp_path / "run"
+    fit(apply_overrides(SMALL, {"epochs": 1}), data=make_data(), out=run, callbacks=[])
+    state = torch.load(run / "resume.pt", weights_only=True)
+    state["recipe"]["bogus"] = 1
+    torch.save(state, run / "resume.pt")
+    with pytest.raises(ConfigError, match="Unknown recipe field.*bogus"):
+        fit(resume=run, data=make_data(), callbacks=[])
+    torch.save({"weight": torch.zeros(1)}, run / "resume.pt")
+    with pytest.raises(CheckpointError, match="not an fmnist resume state"):
+        fit(resume=run, data=make_data(), callbacks=[])

@@ -40,6 +40,12 @@ def versions() -> dict[str, str]:
     return {"fmnist": __version__, "torch": torch.__version__}
 
 
+def normalization(meta: dict[str, Any]) -> tuple[float, float]:
+    """(mean, std) the model's inputs were standardised with; (0, 1) means just /255."""
+    norm = meta.get("normalize") or {}
+    return float(norm.get("mean", 0.0)), float(norm.get("std", 1.0))
+
+
 def save_model(directory: str | Path, model: nn.Module, meta: dict[str, Any]) -> Path:
     """Write `model.safetensors` + `model.json` into `directory`; returns the weights path.
 
@@ -88,19 +94,24 @@ def load_model(
     """Rebuild the model saved at `path` and return it (in eval mode) with its metadata.
 
     `model` names the architecture the caller expects: it must match a safetensors checkpoint,
-    and it picks the architecture for a Quickstart `.pth` (default `mlp`).
+    and it picks the architecture for a `.pth` state dict. A `.pth` exported from a run sits
+    beside that run's model.json, whose classes and normalisation it then uses; a lone `.pth`
+    is taken as the Quickstart's (`mlp` by default, Fashion-MNIST classes, inputs just /255).
     """
     weights = resolve(path)
     if weights.suffix in (".pth", ".pt"):
         state = _load_pth(weights)
-        meta: dict[str, Any] = {
-            "model": model or "mlp",
-            "model_config": {},
-            "classes": FASHION_CLASSES,
-            "normalize": {"mean": 0.0, "std": 1.0},
-            "dataset": "fashion-mnist",
-            "source": "quickstart-pth",
-        }
+        sidecar = weights.parent / META
+        meta = _read_meta(sidecar) if sidecar.is_file() else {}
+        if not meta or (model is not None and model != meta.get("model")):
+            meta = {
+                "model": model or "mlp",
+                "model_config": {},
+                "classes": FASHION_CLASSES,
+                "normalize": {"mean": 0.0, "std": 1.0},
+                "dataset": "fashion-mnist",
+            }
+        meta = {**meta, "source": "pth"}
     else:
         state, meta = _load_safetensors(weights)
         if model is not None and model != meta["model"]:
@@ -108,7 +119,7 @@ def load_model(
                 f"Checkpoint {weights} holds a '{meta['model']}' model, not '{model}': "
                 f"drop --model or pass --model {meta['model']}."
             )
-    net = build_model(meta["model"], meta.get("model_config"))
+    net = _build_checked(weights, meta)
     try:
         net.load_state_dict(state)
     except RuntimeError as e:
@@ -118,6 +129,33 @@ def load_model(
             "pass the --model it was trained with."
         ) from e
     return net.to(device).eval(), meta
+
+
+def _build_checked(weights: Path, meta: dict[str, Any]) -> nn.Module:
+    """The model `meta` describes, after checking the fields every caller relies on."""
+    config, classes = meta.get("model_config", {}), meta.get("classes")
+    if not isinstance(config, dict) or not isinstance(classes, list) or not all(
+        isinstance(c, str) for c in classes
+    ):
+        raise CheckpointError(
+            f"Metadata of {weights} is damaged: model_config must be a table and classes a list "
+            "of names."
+        )
+    try:
+        net = build_model(str(meta["model"]), {**config, "num_classes": len(classes)})
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"Metadata of {weights} has a bad model_config ({e}).") from e
+    return net
+
+
+def _read_meta(path: Path) -> dict[str, Any]:
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"Cannot read checkpoint metadata {path}: it is not valid JSON.") from e
+    if not isinstance(meta, dict) or "model" not in meta:
+        raise CheckpointError(f"Metadata {path} does not name a model: it was not written by fmnist.")
+    return meta
 
 
 def _load_pth(path: Path) -> dict[str, torch.Tensor]:
@@ -139,21 +177,22 @@ def _load_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, An
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"Cannot read {path} as a safetensors file: {e}.") from e
     meta_path = path.with_suffix(".json")
-    try:
-        if meta_path.is_file():
-            meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        else:  # a lone weights file still carries the metadata in its header
-            from safetensors import safe_open
+    if meta_path.is_file():
+        return state, _read_meta(meta_path)
+    # A lone weights file still carries the metadata in its header.
+    from safetensors import safe_open
 
-            with safe_open(str(path), "pt") as f:
-                meta = json.loads((f.metadata() or {})["fmnist"])
-    except (KeyError, json.JSONDecodeError, OSError) as e:
-        raise CheckpointError(
-            f"Checkpoint {path} has no readable fmnist metadata ({meta_path.name} missing or "
-            "corrupt): it was not written by fmnist."
-        ) from e
+    with safe_open(str(path), "pt") as f:
+        header = (f.metadata() or {}).get("fmnist")
+    try:
+        meta = json.loads(header) if header else None
+    except json.JSONDecodeError:
+        meta = None
     if not isinstance(meta, dict) or "model" not in meta:
-        raise CheckpointError(f"Metadata of {path} does not name a model: it was not written by fmnist.")
+        raise CheckpointError(
+            f"Checkpoint {path} has no fmnist metadata ({meta_path.name} missing, none in the "
+            "file): it was not written by fmnist."
+        )
     return state, meta
 
 
@@ -193,6 +232,11 @@ def load_resume(directory: str | Path) -> dict[str, Any]:
             f"Cannot resume from {directory}: it has no {RESUME} (is it an fmnist run folder?)."
         )
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise CheckpointError(f"Cannot read resume state {path}: {e}.") from e
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle, zip and refused-global errors all mean "not ours"
+        raise CheckpointError(f"Cannot read resume state {path} ({type(e).__name__}).") from e
+    needed = {"epoch", "rows", "recipe", "model", "optimizer", "scheduler"}
+    missing = needed - set(state) if isinstance(state, dict) else needed
+    if missing:
+        raise CheckpointError(f"{path} is not an fmnist resume state (no {', '.join(sorted(missing))}).")
+    return state

@@ -27,7 +27,7 @@ from fmnist.errors import ConfigError
 from fmnist.inference import autocast_for, predict_logits
 from fmnist.loader import Augment, Batches
 from fmnist.models import build_model, unwrap
-from fmnist.recipes import Recipe, get_recipe, to_dict, validate
+from fmnist.recipes import Recipe, apply_overrides, get_recipe, to_dict, validate
 
 # ---- devices and speed switches --------------------------------------------------------------
 
@@ -272,12 +272,18 @@ def _reduce_device(t: torch.Tensor) -> torch.device:
 
 
 def new_run_dir(out: str | Path | None, recipe: Recipe) -> Path:
+    """A fresh run folder: `out`, which must be new or empty, or runs/<time>-<recipe>."""
     if out is not None:
         run_dir = Path(out)
         if (run_dir / checkpoint.WEIGHTS).exists() or (run_dir / checkpoint.RESUME).exists():
             raise ConfigError(
                 f"Run folder {run_dir} already holds a run: use --resume {run_dir} to continue it, "
                 "or pick another --out."
+            )
+        if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
+            raise ConfigError(
+                f"--out {run_dir} exists and is not an empty folder: pick a new folder, so nothing "
+                "in it is overwritten."
             )
     else:
         stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -287,13 +293,17 @@ def new_run_dir(out: str | Path | None, recipe: Recipe) -> Path:
             n += 1
             run_dir = Path("runs") / f"{stamp}-{recipe.name}-{n}"
     run_dir.mkdir(parents=True, exist_ok=True)
-    _point_latest(run_dir)
+    if run_dir.resolve().parent.name == "runs":
+        _point_latest(run_dir)
     return run_dir
 
 
 def _point_latest(run_dir: Path) -> None:
-    """runs/latest -> the newest run (a relative symlink, replaced atomically)."""
+    """runs/latest -> the newest run (a relative symlink, replaced atomically). Anything
+    called `latest` that is not our symlink is left alone."""
     latest = run_dir.parent / "latest"
+    if latest.exists() and not latest.is_symlink():
+        return
     tmp = run_dir.parent / f".latest.{os.getpid()}"
     try:
         tmp.unlink(missing_ok=True)
@@ -325,7 +335,7 @@ def fit(
     resumed: dict[str, Any] | None = None
     if resume is not None:
         resumed = checkpoint.load_resume(resume)
-        recipe = Recipe(**resumed["recipe"])
+        recipe = apply_overrides(Recipe(), resumed["recipe"])  # checked like any config
         distributed.check_resume(resumed, info, resume)
     recipe = recipe or get_recipe("default")
     validate(recipe)
