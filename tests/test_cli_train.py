@@ -62,3 +62,12 @@ def test_debug_shows_the_traceback(capsys):
 
     with pytest.raises(ConfigError):
         main(["train", "--recipe", "fast", "--debug"])
+
+
+def test_an_unwritable_out_is_one_line(capsys, tmp_path):
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    code, _, err = run_cli(capsys, "train", "--recipe", "quickstart", "--epochs", "1",
+                           "--out", str(blocker / "run"))
+    assert code == 2 and err.startswith("fmnist: error: ") and "Traceback" not in err
+    assert err.count("\n") == 1 and "afile" in err

@@ -52,6 +52,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # `fmnist data info | head`: the reader left, nothing to report
         sys.stderr.close()
         return 0
+    except OSError as e:  # a folder where a file should go, a full disk, no permission...
+        if getattr(args, "debug", False):
+            raise
+        where = f": {e.filename}" if e.filename else ""
+        print(f"fmnist: error: {e.strerror or e}{where}.", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("fmnist: interrupted", file=sys.stderr)
         return 130
