@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fmnist.checkpoint import normalization
 from fmnist.inference import predict_logits
 
 ECE_BINS = 15
@@ -207,12 +208,12 @@ def evaluate(
     `channels_last=True` for a conv model already converted with
     `model.to(memory_format=torch.channels_last)` (same numbers, faster on CPU).
     """
-    norm = meta.get("normalize") or {}
+    mean, std = normalization(meta)
     logits = predict_logits(
         model,
         torch.as_tensor(images),
-        float(norm.get("mean", 0.0)),
-        float(norm.get("std", 1.0)),
+        mean,
+        std,
         batch_size=batch_size,
         tta_flip=tta_flip,
         channels_last=channels_last,
@@ -233,6 +234,8 @@ def save_report_pictures(
             np.array(report.confusion_matrix), report.classes, out_dir / f"confusion{suffix}.png"
         )
     ]
+    errors_png = out_dir / f"confident_errors{suffix}.png"
+    errors_png.unlink(missing_ok=True)  # a picture from an earlier evaluation would mislead
     if report.confident_errors:
         images_np = np.asarray(images)
         picked = images_np[[e["index"] for e in report.confident_errors]]
@@ -243,7 +246,7 @@ def save_report_pictures(
         ]
         paths.append(
             save_image_grid(
-                picked, titles, out_dir / f"confident_errors{suffix}.png", ncols=5,
+                picked, titles, errors_png, ncols=5,
                 suptitle="Most confidently wrong: true → predicted (probability)",
             )
         )

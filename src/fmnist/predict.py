@@ -34,6 +34,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import nn
 
+from fmnist.checkpoint import normalization
 from fmnist.errors import ImageError
 from fmnist.inference import predict_logits, prepare_for_inference
 
@@ -48,6 +49,10 @@ _OBJECT_THRESHOLD = 0.05 * 255
 # Very large images are shrunk (box filter, cheap) before the float work; 1024 px is far more
 # than a 28 px output needs and keeps memory at a few MB.
 _WORK_SIZE = 1024
+# The formats we promise; other PIL plugins (DDS, PSD, ...) are more attack surface than use.
+FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP")
+# A file larger than this is not read at all (the largest sensible photo is far smaller).
+MAX_FILE_BYTES = 50 * 1024 * 1024
 
 
 def open_image(source: bytes | str | Path, *, max_pixels: int = MAX_PIXELS) -> Image.Image:
@@ -60,8 +65,15 @@ def open_image(source: bytes | str | Path, *, max_pixels: int = MAX_PIXELS) -> I
         name, data = "upload", bytes(source)
     else:
         name = str(source)
+        path = Path(source)
         try:
-            data = Path(source).read_bytes()
+            if path.exists() and not path.is_dir() and not path.is_file():
+                raise ImageError(f"{name} is not a regular file (a device or pipe?), not an image.")
+            if path.is_file() and path.stat().st_size > MAX_FILE_BYTES:
+                raise ImageError(
+                    f"{name} is larger than {MAX_FILE_BYTES // 2**20} MiB: not accepted as an image."
+                )
+            data = path.read_bytes()
         except FileNotFoundError:
             raise ImageError(f"Image file {name} does not exist.") from None
         except IsADirectoryError:
@@ -71,7 +83,7 @@ def open_image(source: bytes | str | Path, *, max_pixels: int = MAX_PIXELS) -> I
     if not data:
         raise ImageError(f"{_cap(name)} is empty, not an image.")
     try:
-        img: Image.Image = Image.open(io.BytesIO(data))
+        img: Image.Image = Image.open(io.BytesIO(data), formats=FORMATS)
         width, height = img.size  # known from the header, before any pixel is decoded
         if width * height > max_pixels:
             raise ImageError(
@@ -90,8 +102,9 @@ def open_image(source: bytes | str | Path, *, max_pixels: int = MAX_PIXELS) -> I
         ) from None
     except Image.DecompressionBombError as e:
         raise ImageError(f"{_cap(name)} has too many pixels to decode safely ({e}).") from e
-    except (OSError, SyntaxError, ValueError, EOFError) as e:
-        # PIL reports truncated and corrupt data through all of these
+    except Exception as e:
+        # PIL reports truncated and corrupt data through many types (OSError, SyntaxError,
+        # ValueError, EOFError, NotImplementedError from plugins...): all mean "bad image".
         raise ImageError(f"{_cap(name)} is a corrupt or truncated image ({e}).") from e
     return img
 
@@ -199,9 +212,7 @@ class Predictor:
         self.channels_last = prepare_for_inference(self.model)
         self.meta = meta
         self.classes: list[str] = list(meta["classes"])
-        norm = meta.get("normalize") or {}
-        self.mean = float(norm.get("mean", 0.0))
-        self.std = float(norm.get("std", 1.0))
+        self.mean, self.std = normalization(meta)
         self.box = BOX_SIZE.get(str(meta.get("dataset", "")), DEFAULT_BOX)
         self.batch_size = 512
 

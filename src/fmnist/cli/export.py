@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from fmnist.atomic import atomic_path
+from fmnist.checkpoint import normalization
 from fmnist.cli.common import add_command
 from fmnist.cli.predict import add_model_arguments, load_checkpoint
 from fmnist.errors import ConfigError
@@ -61,6 +62,11 @@ def run(args: argparse.Namespace) -> int:
         export_pth(model, out)
         print(f"Wrote {out} (plain state dict; load with "
               "model.load_state_dict(torch.load(path, weights_only=True)))")
+        mean, std = normalization(meta)
+        if (mean, std) != (0.0, 1.0):
+            # A state dict cannot carry this; fmnist finds it in model.json beside the file.
+            print(f"Note: this model expects inputs x/255 standardised as (x - {mean:.4f}) / "
+                  f"{std:.4f}; keep {out.parent / 'model.json'} beside it for fmnist to know.")
     else:
         checked = export_onnx(model, meta, out)
         note = "checked against PyTorch with onnxruntime" if checked else "onnxruntime not installed"
@@ -101,9 +107,7 @@ def export_onnx(model: nn.Module, meta: dict[str, Any], path: str | Path) -> boo
     import onnx
 
     path = Path(path)
-    norm = meta.get("normalize") or {}
-    wrapper = _Normalized(unwrap(model).cpu().eval(), float(norm.get("mean", 0.0)),
-                          float(norm.get("std", 1.0))).eval()
+    wrapper = _Normalized(unwrap(model).cpu().eval(), *normalization(meta)).eval()
     example = torch.rand(2, 1, 28, 28)
     exporter_log = logging.getLogger("torch.onnx")
     old_level = exporter_log.level
