@@ -36,6 +36,7 @@ NAME = "synth"
 def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
     """Isolated cache, Debian root and no FMNIST_DATA_DIR; returns the folders."""
     dirs = {k: tmp_path / k for k in ("cache", "debian_root", "data")}
+    dirs["data"].mkdir()
     monkeypatch.setenv("FMNIST_CACHE_DIR", str(dirs["cache"]))
     monkeypatch.delenv("FMNIST_DATA_DIR", raising=False)
     monkeypatch.setattr(datasets, "DEBIAN_ROOT", dirs["debian_root"])
@@ -495,3 +496,9 @@ def test_real_class_balance_and_first_test_label():
     assert np.bincount(yt).tolist() == [1000] * 10
     assert get_spec("fashion-mnist").classes[yt[0]] == "Ankle boot"
     assert len(dataset_fingerprint()) == 64
+
+
+def test_a_named_data_folder_must_exist(env: dict[str, Path]) -> None:
+    # a typo in --data-dir must not silently fall through to another copy of the data
+    with pytest.raises(ConfigError, match="does not exist or is not a folder"):
+        load_arrays("fashion-mnist", "train", env["data"] / "typo")

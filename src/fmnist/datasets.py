@@ -402,6 +402,13 @@ class Location:
         kinds = sorted({f.source for f in self.files.values()})
         return kinds[0] if len(kinds) == 1 else "mixed (" + ", ".join(kinds) + ")"
 
+    @property
+    def fingerprint(self) -> str:
+        """sha256 over the four files' decompressed-content hashes: the same data gives the
+        same fingerprint whatever source or compression it came from."""
+        lines = "".join(f"{k} {self.files[k].sha256}\n" for k, _ in self.spec.files)
+        return hashlib.sha256(lines.encode()).hexdigest()
+
 
 def _candidates(directory: Path, name: str) -> list[Path]:
     # Uncompressed first: no gunzip on the cold path. Both names are accepted everywhere.
@@ -449,6 +456,11 @@ def locate(
             Path(d).expanduser()
             for d in ([data_dir] if isinstance(data_dir, (str, Path)) else data_dir)
         ]
+        # A single folder the user named must exist: a typo silently falling through to
+        # another copy would train on data they did not mean. (The Dataset class passes
+        # candidate folders that may legitimately be missing.)
+        if isinstance(data_dir, (str, Path)) and not dirs[0].is_dir():
+            raise ConfigError(f"Data folder {data_dir} does not exist or is not a folder.")
     sources = _sources(spec, dirs)
     if not fallback:
         sources = sources[: max(1, len(dirs or []))]
@@ -539,7 +551,8 @@ def _download(
         # Network libraries raise many unrelated types (requests, urllib3, OSError, ...); any
         # of them just means "try the next mirror".
         except Exception as e:  # noqa: BLE001
-            problems.append(f"{url}: {type(e).__name__}: {e}")
+            # Keep the message short: urllib3's repeat the URL and the whole retry history.
+            problems.append(f"{url}: {type(e).__name__}: {str(e).splitlines()[0][:120]}")
             continue
         digest, _ = _digest(dest, record)
         return FoundFile(key, dest, "download", digest.sha256 or "", verified), ""
@@ -610,11 +623,8 @@ def class_names(name: str = DEFAULT_DATASET) -> list[str]:
 
 
 def dataset_fingerprint(name: str = DEFAULT_DATASET, data_dir: str | Path | None = None) -> str:
-    """sha256 over the four files' decompressed-content hashes: the same data gives the same
-    fingerprint whatever source or compression it came from."""
-    loc = locate(name, data_dir)
-    lines = "".join(f"{k} {loc.files[k].sha256}\n" for k, _ in loc.spec.files)
-    return hashlib.sha256(lines.encode()).hexdigest()
+    """The dataset's `Location.fingerprint` (see there)."""
+    return locate(name, data_dir).fingerprint
 
 
 def fetch(name: str = DEFAULT_DATASET, data_dir: str | Path | None = None) -> Location:
@@ -644,9 +654,7 @@ def describe(name: str = DEFAULT_DATASET, data_dir: str | Path | None = None) ->
             for k, f in loc.files.items()
         },
         "notes": loc.notes,
-        "fingerprint": hashlib.sha256(
-            "".join(f"{k} {loc.files[k].sha256}\n" for k, _ in spec.files).encode()
-        ).hexdigest(),
+        "fingerprint": loc.fingerprint,
         "splits": {},
     }
     for split in SPLITS:

@@ -32,18 +32,18 @@ def add_parser(sub: Any) -> None:
     show.add_argument("--split", choices=("train", "test"), default="train")
     show.add_argument("--out", required=True, help="PNG file to write")
     show.add_argument(
-        "--per-class", type=_positive, default=8, metavar="N", help="images per class (8)"
+        "--per-class", type=_per_class, default=8, metavar="N", help="images per class (8, at most 50)"
     )
     show.set_defaults(func=cmd_show)
 
 
-def _positive(text: str) -> int:
+def _per_class(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
         value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    if not 1 <= value <= 50:  # a grid past 50 per class is unreadable and takes minutes
+        raise argparse.ArgumentTypeError(f"expected a whole number from 1 to 50, got {text!r}")
     return value
 
 
