@@ -436,7 +436,7 @@ def test_cli_serve_workers_use_the_app_factory(make_checkpoint, monkeypatch) -> 
     assert seen["app"] == "fmnist.serve.app:app_from_env" and seen["factory"] and seen["workers"] == 2
     with TestClient(app_from_env()) as c:  # what each worker process builds
         wait_ready(c)
-        assert c.get("/v1/model").json()["limits"]["max_upload_bytes"] == 1_000_000
+        assert c.get("/v1/model").json()["limits"]["max_upload_bytes"] == 2**20  # --max-upload-mb 1 is 1 MiB
 
 
 @pytest.mark.parametrize(

@@ -25,7 +25,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--model", default=None,
                    help="architecture the checkpoint must hold (picks it for a Quickstart .pth)")
     p.add_argument("--max-upload-mb", type=float, default=10.0,
-                   help="largest request body accepted, in MB (default 10)")
+                   help="largest request body accepted, in MiB (default 10)")
     p.add_argument("--max-batch", type=int, default=64,
                    help="most images per request (default 64)")
     p.add_argument("--log-level", default="info",
@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"Invalid --workers {args.workers}: use 1 or more.")
     if args.max_batch < 1 or args.max_upload_mb <= 0:
         raise ConfigError("--max-batch and --max-upload-mb must be positive.")
-    max_upload = int(args.max_upload_mb * 1_000_000)
+    max_upload = int(args.max_upload_mb * 2**20)  # MiB, like the app's default
 
     # Load once here even with several workers: a bad checkpoint fails now, in one line.
     t0 = time.perf_counter()

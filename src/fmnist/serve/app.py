@@ -70,7 +70,7 @@ class ApiError(Exception):
 
 
 def _mb(n: int) -> str:
-    return f"{n:,} bytes ({n / 1e6:.1f} MB)" if n >= 1_000_000 else f"{n:,} bytes"
+    return f"{n:,} bytes ({n / 2**20:.1f} MiB)" if n >= 2**20 else f"{n:,} bytes"
 
 
 def _error(status: int, message: str, **extra: Any) -> JSONResponse:
@@ -299,17 +299,13 @@ class Engine:
         meta = self.predictor.meta
         model = getattr(self.predictor, "model", None)
         params = sum(p.numel() for p in model.parameters()) if model is not None else None
-        dataset_hash = next(
-            (meta[k] for k in ("dataset_hash", "dataset_fingerprint", "dataset_sha256") if k in meta),
-            None,
-        )
         return {
             "model": meta.get("model"),
             "model_config": meta.get("model_config", {}),
             "classes": self.classes,
             "parameters": params,
             "dataset": meta.get("dataset"),
-            "dataset_hash": dataset_hash,
+            "dataset_hash": meta.get("dataset_sha256"),
             "metrics": meta.get("metrics", {}),
             "epoch": meta.get("epoch"),
             "recipe": meta.get("recipe"),
