@@ -247,3 +247,21 @@ def test_prediction_top():
     assert p.top(2) == [("b", 0.5), ("c", 0.3)]
     assert p.top(10) == [("b", 0.5), ("c", 0.3), ("a", 0.2)]
     assert p.to_dict(1)["top"] == [{"label": "b", "probability": 0.5}]
+
+
+def test_only_the_promised_formats_are_decoded(tmp_path):
+    # TIFF is a real image PIL could read, but not one we promise: other decoders are attack
+    # surface (a fuzzed file once reached a DDS decoder's NotImplementedError).
+    path = tmp_path / "photo.tiff"
+    Image.new("L", (10, 10), 128).save(path)
+    with pytest.raises(ImageError, match="not an image PIL can read"):
+        open_image(path)
+
+
+def test_devices_and_pipes_are_refused(tmp_path):
+    import os
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    with pytest.raises(ImageError, match="not a regular file"):
+        open_image(fifo)
