@@ -1,10 +1,11 @@
-"""GPU check: the default recipe on CUDA with bf16 autocast, torch.compile off and on.
+"""GPU check: a recipe (default: `default`) on CUDA with bf16 autocast, torch.compile off and on.
 
 Reports, per configuration, images/s (training only, per epoch) and time to 94 % / 95 % test
 accuracy (training seconds, and wall seconds including evaluation and compilation), with the card
 named. With more than one GPU it also runs a 2-process torchrun NCCL smoke test of `fmnist train`.
 
     python benchmarks/gpu_check.py --out gpu_check.json                 # on a GPU machine
+    python benchmarks/gpu_check.py --recipe best --batch-size 512 --epochs 80 --out best.json
     python benchmarks/gpu_check.py --device cpu --quick --out smoke.json # local smoke (seconds)
 
 Needs the package importable (`pip install -e .`, or PYTHONPATH=src) and the Fashion-MNIST files
@@ -29,7 +30,7 @@ from typing import Any
 
 import torch
 
-from fmnist.recipes import get_recipe, to_dict
+from fmnist.recipes import Recipe, get_recipe, to_dict
 from fmnist.train import Callback, Data, RunState, fit, load_data
 
 TARGETS = (0.94, 0.95)
@@ -77,11 +78,10 @@ def time_to(rows: list[dict[str, Any]], wall: list[float], target: float) -> dic
     return None  # not reached in these epochs
 
 
-def one_config(data: Data, device: str, compile_: bool, epochs: int | None) -> dict[str, Any]:
-    recipe = replace(get_recipe("default"), device=device, bf16="on", compile=compile_)
-    if epochs is not None:
-        recipe = replace(recipe, epochs=epochs)
-    print(f"default recipe, {device}, bf16 on, compile {'on' if compile_ else 'off'}, "
+def one_config(base: Recipe, data: Data, device: str, compile_: bool) -> dict[str, Any]:
+    recipe = replace(base, device=device, bf16="on", compile=compile_)
+    print(f"{recipe.name} recipe, {device}, bf16 on, compile {'on' if compile_ else 'off'}, "
+          f"batch {recipe.batch_size}, "
           f"{recipe.epochs} epochs, {len(data.train_images):,} train images", flush=True)
     clock = Clock()
     t0 = time.perf_counter()
@@ -132,7 +132,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
     p.add_argument("--quick", action="store_true",
                    help="2,048 train / 1,000 test images, 1 epoch: a smoke test, not a benchmark")
+    p.add_argument("--recipe", default="default", help="recipe to run (default: default)")
     p.add_argument("--epochs", type=int, help="default: the recipe's (1 with --quick)")
+    p.add_argument("--batch-size", type=int,
+                   help="default: the recipe's; the lr is scaled linearly with it")
     p.add_argument("--compile", choices=("off", "on", "both"),
                    help="default: both (off with --device cpu --quick: inductor on CPU is slow)")
     p.add_argument("--data-dir", help="folder holding the Fashion-MNIST files")
@@ -162,12 +165,17 @@ def main(argv: list[str] | None = None) -> int:
     def save() -> None:
         out.write_text(json.dumps(results, indent=2) + "\n")
 
-    recipe = get_recipe("default")
+    recipe = get_recipe(args.recipe)
+    if args.batch_size:
+        recipe = replace(recipe, batch_size=args.batch_size,
+                         lr=recipe.lr * args.batch_size / recipe.batch_size)
+    if epochs is not None:
+        recipe = replace(recipe, epochs=epochs)
     data = load_data(recipe, args.data_dir)
     if args.quick:
         data = subset(data, 2048, 1000)
     for compile_ in configs:
-        results["runs"].append(one_config(data, args.device, compile_, epochs))
+        results["runs"].append(one_config(recipe, data, args.device, compile_))
         save()
 
     gpus = torch.cuda.device_count() if args.device == "cuda" else 0
