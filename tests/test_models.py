@@ -61,6 +61,7 @@ def test_flops_and_description():
     assert flops_per_image(model) == 2 * (784 * 512 + 512 * 512 + 512 * 10)
     text = describe(model)
     assert "669,706 parameters" in text and "MFLOPs per image" in text and "Linear" in text
+    assert repr(model) == text  # print(model) shows it all
 
 
 def test_unknown_model_and_option_name_the_valid_ones():

@@ -16,13 +16,21 @@ from torch import nn
 from fmnist.errors import ConfigError
 
 
+class Model(nn.Module):
+    """Base of the registered models: `print(model)` shows the layers, then the parameter
+    count and FLOPs per image."""
+
+    def __repr__(self) -> str:
+        return describe(self)
+
+
 @dataclass
 class MLPConfig:
     hidden: int = 512
     num_classes: int = 10
 
 
-class MLP(nn.Module):
+class MLP(Model):
     """The Quickstart's `NeuralNetwork`. Attribute names are kept so its `model.pth` loads as is."""
 
     def __init__(self, config: MLPConfig) -> None:
@@ -69,7 +77,7 @@ def conv_pool_bn(c_in: int, c_out: int) -> nn.Sequential:
     )
 
 
-class CNN(nn.Module):
+class CNN(Model):
     """Small VGG-style net: five 3x3 conv-BN-ReLU layers; only the first runs at 28x28.
 
     The first conv (one input channel, so cheap) is max-pooled at once, so every layer with many
@@ -123,7 +131,7 @@ class ResNetConfig:
     num_classes: int = 10
 
 
-class ResNet(nn.Module):
+class ResNet(Model):
     """A ResNet for 28x28 inputs: three stages at 28, 14 and 7 pixels, average-pool head."""
 
     def __init__(self, config: ResNetConfig) -> None:
@@ -216,7 +224,8 @@ def describe(model: nn.Module) -> str:
     """Layers, parameter count and FLOPs per image, for printing."""
     flops = flops_per_image(model)
     return (
-        f"{model}\n{model_name(model)}: {count_parameters(model):,} parameters, "
+        f"{nn.Module.__repr__(model)}\n"
+        f"{model_name(model)}: {count_parameters(model):,} parameters, "
         f"{flops / 1e6:,.1f} MFLOPs per image"
     )
 
