@@ -71,3 +71,16 @@ def test_an_unwritable_out_is_one_line(capsys, tmp_path):
                            "--out", str(blocker / "run"))
     assert code == 2 and err.startswith("fmnist: error: ") and "Traceback" not in err
     assert err.count("\n") == 1 and "afile" in err
+
+
+@pytest.mark.parametrize("toml, message", [
+    ('epochs = "ten"', "Recipe field epochs must be a whole number, got 'ten'."),
+    ("model_config = 5", "Recipe field model_config must be a table, got 5."),
+    ("flip = 1", "Recipe field flip must be true or false, got 1."),
+    ('model = "mlp"\n[model_config]\nhidden = "x"', "Bad model_config for 'mlp'"),
+])
+def test_config_values_of_the_wrong_type_are_one_line(capsys, tmp_path, toml, message):
+    config = tmp_path / "c.toml"
+    config.write_text(toml + "\n")
+    code, _, err = run_cli(capsys, "train", "--config", str(config), "--out", str(tmp_path / "r"))
+    assert code == 2 and message in err and "Traceback" not in err

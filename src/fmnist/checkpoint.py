@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from fmnist.atomic import atomic_path, write_text
-from fmnist.errors import CheckpointError
+from fmnist.errors import CheckpointError, ConfigError
 from fmnist.models import build_model, clean_state_dict, model_config, model_name, unwrap
 
 WEIGHTS = "model.safetensors"
@@ -143,8 +143,8 @@ def _build_checked(weights: Path, meta: dict[str, Any]) -> nn.Module:
         )
     try:
         net = build_model(str(meta["model"]), {**config, "num_classes": len(classes)})
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"Metadata of {weights} has a bad model_config ({e}).") from e
+    except ConfigError as e:
+        raise CheckpointError(f"Metadata of {weights} does not describe a model we can build: {e}") from e
     return net
 
 

@@ -187,7 +187,10 @@ def make_config(name: str, overrides: dict[str, Any] | None = None) -> Any:
 def build_model(name: str, config: dict[str, Any] | None = None) -> nn.Module:
     """Build a registered model from its name and (partial) config dict."""
     config_obj = make_config(name, config)  # raises ConfigError for unknown names
-    return MODELS[name].model_cls(config_obj)
+    try:
+        return MODELS[name].model_cls(config_obj)
+    except (TypeError, ValueError) as e:  # e.g. widths = "wide" from a config file
+        raise ConfigError(f"Bad model_config for '{name}': {e}.") from e
 
 
 def model_name(model: nn.Module) -> str:

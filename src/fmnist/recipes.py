@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import tomllib
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -115,15 +115,27 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
 
 def apply_overrides(recipe: Recipe, overrides: dict[str, Any]) -> Recipe:
     """A copy of `recipe` with `overrides` (field -> value) applied and checked."""
-    types = {f.name: f.type for f in fields(Recipe)}
-    unknown = sorted(set(overrides) - set(types))
+    defaults = asdict(Recipe())
+    unknown = sorted(set(overrides) - set(defaults))
     if unknown:
         raise ConfigError(
-            f"Unknown recipe field(s) {', '.join(unknown)}. Valid: {', '.join(types)}."
+            f"Unknown recipe field(s) {', '.join(unknown)}. Valid: {', '.join(defaults)}."
         )
-    recipe = replace(recipe, **overrides)
+    recipe = replace(recipe, **{k: _typed(k, v, defaults[k]) for k, v in overrides.items()})
     validate(recipe)
     return recipe
+
+
+def _typed(name: str, value: Any, default: Any) -> Any:
+    """`value` as the type of the field's default (an int is a fine float), or ConfigError."""
+    kind = type(default)
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, kind) and (kind is bool or not isinstance(value, bool)):
+        return value
+    names = {bool: "true or false", int: "a whole number", float: "a number", str: "a string",
+             dict: "a table"}
+    raise ConfigError(f"Recipe field {name} must be {names.get(kind, kind.__name__)}, got {value!r}.")
 
 
 def validate(recipe: Recipe) -> None:
