@@ -84,3 +84,13 @@ def test_config_values_of_the_wrong_type_are_one_line(capsys, tmp_path, toml, me
     config.write_text(toml + "\n")
     code, _, err = run_cli(capsys, "train", "--config", str(config), "--out", str(tmp_path / "r"))
     assert code == 2 and message in err and "Traceback" not in err
+
+
+def test_another_model_drops_the_recipes_model_config():
+    from fmnist.recipes import apply_overrides, get_recipe
+
+    default = get_recipe("default")
+    assert default.model_config  # the default cnn has its own widths
+    assert apply_overrides(default, {"model": "mlp"}).model_config == {}
+    kept = apply_overrides(default, {"model": "resnet", "model_config": {"blocks": [1, 1, 1]}})
+    assert kept.model_config == {"blocks": [1, 1, 1]}

@@ -121,7 +121,11 @@ def apply_overrides(recipe: Recipe, overrides: dict[str, Any]) -> Recipe:
         raise ConfigError(
             f"Unknown recipe field(s) {', '.join(unknown)}. Valid: {', '.join(defaults)}."
         )
-    recipe = replace(recipe, **{k: _typed(k, v, defaults[k]) for k, v in overrides.items()})
+    overrides = {k: _typed(k, v, defaults[k]) for k, v in overrides.items()}
+    if overrides.get("model", recipe.model) != recipe.model and "model_config" not in overrides:
+        # the recipe's model_config describes the recipe's model, not the one asked for
+        overrides["model_config"] = {}
+    recipe = replace(recipe, **overrides)
     validate(recipe)
     return recipe
 
