@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -46,7 +47,8 @@ def save_training_curves(rows: Sequence[dict[str, Any]], path: str | Path) -> Pa
     """Loss (train and test) and test accuracy per epoch, from metrics.jsonl rows."""
     epochs = [r["epoch"] for r in rows]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.8))
-    ax_loss.plot(epochs, [r["train_loss"] for r in rows], "o-", label="train")
+    # the training loss includes label smoothing, so it sits above the test loss
+    ax_loss.plot(epochs, [r["train_loss"] for r in rows], "o-", label="train (as optimised)")
     ax_loss.plot(epochs, [r["test_loss"] for r in rows], "o-", label="test")
     ax_loss.set(xlabel="epoch", ylabel="loss", title="Loss")
     ax_loss.legend()
@@ -58,6 +60,7 @@ def save_training_curves(rows: Sequence[dict[str, Any]], path: str | Path) -> Pa
     ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="Test accuracy")
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     return _save(fig, path)
 
 
