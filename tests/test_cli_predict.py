@@ -9,32 +9,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageDraw
-from torch import nn
+from quickstart_net import NeuralNetwork
 
 import fmnist.datasets
 from fmnist.checkpoint import FASHION_CLASSES, load_model
 from fmnist.cli import main
 from fmnist.inference import predict_logits
-
-
-class NeuralNetwork(nn.Module):
-    """The PyTorch Quickstart's model, verbatim."""
-
-    def __init__(self):
-        super().__init__()
-        self.flatten = nn.Flatten()
-        self.linear_relu_stack = nn.Sequential(
-            nn.Linear(28 * 28, 512),
-            nn.ReLU(),
-            nn.Linear(512, 512),
-            nn.ReLU(),
-            nn.Linear(512, 10),
-        )
-
-    def forward(self, x):
-        x = self.flatten(x)
-        logits = self.linear_relu_stack(x)
-        return logits
 
 
 @pytest.fixture

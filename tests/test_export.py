@@ -8,30 +8,10 @@ import sys
 import numpy as np
 import pytest
 import torch
-from torch import nn
+from quickstart_net import NeuralNetwork
 
 from fmnist.checkpoint import load_model
 from fmnist.cli import main
-
-
-class NeuralNetwork(nn.Module):
-    """The PyTorch Quickstart's model, verbatim."""
-
-    def __init__(self):
-        super().__init__()
-        self.flatten = nn.Flatten()
-        self.linear_relu_stack = nn.Sequential(
-            nn.Linear(28 * 28, 512),
-            nn.ReLU(),
-            nn.Linear(512, 512),
-            nn.ReLU(),
-            nn.Linear(512, 10),
-        )
-
-    def forward(self, x):
-        x = self.flatten(x)
-        logits = self.linear_relu_stack(x)
-        return logits
 
 
 def run(capsys, *argv):

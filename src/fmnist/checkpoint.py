@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from fmnist.atomic import atomic_path, write_text
+from fmnist.datasets import SPECS
 from fmnist.errors import CheckpointError, ConfigError
 from fmnist.models import build_model, clean_state_dict, model_config, model_name, unwrap
 
@@ -28,10 +29,7 @@ META = "model.json"
 RESUME = "resume.pt"
 
 # What a Quickstart `model.pth` was trained on: Fashion-MNIST through ToTensor() alone.
-FASHION_CLASSES = [
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
-]  # fmt: skip
+FASHION_CLASSES = list(SPECS["fashion-mnist"].classes)
 
 
 def versions() -> dict[str, str]:
