@@ -10,7 +10,7 @@ from fmnist.cli.common import add_command
 
 
 def add_parser(sub: Any) -> None:
-    p = add_command(sub, "run", "Train, save, reload, evaluate and predict: the whole workflow.")
+    p = add_command(sub, "run", "train, save, reload, evaluate and predict: the whole workflow")
     p.add_argument("--recipe", default="default", help="recipe to train (default: default)")
     p.add_argument("--epochs", type=int, help="override the recipe's epochs")
     p.add_argument("--data-dir", metavar="DIR")

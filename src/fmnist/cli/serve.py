@@ -14,7 +14,7 @@ from fmnist.errors import ConfigError
 
 
 def add_parser(sub: Any) -> None:
-    p = add_command(sub, "serve", "Serve a model over HTTP, with a web page to try it.")
+    p = add_command(sub, "serve", "serve a model over HTTP, with a web page to try it")
     p.add_argument("checkpoint", metavar="RUN_DIR|CHECKPOINT",
                    help="run folder, model.safetensors, or a Quickstart model.pth")
     p.add_argument("--host", default="127.0.0.1",

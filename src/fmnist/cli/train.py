@@ -24,7 +24,7 @@ def add_parser(sub: Any) -> None:
     from fmnist.models import MODELS
     from fmnist.recipes import CHOICES, RECIPES
 
-    p = add_command(sub, "train", "Train a model from a recipe; flags override recipe fields.")
+    p = add_command(sub, "train", "train a model from a recipe; flags override recipe fields")
     p.add_argument("--recipe", default="default", help=f"one of: {', '.join(RECIPES)} (default: default)")
     p.add_argument("--config", metavar="FILE", help="TOML or JSON file of recipe fields (flags win)")
     p.add_argument("--model", help=f"one of: {', '.join(MODELS)}")
