@@ -202,7 +202,8 @@ def model_name(model: nn.Module) -> str:
 
 def model_config(model: nn.Module) -> dict[str, Any]:
     """The config as a JSON-ready dict (tuples become lists)."""
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(model.config).items()}
+    config: Any = model.config  # every registered model keeps its config dataclass here
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()}
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -236,8 +237,9 @@ def describe(model: nn.Module) -> str:
 def unwrap(model: nn.Module) -> nn.Module:
     """The plain model inside DDP (`.module`) and torch.compile (`._orig_mod`) wrappers."""
     while True:
-        if hasattr(model, "_orig_mod"):
-            model = model._orig_mod
+        inner = getattr(model, "_orig_mod", None)
+        if isinstance(inner, nn.Module):
+            model = inner
         elif hasattr(model, "module") and isinstance(model.module, nn.Module):
             model = model.module
         else:
