@@ -29,6 +29,7 @@ test: setup
 	bash scripts/ensure-browser.sh
 	$(PY) -m pytest -q
 	$(PY) -m ruff check src tests benchmarks
+	$(PY) -m mypy src
 
 lint: setup
 	$(PY) -m ruff check src tests benchmarks
