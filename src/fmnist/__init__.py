@@ -23,8 +23,7 @@ _EXPORTS = {
     "save_model": "fmnist.checkpoint",
     "load_model": "fmnist.checkpoint",
     "Predictor": "fmnist.predict",
-    "evaluate": "fmnist.evaluate",
-}
+}  # not `evaluate`: importing the fmnist.evaluate module would shadow such a name
 
 __all__ = ["__version__", *_EXPORTS]
 
