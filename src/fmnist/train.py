@@ -447,7 +447,7 @@ def fit(
                     model, data.holdout_images, data.holdout_labels, recipe, mean, std, bf16, info)
             row["seconds"] = seconds
             row["train_seconds"] = train_seconds
-            row["images_per_s"] = len(batches) * recipe.batch_size * info.world_size / seconds
+            row["images_per_s"] = batches.samples_per_rank * info.world_size / seconds
             rows.append(row)
             meta = {**meta_base, "epoch": epoch, "metrics": row}
             # Every rank's RNG state, for exact resume of per-rank randomness (a collective).
