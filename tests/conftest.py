@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -37,3 +38,23 @@ def make_checkpoint(tmp_path: Path) -> Callable[..., Path]:
         return folder
 
     return make
+
+
+FAKE_SPLIT_SIZE = 50
+
+
+@pytest.fixture
+def fake_data(monkeypatch: pytest.MonkeyPatch) -> tuple[np.ndarray, np.ndarray]:
+    """Synthetic splits in place of the real files, for commands that call load_arrays."""
+    import fmnist.datasets
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(FAKE_SPLIT_SIZE, 28, 28), dtype=np.uint8)
+    labels = np.arange(FAKE_SPLIT_SIZE, dtype=np.int64) % 10
+
+    def load_arrays(name="fashion-mnist", split="train", data_dir=None, **kwargs):
+        fmnist.datasets.get_spec(name)  # unknown names still fail as they would
+        return images, labels
+
+    monkeypatch.setattr(fmnist.datasets, "load_arrays", load_arrays)
+    return images, labels

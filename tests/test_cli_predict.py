@@ -5,9 +5,9 @@ from __future__ import annotations
 import io
 import json
 
-import numpy as np
 import pytest
 import torch
+from conftest import FAKE_SPLIT_SIZE
 from PIL import Image, ImageDraw
 from quickstart_net import NeuralNetwork
 
@@ -24,21 +24,6 @@ def quickstart_pth(tmp_path):
     path = tmp_path / "model.pth"
     torch.save(qs.state_dict(), path)
     return qs.eval(), path
-
-
-@pytest.fixture
-def fake_data(monkeypatch):
-    """Synthetic test/train splits in place of the real files (the CLI calls load_arrays)."""
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, size=(50, 28, 28), dtype=np.uint8)
-    labels = np.arange(50, dtype=np.int64) % 10
-
-    def load_arrays(name="fashion-mnist", split="train", data_dir=None, **kwargs):
-        fmnist.datasets.get_spec(name)
-        return images, labels
-
-    monkeypatch.setattr(fmnist.datasets, "load_arrays", load_arrays)
-    return images, labels
 
 
 def run(capsys, *argv):
@@ -203,7 +188,7 @@ def test_corrupt_image(make_checkpoint, tmp_path, capsys):
     assert_user_error(code, err, "corrupt or truncated")
 
 
-@pytest.mark.parametrize("index", [50, -1])
+@pytest.mark.parametrize("index", [FAKE_SPLIT_SIZE, -1])
 def test_index_out_of_range(make_checkpoint, fake_data, capsys, index):
     code, _, err = run(capsys, "predict", make_checkpoint(), "--index", index)
     assert_user_error(code, err, f"--index {index} is out of range")

@@ -133,22 +133,6 @@ def test_evaluate_on_a_checkpoint_matches_the_model(make_checkpoint, tmp_path):
 # ---- fmnist evaluate (CLI, in-process, synthetic data in place of the real files) -------------
 
 
-@pytest.fixture
-def fake_data(monkeypatch):
-    import fmnist.datasets
-
-    gen = np.random.default_rng(0)
-    images = gen.integers(0, 256, size=(120, 28, 28), dtype=np.uint8)
-    labels = np.arange(120, dtype=np.int64) % 10
-
-    def load_arrays(name="fashion-mnist", split="train", data_dir=None, **kwargs):
-        fmnist.datasets.get_spec(name)
-        return images, labels
-
-    monkeypatch.setattr(fmnist.datasets, "load_arrays", load_arrays)
-    return images, labels
-
-
 def test_cli_json_and_pictures_in_the_run_folder(make_checkpoint, fake_data, capsys):
     from fmnist.cli import main
 
