@@ -198,6 +198,11 @@ class Prediction:
         return out
 
 
+def seed_line(predicted: str, actual: str) -> str:
+    """The Quickstart's own prediction line."""
+    return f'Predicted: "{predicted}", Actual: "{actual}"'
+
+
 class Predictor:
     """A loaded model plus what it needs to classify images: classes, normalisation, box size.
 

@@ -98,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _predict_index(predictor: Any, args: argparse.Namespace) -> int:
     from fmnist.datasets import load_arrays
+    from fmnist.predict import seed_line
 
     dataset = dataset_for(predictor.meta, args.dataset)
     images, labels = load_arrays(dataset, args.split, args.data_dir)
@@ -118,7 +119,7 @@ def _predict_index(predictor: Any, args: argparse.Namespace) -> int:
             "probabilities": {c: float(p) for c, p in zip(classes, probs, strict=True)},
         }))
     else:
-        print(f'Predicted: "{predicted}", Actual: "{actual}"')
+        print(seed_line(predicted, actual))
     return 0
 
 

@@ -22,7 +22,7 @@ def run(args: argparse.Namespace) -> int:
     from fmnist.checkpoint import load_model
     from fmnist.datasets import load_arrays
     from fmnist.evaluate import evaluate, save_report_pictures
-    from fmnist.predict import Predictor
+    from fmnist.predict import Predictor, seed_line
     from fmnist.recipes import apply_overrides, get_recipe
     from fmnist.train import fit
 
@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
 
     predictor = Predictor(model, meta)
     predicted = predictor.predict([images[0]])[0].label
-    print(f'Predicted: "{predicted}", Actual: "{meta["classes"][labels[0]]}"')
+    print(seed_line(predicted, meta["classes"][labels[0]]))
     print(f"\nRun folder: {run_dir}")
     for path in [run_dir / "curves.png", *pictures]:
         print(f"  picture: {path}")
