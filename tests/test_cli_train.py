@@ -94,3 +94,17 @@ def test_another_model_drops_the_recipes_model_config():
     assert apply_overrides(default, {"model": "mlp"}).model_config == {}
     kept = apply_overrides(default, {"model": "resnet", "model_config": {"blocks": [1, 1, 1]}})
     assert kept.model_config == {"blocks": [1, 1, 1]}
+
+
+@pytest.mark.realdata
+def test_run_is_the_whole_workflow(capsys, tmp_path):
+    import re
+
+    code, out, _ = run_cli(capsys, "run", "--recipe", "quickstart", "--epochs", "1",
+                           "--out", str(tmp_path / "r"))
+    assert code == 0
+    assert re.search(r'^Predicted: "Ankle boot", Actual: "Ankle boot"$', out, re.M)
+    assert "Done!" in out and "confusion matrix" in out.lower()
+    for name in ("model.safetensors", "model.json", "curves.png", "confusion.png"):
+        assert (tmp_path / "r" / name).is_file(), name
+    assert f"Run folder: {tmp_path / 'r'}" in out
