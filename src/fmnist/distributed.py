@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import functools
+import gc
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -134,6 +135,7 @@ def shutdown() -> None:
     """Leave the process group. Delete any DDP-wrapped model first, or the process can abort
     at exit (the wrapper's reducer outliving its communicator)."""
     if dist.is_available() and dist.is_initialized():
+        gc.collect()  # a deleted DDP wrapper can linger in a reference cycle with its reducer
         dist.destroy_process_group()
 
 

@@ -464,6 +464,9 @@ def fit(
                 cb.on_epoch_end(state, row)
         for cb in cbs:
             cb.on_fit_end(state)
+        # Finish together: a rank that tears gloo down while rank 0 is still writing the run
+        # folder could abort at exit (seen here, about 1 run in 4, before this barrier).
+        distributed.barrier(info)
     finally:
         # DDP must be released before the process group goes, or the process can abort at exit.
         del train_model
