@@ -88,7 +88,7 @@ def test_damaged_metadata_is_one_clear_error(make_checkpoint):
 
 def test_exported_pth_beside_its_run_keeps_the_runs_normalisation(make_checkpoint):
     from fmnist.checkpoint import normalization
-    from fmnist.cli.export import export_pth
+    from fmnist.export import export_pth
 
     folder = make_checkpoint("cnn")  # default config: a lone .pth can only say "cnn"
     model, meta = load_model(folder)

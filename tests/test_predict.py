@@ -6,9 +6,12 @@ import io
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image, ImageDraw, ImageOps
 
 from fmnist.errors import ImageError
+from fmnist.evaluate import evaluate
+from fmnist.models import build_model
 from fmnist.predict import MAX_PIXELS, Prediction, Predictor, open_image, preprocess
 
 
@@ -247,6 +250,12 @@ def test_prediction_top():
     assert p.top(2) == [("b", 0.5), ("c", 0.3)]
     assert p.top(10) == [("b", 0.5), ("c", 0.3), ("a", 0.2)]
     assert p.to_dict(1)["top"] == [{"label": "b", "probability": 0.5}]
+    assert p.to_dict() == {
+        "label": "b", "index": 1, "probability": 0.5,
+        "top": [{"label": "b", "probability": 0.5}, {"label": "c", "probability": 0.3},
+                {"label": "a", "probability": 0.2}],
+        "probabilities": {"a": 0.2, "b": 0.5, "c": 0.3},
+    }
 
 
 def test_only_the_promised_formats_are_decoded(tmp_path):
@@ -265,3 +274,55 @@ def test_devices_and_pipes_are_refused(tmp_path):
     os.mkfifo(fifo)
     with pytest.raises(ImageError, match="not a regular file"):
         open_image(fifo)
+
+
+def _cnn_with_tta() -> tuple[torch.nn.Module, dict]:
+    torch.manual_seed(0)
+    model = build_model("cnn", {"widths": [8, 16, 16]})
+    head = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
+    head.weight.data *= 100  # confident logits, so flipping the input visibly changes them
+    meta = {"classes": [f"c{i}" for i in range(10)], "normalize": {"mean": 0.3, "std": 0.4},
+            "tta_flip": True}
+    return model, meta
+
+
+def test_predictor_leaves_the_callers_model_alone():
+    """The benchmarks' plain-eager reference shares its model with a Predictor: converting it
+    to channels_last (or to eval mode) would change what the reference measures."""
+    model, meta = _cnn_with_tta()
+    model.train()
+    conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.in_channels > 1)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    predictor = Predictor(model, meta)
+    predictor.predict_arrays(np.zeros((2, 28, 28), np.uint8))
+    evaluate(model, np.zeros((2, 28, 28), np.uint8), np.zeros(2, np.int64), meta)
+    assert conv.weight.is_contiguous()  # still NCHW
+    assert not conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert model.training
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k  # BatchNorm statistics untouched too
+    # the predictor's own copy is the fast layout
+    own = next(m for m in predictor.model.modules() if isinstance(m, torch.nn.Conv2d) and m.in_channels > 1)
+    assert own.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_accuracy_shown_is_accuracy_served():
+    """A run trained with flip TTA reports TTA accuracy; the predictor must serve the same
+    logits (average of the image's and its mirror's), so every prediction agrees with evaluate."""
+    model, meta = _cnn_with_tta()
+    model.eval()
+    rng = np.random.default_rng(3)
+    images = rng.integers(0, 256, size=(40, 28, 28), dtype=np.uint8)
+    x = (torch.from_numpy(images).unsqueeze(1).float() / 255 - 0.3) / 0.4
+    with torch.no_grad():
+        tta = torch.softmax((model(x) + model(x.flip(-1))) / 2, dim=1).numpy()
+        plain = torch.softmax(model(x), dim=1).numpy()
+    assert (tta.argmax(1) != plain.argmax(1)).any()  # the test can tell the two apart
+    np.testing.assert_allclose(Predictor(model, meta).predict_arrays(images), tta, atol=1e-5)
+    np.testing.assert_allclose(Predictor(model, meta, tta=False).predict_arrays(images), plain,
+                               atol=1e-5)
+    labels = tta.argmax(1)
+    report = evaluate(model, images, labels, meta)
+    assert report.accuracy == 1.0  # evaluate scores exactly what the predictor answers
+    no_tta = {**meta, "tta_flip": False}
+    np.testing.assert_allclose(Predictor(model, no_tta).predict_arrays(images), plain, atol=1e-5)

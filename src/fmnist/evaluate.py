@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from fmnist.checkpoint import normalization
-from fmnist.inference import predict_logits
+from fmnist.inference import predict_logits, prepare_for_inference
 
 ECE_BINS = 15
 CONFIDENT_ERRORS = 20
@@ -199,24 +199,23 @@ def evaluate(
     meta: dict[str, Any],
     *,
     batch_size: int = 1024,
-    tta_flip: bool = False,
-    channels_last: bool = False,
+    tta_flip: bool | None = None,
 ) -> Report:
     """Run `model` over uint8 images (N, 28, 28) and report against `labels` (N,).
 
-    `meta` is the checkpoint metadata: its `classes` and `normalize` are used. Pass
-    `channels_last=True` for a conv model already converted with
-    `model.to(memory_format=torch.channels_last)` (same numbers, faster on CPU).
+    `meta` is the checkpoint metadata: its `classes`, `normalize` and `tta_flip` are used.
+    `tta_flip=None` evaluates the way the run was trained to predict (and the way `Predictor`
+    serves it). `model` itself is not changed (an inference copy runs).
     """
     mean, std = normalization(meta)
+    tta = bool(meta.get("tta_flip")) if tta_flip is None else tta_flip
     logits = predict_logits(
-        model,
+        prepare_for_inference(model),
         torch.as_tensor(images),
         mean,
         std,
         batch_size=batch_size,
-        tta_flip=tta_flip,
-        channels_last=channels_last,
+        tta_flip=tta,
     )
     return metrics_from_logits(logits, labels, list(meta["classes"]))
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 
 import torch
 from torch import nn
@@ -17,15 +18,21 @@ def to_input(images: torch.Tensor, mean: float, std: float) -> torch.Tensor:
     return x
 
 
-def prepare_for_inference(model: nn.Module) -> bool:
-    """Put conv nets in channels_last (NHWC); returns whether inputs should be NHWC too.
+def prepare_for_inference(model: nn.Module, device: str | torch.device | None = None) -> nn.Module:
+    """An inference copy of `model`: on `device` (default: where it is), in eval mode, and in
+    channels_last (NHWC) when it has convolutions. The caller's model is left as it was.
 
-    On CPU, oneDNN's NHWC conv kernels give the same fp32 logits about 1.4x faster here.
+    On CPU, oneDNN's NHWC conv kernels give the same fp32 logits about 1.4x faster. Inputs need
+    no conversion: a one-channel NCHW tensor is already NHWC, and the first conv's output takes
+    its weights' layout.
     """
+    # A copy, so that a caller who goes on training or benchmarking the model gets it untouched.
+    model = copy.deepcopy(model)
+    if device is not None:
+        model.to(device)
     if any(isinstance(m, nn.Conv2d) for m in model.modules()):
         model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-        return True
-    return False
+    return model.eval()
 
 
 def autocast_for(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager:
@@ -45,7 +52,6 @@ def predict_logits(
     batch_size: int = 1024,
     tta_flip: bool = False,
     bf16: bool = False,
-    channels_last: bool = False,
 ) -> torch.Tensor:
     """Logits (N, C) in float32 for uint8 images (N, 28, 28), computed in eval mode.
 
@@ -59,8 +65,6 @@ def predict_logits(
     out = []
     for start in range(0, len(images), batch_size):
         x = to_input(images[start : start + batch_size].to(device, non_blocking=True), mean, std)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
         with autocast_for(device, bf16):
             logits = model(x).float()
             if tta_flip:

@@ -187,15 +187,16 @@ class Prediction:
         ranked = sorted(self.probabilities.items(), key=lambda kv: kv[1], reverse=True)
         return ranked[: max(0, k)]
 
-    def to_dict(self, k: int | None = None) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "index": self.index,
+    def to_dict(self, k: int = 3) -> dict[str, Any]:
+        """The one JSON shape of a prediction (CLI, API and page): callers add only what is
+        theirs to say (the file name, the image the model saw, the true label)."""
+        return {
             "label": self.label,
+            "index": self.index,
+            "probability": self.probabilities[self.label],
+            "top": [{"label": c, "probability": p} for c, p in self.top(k)],
             "probabilities": self.probabilities,
         }
-        if k is not None:
-            out["top"] = [{"label": c, "probability": p} for c, p in self.top(k)]
-        return out
 
 
 def seed_line(predicted: str, actual: str) -> str:
@@ -204,32 +205,39 @@ def seed_line(predicted: str, actual: str) -> str:
 
 
 class Predictor:
-    """A loaded model plus what it needs to classify images: classes, normalisation, box size.
+    """A model plus what it needs to classify images: classes, normalisation, box size, TTA.
+
+    It predicts with an inference copy of `model` (see `prepare_for_inference`): the caller's
+    model is not moved, converted or put in eval mode. `tta=None` predicts the way the run was
+    evaluated (flip TTA when it trained with `tta_flip`), so the accuracy a checkpoint reports
+    is the accuracy it serves; True/False force it.
 
     Thread-safe for concurrent `predict*` calls (the model stays in eval mode under no_grad).
     """
 
     def __init__(
-        self, model: nn.Module, meta: dict[str, Any], device: str | torch.device = "cpu"
+        self, model: nn.Module, meta: dict[str, Any], device: str | torch.device = "cpu",
+        *, tta: bool | None = None,
     ) -> None:
         self.device = torch.device(device)
-        self.model = model.to(self.device).eval()
-        self.channels_last = prepare_for_inference(self.model)
+        self.model = prepare_for_inference(model, self.device)
         self.meta = meta
         self.classes: list[str] = list(meta["classes"])
         self.mean, self.std = normalization(meta)
+        self.tta = bool(meta.get("tta_flip")) if tta is None else tta
         self.box = BOX_SIZE.get(str(meta.get("dataset", "")), DEFAULT_BOX)
         self.batch_size = 512
 
     @classmethod
     def from_checkpoint(
-        cls, path: str | Path, model: str | None = None, device: str | torch.device = "cpu"
+        cls, path: str | Path, model: str | None = None, device: str | torch.device = "cpu",
+        *, tta: bool | None = None,
     ) -> Predictor:
         """Load a run folder, `model.safetensors` or Quickstart `model.pth` (see checkpoint.py)."""
         from fmnist.checkpoint import load_model
 
         net, meta = load_model(path, model=model, device=device)
-        return cls(net, meta, device)
+        return cls(net, meta, device, tta=tta)
 
     def preprocess(self, image: Image.Image) -> np.ndarray:
         return preprocess(image, box=self.box)
@@ -245,7 +253,7 @@ class Predictor:
         if len(x) == 0:
             return np.zeros((0, len(self.classes)), dtype=np.float32)
         logits = predict_logits(self.model, x, self.mean, self.std, batch_size=self.batch_size,
-                                channels_last=self.channels_last)
+                                tta_flip=self.tta)
         return torch.softmax(logits, dim=1).cpu().numpy().astype(np.float32, copy=False)
 
     def predict(self, images: Sequence[Image.Image | np.ndarray]) -> list[Prediction]:
@@ -254,7 +262,7 @@ class Predictor:
         if not arrays:
             return []
         probs = self.predict_arrays(np.stack(arrays))
-        return [self._prediction(p) for p in probs]
+        return [self.prediction(p) for p in probs]
 
     def _as_array(self, image: Image.Image | np.ndarray) -> np.ndarray:
         if isinstance(image, Image.Image):
@@ -266,7 +274,8 @@ class Predictor:
             )
         return arr
 
-    def _prediction(self, probs: np.ndarray) -> Prediction:
+    def prediction(self, probs: np.ndarray) -> Prediction:
+        """A `Prediction` from one row of `predict_arrays`' probabilities."""
         index = int(np.argmax(probs))
         return Prediction(
             index=index,

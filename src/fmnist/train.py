@@ -248,8 +248,7 @@ def evaluate_split(
     part = slice(info.rank, None, info.world_size)
     x, y = images[part], labels[part]
     logits = predict_logits(model, x, mean, std, batch_size=recipe.eval_batch_size,
-                            tta_flip=recipe.tta_flip, bf16=bf16,
-                            channels_last=recipe.channels_last)
+                            tta_flip=recipe.tta_flip, bf16=bf16)
     y = y.to(logits.device)
     if recipe.log == "quickstart":  # the seed averages per-batch mean losses
         b = recipe.eval_batch_size

@@ -14,9 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from fmnist.cli.common import add_command
-from fmnist.cli.predict import add_model_arguments, dataset_for, load_checkpoint
-from fmnist.inference import prepare_for_inference
+from fmnist.cli.common import add_command, add_model_arguments, dataset_for, load_checkpoint
 
 
 def add_parser(sub: Any) -> None:
@@ -56,9 +54,7 @@ def run(args: argparse.Namespace) -> int:
     dataset = dataset_for(meta, args.dataset)
     tta = bool(meta.get("tta_flip")) if args.tta is None else args.tta
     images, labels = load_arrays(dataset, args.split, args.data_dir)
-    channels_last = prepare_for_inference(model)
-    report = evaluate(model, images, labels, meta, batch_size=args.batch_size,
-                      tta_flip=tta, channels_last=channels_last)
+    report = evaluate(model, images, labels, meta, batch_size=args.batch_size, tta_flip=tta)
     suffix = "" if args.split == "test" else f"-{args.split}"
     pictures = save_report_pictures(report, images, out_dir, suffix=suffix)
 

@@ -18,47 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from fmnist.cli.common import add_command
+from fmnist.cli.common import add_command, add_model_arguments, dataset_for, load_checkpoint
 from fmnist.errors import ConfigError, ImageError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp")
-
-
-def add_model_arguments(p: argparse.ArgumentParser) -> None:
-    """The checkpoint arguments shared by predict, evaluate and export."""
-    p.add_argument(
-        "checkpoint", metavar="RUN_DIR|CHECKPOINT",
-        help="run folder, model.safetensors, or a Quickstart model.pth",
-    )
-    p.add_argument(
-        "--model", metavar="NAME", default=None,
-        help="architecture: must match an fmnist checkpoint; picks it for a .pth (default mlp)",
-    )
-
-
-def load_checkpoint(path: str, model: str | None) -> tuple[Any, dict[str, Any]]:
-    """`checkpoint.load_model`, with an unknown --model name reported before any file is read."""
-    from fmnist.checkpoint import load_model
-    from fmnist.models import MODELS
-
-    if model is not None and model not in MODELS:
-        raise ConfigError(f"Unknown model '{model}'. Valid models: {', '.join(MODELS)}.")
-    return load_model(path, model=model)
-
-
-def dataset_for(meta: dict[str, Any], requested: str | None) -> str:
-    """The dataset to draw images from: --dataset, else the one the checkpoint was trained on,
-    checked to have as many classes as the model."""
-    from fmnist.datasets import get_spec
-
-    name = requested or meta.get("dataset") or "fashion-mnist"
-    spec = get_spec(name)  # ConfigError listing the valid names
-    if len(spec.classes) != len(meta["classes"]):
-        raise ConfigError(
-            f"Dataset '{name}' has {len(spec.classes)} classes but the model predicts "
-            f"{len(meta['classes'])}: pass the --dataset it was trained on."
-        )
-    return name
 
 
 def add_parser(sub: Any) -> None:
@@ -108,18 +71,14 @@ def _predict_index(predictor: Any, args: argparse.Namespace) -> int:
             f"--index {args.index} is out of range: the {dataset} {args.split} split has "
             f"{n} images (0..{n - 1})."
         )
-    probs = predictor.predict_arrays(images[args.index : args.index + 1])[0]
-    classes = predictor.classes
-    predicted, actual = classes[int(np.argmax(probs))], classes[int(labels[args.index])]
+    prediction = predictor.predict([images[args.index]])[0]
+    actual = predictor.classes[int(labels[args.index])]
     if args.json:
-        print(json.dumps({
-            "index": args.index,
-            "predicted": predicted,
-            "actual": actual,
-            "probabilities": {c: float(p) for c, p in zip(classes, probs, strict=True)},
-        }))
+        k = min(args.top_k, len(predictor.classes))
+        print(json.dumps({"image": args.index, "split": args.split, "actual": actual,
+                          **prediction.to_dict(k)}))
     else:
-        print(seed_line(predicted, actual))
+        print(seed_line(prediction.label, actual))
     return 0
 
 
@@ -166,15 +125,7 @@ def _predict_files(predictor: Any, args: argparse.Namespace) -> int:
         rows = []
         for name, _ in entries:
             if name in predictions:
-                p = predictions[name]
-                rows.append({
-                    "file": name,
-                    "label": p.label,
-                    "index": p.index,
-                    "probability": p.probabilities[p.label],
-                    "top": [{"label": c, "probability": q} for c, q in p.top(k)],
-                    "probabilities": p.probabilities,
-                })
+                rows.append({"file": name, **predictions[name].to_dict(k)})
             else:
                 rows.append({"file": name, "error": errors[name]})
         print(json.dumps(rows, indent=2))

@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     # Evaluate what is on disk, not what is in memory: this is the round trip a user relies on.
     model, meta = load_model(run_dir)
     images, labels = load_arrays(meta["dataset"], "test", args.data_dir)
-    report = evaluate(model, images, labels, meta, tta_flip=bool(meta.get("tta_flip")))
+    report = evaluate(model, images, labels, meta)  # with flip TTA when the run trained with it
     pictures = save_report_pictures(report, images, run_dir)
     print()
     print(report.to_text())

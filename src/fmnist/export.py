@@ -1,0 +1,116 @@
+"""Writing a model in other formats: the Quickstart's plain `model.pth` state dict, and ONNX.
+
+- `pth`: exactly what the Quickstart's `torch.save(model.state_dict(), ...)` writes; for an `mlp`
+  it loads into the Quickstart's `NeuralNetwork` with
+  `load_state_dict(torch.load(path, weights_only=True))`. It holds weights only: feed it what the
+  model was trained on (x / 255, then normalised with the checkpoint's mean and std).
+- `onnx`: one self-contained file (no separate .data), dynamic batch size. Input `image`:
+  float32 (N, 1, 28, 28) in [0, 1] (like torchvision's ToTensor); the checkpoint's normalisation
+  is inside the graph. Output `logits` (N, C). Class names, normalisation and model name are in
+  the model's metadata_props. Checked against PyTorch with onnxruntime when it is installed.
+
+Writes are atomic.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from fmnist.atomic import atomic_path
+from fmnist.checkpoint import normalization
+from fmnist.errors import ConfigError
+from fmnist.models import clean_state_dict, unwrap
+
+FORMATS = ("pth", "onnx")
+
+
+def export_pth(model: nn.Module, path: str | Path) -> Path:
+    """The plain state dict (CPU tensors, no wrapper prefixes), written atomically."""
+    path = Path(path)
+    state = {k: v.detach().cpu().clone() for k, v in clean_state_dict(unwrap(model).state_dict()).items()}
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+    return path
+
+
+class _Normalized(nn.Module):
+    """Puts the checkpoint's normalisation inside the exported graph: input x in [0, 1]."""
+
+    def __init__(self, model: nn.Module, mean: float, std: float) -> None:
+        super().__init__()
+        self.model, self.mean, self.std = model, mean, std
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.model((image - self.mean) / self.std)
+
+
+def export_onnx(model: nn.Module, meta: dict[str, Any], path: str | Path) -> bool:
+    """Write a single-file ONNX model with a dynamic batch size; returns True when verified
+    with onnxruntime (raises if the outputs disagree), False when onnxruntime is missing."""
+    try:
+        import onnx  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError as e:
+        raise ConfigError(
+            f"ONNX export needs the '{e.name}' package: pip install onnx onnxscript onnxruntime."
+        ) from None
+    import onnx
+
+    path = Path(path)
+    wrapper = _Normalized(unwrap(model).cpu().eval(), *normalization(meta)).eval()
+    example = torch.rand(2, 1, 28, 28)
+    exporter_log = logging.getLogger("torch.onnx")
+    old_level = exporter_log.level
+    exporter_log.setLevel(logging.ERROR)  # "torchvision is not installed" notices are noise here
+    try:
+        # the exporter prints its progress; keep the command's output to one line
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(
+                wrapper, (example,), dynamo=True, input_names=["image"], output_names=["logits"],
+                dynamic_shapes=({0: torch.export.Dim("batch")},), external_data=False,
+            )
+    finally:
+        exporter_log.setLevel(old_level)
+    assert program is not None  # dynamo=True always returns a program
+    proto = program.model_proto
+    extra = {
+        "classes": json.dumps(list(meta["classes"])),
+        "normalize": json.dumps({"mean": wrapper.mean, "std": wrapper.std}),
+        "model": str(meta.get("model", "")),
+        "dataset": str(meta.get("dataset", "")),
+        "input": "image: float32 [N,1,28,28], pixel/255 (light object on black)",
+    }
+    for key, value in extra.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    with atomic_path(path) as tmp:
+        onnx.save_model(proto, str(tmp), save_as_external_data=False)
+        verified = _verify(wrapper, tmp)
+    return verified
+
+
+def _verify(wrapper: nn.Module, onnx_path: Path) -> bool:
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return False
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    x = torch.rand(5, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    got = torch.from_numpy(session.run(["logits"], {"image": x.numpy()})[0])
+    with torch.no_grad():
+        want = wrapper(x)
+    if not torch.allclose(got, want, atol=1e-4, rtol=1e-4):
+        raise RuntimeError(  # a bug in the exporter, not something the user did
+            f"ONNX export differs from PyTorch by {float((got - want).abs().max()):.3g}"
+        )
+    return True
