@@ -3,8 +3,10 @@ that answer while a prediction runs."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
+import json
 import re
 import struct
 import threading
@@ -19,10 +21,14 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from PIL import Image
 
+import fmnist.datasets
+import fmnist.serve.app as serve_app
+from fmnist.checkpoint import load_model
 from fmnist.cli import main as cli_main
+from fmnist.errors import DatasetError
 from fmnist.predict import Predictor, open_image, preprocess
 from fmnist.serve import create_app
-from fmnist.serve.app import STATIC_DIR, app_from_env
+from fmnist.serve.app import STATIC_DIR, PredictionOut, app_from_env
 
 LIMITS = {"max_upload_bytes": 200_000, "max_batch": 4, "max_pixels": 1_000_000}
 
@@ -57,6 +63,32 @@ def b64(data: bytes) -> str:
 def decode_data_url(url: str) -> np.ndarray:
     assert url.startswith("data:image/png;base64,")
     return np.asarray(Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))))
+
+
+def asgi_post(app: FastAPI, chunks: list[bytes], content_type: str) -> tuple[int, dict]:
+    """POST `chunks` as separate http.request messages and no Content-Length, the way a chunked
+    upload reaches the app (TestClient always hands the body over as one message)."""
+    messages = [
+        {"type": "http.request", "body": c, "more_body": i < len(chunks) - 1} for i, c in enumerate(chunks)
+    ]
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+        "scheme": "http", "path": "/v1/predict", "raw_path": b"/v1/predict", "root_path": "",
+        "query_string": b"", "headers": [(b"content-type", content_type.encode())],
+        "client": ("127.0.0.1", 1234), "server": ("testserver", 80),
+    }  # fmt: skip
+    asyncio.run(app(scope, receive, send))
+    status = next(m["status"] for m in sent if m["type"] == "http.response.start")
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return status, json.loads(body)
 
 
 class Spy:
@@ -161,6 +193,23 @@ def test_model_info(client: TestClient, predictor: Predictor) -> None:
     assert info["ready"] is True
 
 
+def test_model_info_says_whether_predictions_use_flip_tta(make_checkpoint) -> None:
+    """A run evaluated with flip TTA is served with it, and /v1/model says so: the accuracy
+    shown and the predictions served are the same kind."""
+    net, meta = load_model(make_checkpoint("mlp"))
+    arr = np.zeros((28, 28), np.uint8)
+    arr[4:20, 2:9] = 220  # lopsided, so that the flipped image gives other probabilities
+    for tta in (False, True):
+        predictor = Predictor(net, {**meta, "tta_flip": tta})
+        with TestClient(create_app(predictor, warmup=False)) as c:
+            assert c.get("/v1/model").json()["tta"] is tta
+            p = c.post("/v1/predict", json={"arrays": [arr.tolist()]}).json()["predictions"][0]
+        want = Predictor(net, meta, tta=tta).predict_arrays(arr[None])[0]
+        other = Predictor(net, meta, tta=not tta).predict_arrays(arr[None])[0]
+        got = [p["probabilities"][c] for c in predictor.classes]
+        assert got == pytest.approx(want, abs=1e-6) and got != pytest.approx(other, abs=1e-6)
+
+
 # ---- predictions -----------------------------------------------------------------------------
 
 
@@ -223,6 +272,19 @@ def test_arrays_are_used_as_is(client: TestClient, predictor: Predictor) -> None
         assert [p["probabilities"][c] for c in predictor.classes] == pytest.approx(want, abs=1e-5)
 
 
+def test_a_prediction_has_the_one_shared_shape(client: TestClient, predictor: Predictor) -> None:
+    """The API returns Prediction.to_dict (as the CLI does) plus the name and the image seen,
+    and the OpenAPI spec describes exactly those keys."""
+    data = png(seed=5)
+    seen = preprocess(open_image(data))
+    p = client.post("/v1/predict", files={"file": ("a.png", data, "image/png")}).json()["predictions"][0]
+    want = predictor.prediction(predictor.predict_arrays(seen[None])[0]).to_dict(3)
+    assert p == {"name": "a.png", **want, "input": p["input"]}
+    assert set(p) == set(PredictionOut.model_fields)
+    spec = client.get("/openapi.json").json()
+    assert set(spec["components"]["schemas"]["PredictionOut"]["properties"]) == set(p)
+
+
 # ---- every bad input: a 4xx JSON error that names the problem, never a 500 -------------------
 
 BAD_REQUESTS = {
@@ -234,6 +296,8 @@ BAD_REQUESTS = {
     "images not a list": (dict(json={"images": "abc"}), 422, "must be a list"),
     "image not a string": (dict(json={"images": [123]}), 422, "base64 string"),
     "bad base64": (dict(json={"images": ["not base64!!"]}), 422, "not valid base64"),
+    "non-ascii base64": (dict(json={"images": ["\u00ff\u00ff\u00ff\u00ff"]}), 422, "not valid base64"),
+    "non-ascii data url": (dict(json={"images": ["data:image/png;base64,caf\u00e9"]}), 422, "not valid base64"),
     "base64 of text": (dict(json={"images": [b64(b"hello world")]}), 422, "not an image"),
     "empty image list": (dict(json={"images": []}), 422, "No images"),
     "array wrong shape": (dict(json={"arrays": [[[0] * 28] * 27]}), 422, "shape (27, 28)"),
@@ -283,6 +347,38 @@ def test_chunked_body_is_counted_while_read(client: TestClient) -> None:
 
     r = client.post("/v1/predict", content=body(), headers={"Content-Type": "image/png"})
     assert r.status_code == 422 and "not an image" in r.json()["error"]
+
+
+@pytest.mark.parametrize(
+    ("chunks", "status", "words"),
+    [
+        ([b"\0" * 40_000] * 4, 422, "not an image"),  # 160 KB in all: under the 200 KB limit
+        ([b"\0" * 50_000] * 6, 413, "at most 200,000 bytes"),  # each chunk under, the total over
+    ],
+)
+def test_body_limit_counts_all_chunks_together(app: FastAPI, chunks: list[bytes], status: int, words: str) -> None:
+    got, body = asgi_post(app, chunks, "image/png")
+    assert got == status and words in body["error"], body
+
+
+def test_json_is_decoded_off_the_event_loop(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Parsing and base64-decoding a JSON body of up to max_upload_bytes runs in a worker
+    thread, where there is no running event loop."""
+    on_loop: list[bool] = []
+    real = serve_app._items_from_json
+
+    def spy(body: bytes, max_batch: int) -> list[serve_app.Item]:
+        try:
+            asyncio.get_running_loop()
+            on_loop.append(True)
+        except RuntimeError:
+            on_loop.append(False)
+        return real(body, max_batch)
+
+    monkeypatch.setattr(serve_app, "_items_from_json", spy)
+    r = client.post("/v1/predict", json={"images": [b64(png())]})
+    assert r.status_code == 200, r.text
+    assert on_loop == [False]
 
 
 def test_default_limits_reject_a_decompression_bomb(predictor: Predictor) -> None:
@@ -356,13 +452,75 @@ def test_samples_degrade_to_an_empty_strip_without_data(make_checkpoint) -> None
     assert r.json()["samples"] == [] and "No test images" in r.json()["error"]
 
 
+def fake_test_split(n: int = 20) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 256, (n, 28, 28), dtype=np.uint8), np.arange(n, dtype=np.int64) % 10
+
+
+def test_samples_never_start_a_download(predictor: Predictor, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    downloads: list[Any] = []
+
+    def no_download(*args: Any, **kwargs: Any) -> tuple[None, str]:
+        downloads.append(args)
+        return None, "no network in tests"
+
+    monkeypatch.setattr(fmnist.datasets, "_download", no_download)
+    # no copy anywhere: no --data-dir, an empty cache, no Debian package
+    monkeypatch.delenv("FMNIST_DATA_DIR", raising=False)
+    monkeypatch.setenv("FMNIST_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(fmnist.datasets, "DEBIAN_ROOT", tmp_path / "debian")
+    with TestClient(create_app(predictor, warmup=False)) as c:
+        body = c.get("/v1/samples?n=3").json()
+    assert body["samples"] == [] and "No test images" in body["error"]
+    assert downloads == [], "GET /v1/samples started a download"
+
+
+def test_samples_appear_once_the_data_is_installed(predictor: Predictor, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failure is not remembered: the next request looks again."""
+    installed = False
+    images, labels = fake_test_split()
+
+    def load_arrays(name: str, split: str = "train", data_dir: Any = None, *, download: bool = True):
+        assert (name, split, download) == ("fashion-mnist", "test", False)
+        if not installed:
+            raise DatasetError("No verified copy of Fashion-MNIST found.")
+        return images, labels
+
+    monkeypatch.setattr(fmnist.datasets, "load_arrays", load_arrays)
+    with TestClient(create_app(predictor, warmup=False)) as c:
+        before = c.get("/v1/samples?n=3").json()
+        installed = True
+        after = c.get("/v1/samples?n=3").json()
+    assert before["samples"] == [] and "No verified copy" in before["error"]
+    assert len(after["samples"]) == 3 and "error" not in after
+    for s in after["samples"]:
+        assert np.array_equal(np.array(s["pixels"], np.uint8), images[s["index"]])
+
+
+def test_samples_load_outside_the_lock(predictor: Predictor, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A slow load does not queue other requests behind a lock: two loads run at once."""
+    both_loading = threading.Barrier(2, timeout=5)
+    images, labels = fake_test_split()
+
+    def load_arrays(name: str, split: str = "train", data_dir: Any = None, *, download: bool = True):
+        both_loading.wait()  # returns only once the other request is loading too
+        return images, labels
+
+    monkeypatch.setattr(fmnist.datasets, "load_arrays", load_arrays)
+    engine = create_app(predictor, warmup=False).state.engine
+    results: list[dict] = []
+    threads = [threading.Thread(target=lambda: results.append(engine.samples(2, 0))) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert len(results) == 2 and results[0] == results[1] and len(results[0]["samples"]) == 2
+
+
 @pytest.mark.realdata
 def test_samples_are_real_test_images(client: TestClient, predictor: Predictor) -> None:
-    from fmnist.datasets import load_arrays
-    from fmnist.errors import DatasetError
-
     try:
-        images, labels = load_arrays("fashion-mnist", "test")
+        images, labels = fmnist.datasets.load_arrays("fashion-mnist", "test")
     except DatasetError as e:
         pytest.skip(f"Fashion-MNIST not available: {e}")
     body = client.get("/v1/samples?n=6&seed=1").json()

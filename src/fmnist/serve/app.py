@@ -242,7 +242,6 @@ class Engine:
         self.ready = threading.Event()
         self.internal_errors = 0
         self._samples: tuple[np.ndarray, np.ndarray, list[str]] | None = None
-        self._samples_error: str | None = None
         self._samples_lock = threading.Lock()
 
     def warmup(self) -> None:
@@ -270,18 +269,11 @@ class Engine:
             t2 = time.perf_counter()
             probs = self.predictor.predict_arrays(batch)  # (N, C): one forward pass
             t3 = time.perf_counter()
-        predictions = []
-        for item, image, p in zip(items, batch, probs, strict=True):
-            order = np.argsort(-p)
-            predictions.append({
-                "name": item.name,
-                "index": int(order[0]),
-                "label": self.classes[order[0]],
-                "probability": float(p[order[0]]),
-                "probabilities": {c: round(float(v), 6) for c, v in zip(self.classes, p, strict=True)},
-                "top": [{"label": self.classes[i], "probability": float(p[i])} for i in order[:3]],
-                "input": png_data_url(image),
-            })
+        # the one prediction shape (fmnist.predict.Prediction.to_dict), plus what only we know
+        predictions = [
+            {"name": item.name, **self.predictor.prediction(p).to_dict(3), "input": png_data_url(image)}
+            for item, image, p in zip(items, batch, probs, strict=True)
+        ]
         t4 = time.perf_counter()
         return {
             "model": self.predictor.meta.get("model"),
@@ -310,31 +302,44 @@ class Engine:
             "epoch": meta.get("epoch"),
             "recipe": meta.get("recipe"),
             "normalize": meta.get("normalize"),
+            # flip TTA or not: the served predictions are made the way `metrics` were measured
+            "tta": self.predictor.tta,
             "versions": meta.get("versions", {}),
             "device": str(getattr(self.predictor, "device", "cpu")),
             "ready": self.ready.is_set(),
             "limits": limits,
         }
 
-    def _load_samples(self) -> tuple[np.ndarray, np.ndarray, list[str]] | None:
-        with self._samples_lock:
-            if self._samples is None and self._samples_error is None:
-                name = str(self.predictor.meta.get("dataset") or "fashion-mnist")
-                try:
-                    from fmnist.datasets import load_arrays
+    def _load_samples(self) -> tuple[tuple[np.ndarray, np.ndarray, list[str]] | None, str | None]:
+        """The test split and None, or None and why not.
 
-                    images, labels = load_arrays(name, "test")
-                    self._samples = (images, labels, self.classes)
-                except (FmnistError, OSError, ImportError) as e:
-                    # the page then shows no strip; everything else keeps working
-                    self._samples_error = f"No test images to show: {e}"
-                    log.info("%s", self._samples_error)
-            return self._samples
+        Only data already on disk: a GET must not start a download. A failure is not kept, so
+        data installed while the server runs shows up on the next request. The lock only
+        guards publishing: two requests loading at once do the same work twice, harmlessly,
+        while holding it across the load would queue every request behind a slow disk.
+        """
+        with self._samples_lock:
+            if self._samples is not None:
+                return self._samples, None
+        name = str(self.predictor.meta.get("dataset") or "fashion-mnist")
+        try:
+            from fmnist import datasets
+
+            images, labels = datasets.load_arrays(name, "test", download=False)
+        except (FmnistError, OSError, ImportError) as e:
+            # the page then shows no strip; everything else keeps working
+            error = f"No test images to show: {e}"
+            log.info("%s", error)
+            return None, error
+        with self._samples_lock:
+            if self._samples is None:
+                self._samples = (images, labels, self.classes)
+            return self._samples, None
 
     def samples(self, n: int, seed: int) -> dict[str, Any]:
-        loaded = self._load_samples()
+        loaded, error = self._load_samples()
         if loaded is None:
-            return {"samples": [], "error": self._samples_error}
+            return {"samples": [], "error": error}
         images, labels, classes = loaded
         idx = np.random.default_rng(seed).choice(len(images), size=min(n, len(images)), replace=False)
         return {
@@ -500,7 +505,8 @@ def create_app(
         if ctype == "multipart/form-data":
             items = await _items_from_multipart(request, max_batch)
         elif ctype in ("application/json", "text/json") or ctype.endswith("+json"):
-            items = _items_from_json(await request.body(), max_batch)
+            # json.loads and base64 of up to max_upload_bytes take tens of ms: off the loop too
+            items = await run_in_threadpool(_items_from_json, await request.body(), max_batch)
         elif ctype.startswith("image/") or ctype == "application/octet-stream":
             items = [Item("body", await request.body())]
         else:
