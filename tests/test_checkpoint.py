@@ -1,10 +1,11 @@
+import errno
 import json
 
 import pytest
 import torch
 
-from fmnist.checkpoint import load_model, load_resume, save_model
-from fmnist.errors import CheckpointError
+from fmnist.checkpoint import ResumeState, load_model, save_model
+from fmnist.errors import CheckpointError, WriteError
 from fmnist.models import build_model
 
 
@@ -57,11 +58,12 @@ def test_metadata_is_complete_and_save_is_atomic(make_checkpoint, monkeypatch):
             "versions"} <= set(meta)
     before = (folder / "model.safetensors").read_bytes()
 
-    def boom(*args, **kwargs):
-        raise OSError("disk full")
+    def half_then_full(path, data):  # the disk fills up halfway through the new file
+        path.write_bytes(data[: len(data) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr("fmnist.checkpoint.save_file", boom)
-    with pytest.raises(OSError):
+    monkeypatch.setattr("fmnist.atomic._write_file", half_then_full)
+    with pytest.raises(WriteError, match=r"^Could not write the checkpoint .*model.safetensors: the disk is full\.$"):
         save_model(folder, build_model("mlp"), {"classes": [], "normalize": {}})
     assert (folder / "model.safetensors").read_bytes() == before
     assert sorted(p.name for p in folder.iterdir()) == ["model.json", "model.safetensors"]
@@ -69,7 +71,7 @@ def test_metadata_is_complete_and_save_is_atomic(make_checkpoint, monkeypatch):
 
 def test_resume_needs_a_run_folder(tmp_path):
     with pytest.raises(CheckpointError, match="has no resume.pt"):
-        load_resume(tmp_path)
+        ResumeState.load(tmp_path)
 
 
 def test_damaged_metadata_is_one_clear_error(make_checkpoint):

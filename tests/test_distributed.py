@@ -27,7 +27,7 @@ from safetensors.torch import load_file
 from synthetic import make_images
 
 from fmnist import distributed
-from fmnist.checkpoint import load_model, load_resume
+from fmnist.checkpoint import ResumeState, load_model
 from fmnist.errors import ConfigError
 from fmnist.inference import predict_logits
 from fmnist.predict import Predictor
@@ -242,10 +242,10 @@ def test_resume_under_torchrun_matches_the_uninterrupted_run(cnn_crash, cnn_run,
     for a, b in zip(resumed, straight, strict=True):
         for key in ("train_loss", "test_loss", "test_accuracy", "lr"):
             assert a[key] == pytest.approx(b[key], abs=1e-6)
-    state = load_resume(crashed)
-    assert state["world_size"] == 2 and len(state["rng_ranks"]) == 2
+    state = ResumeState.load(crashed)
+    assert state.world_size == 2 and state.rng_ranks is not None and len(state.rng_ranks) == 2
     # Seeded seed + rank: the ranks' own RNG streams were saved, not rank 0's twice.
-    assert not torch.equal(state["rng_ranks"][0]["torch"], state["rng_ranks"][1]["torch"])
+    assert not torch.equal(state.rng_ranks[0]["torch"], state.rng_ranks[1]["torch"])
 
 
 @pytest.mark.slow
@@ -325,16 +325,20 @@ def test_timeout_env(monkeypatch: pytest.MonkeyPatch):
 
 def test_rank_rng_state_and_resume_check():
     per_rank = [{"torch": torch.tensor([r])} for r in range(2)]
-    saved = {"rng": per_rank[0], "rng_ranks": per_rank, "world_size": 2}
+    def state(**kwargs):
+        return ResumeState(epoch=1, rows=[], recipe={}, model={}, optimizer={}, scheduler={},
+                           rng=per_rank[0], **kwargs)
+
+    saved = state(rng_ranks=per_rank, world_size=2)
     assert distributed.rank_rng_state(saved, distributed.DistInfo(1, 2)) is per_rank[1]
-    old = {"rng": per_rank[0]}  # a resume.pt from before per-rank states: rank 0's for all
+    old = state()  # a resume.pt from before per-rank states: rank 0's for all
     assert distributed.rank_rng_state(old, distributed.DistInfo(1, 2)) is per_rank[0]
-    distributed.check_resume(saved, distributed.DistInfo(0, 2), "r")
-    distributed.check_resume(old, distributed.DistInfo(0, 4), "r")
+    distributed.check_resume(saved.world_size, distributed.DistInfo(0, 2), "r")
+    distributed.check_resume(old.world_size, distributed.DistInfo(0, 4), "r")
     with pytest.raises(ConfigError, match="resume it with torchrun"):
-        distributed.check_resume(saved, distributed.DistInfo(0, 4), "r")
+        distributed.check_resume(saved.world_size, distributed.DistInfo(0, 4), "r")
     with pytest.raises(ConfigError, match=r"in one process \(no torchrun\)"):
-        distributed.check_resume({**saved, "world_size": 1}, distributed.DistInfo(0, 2), "r")
+        distributed.check_resume(1, distributed.DistInfo(0, 2), "r")
 
 
 def test_clear_errors_names_the_rank(monkeypatch: pytest.MonkeyPatch):
@@ -343,18 +347,21 @@ def test_clear_errors_names_the_rank(monkeypatch: pytest.MonkeyPatch):
         raise error
 
     monkeypatch.delenv("RANK", raising=False)
-    with pytest.raises(ConfigError, match="^bad$"):  # one process: messages unchanged
+    with pytest.raises(ConfigError, match="^bad$") as one:  # one process: messages unchanged
         fails(ConfigError("bad"))
+    assert one.value.rank is None
     with pytest.raises(RuntimeError, match="Connection closed by peer"):
         fails(RuntimeError("[pair.cc:553] Connection closed by peer [127.0.0.1]:1"))
 
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("WORLD_SIZE", "2")
-    with pytest.raises(ConfigError, match="^rank 1 of 2: bad$"):
+    with pytest.raises(ConfigError, match="^rank 1 of 2: bad$") as named:
         fails(ConfigError("bad"))
+    assert named.value.rank == 1  # the CLI shows errors that carry a rank on every rank
     with pytest.raises(distributed.PeerError,
-                       match=r"^rank 1 of 2 stopped: another rank .*\(Connection closed by peer"):
+                       match=r"^rank 1 of 2 stopped: another rank .*\(Connection closed by peer") as peer:
         fails(RuntimeError("[pair.cc:553] Connection closed by peer [127.0.0.1]:1"))
+    assert peer.value.rank == 1
     with pytest.raises(ValueError):  # bugs keep their traceback
         fails(ValueError("a bug"))
     with pytest.raises(RuntimeError, match="^shape mismatch$"):

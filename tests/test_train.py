@@ -22,21 +22,21 @@ def weights(model):
 
 
 def test_same_seed_gives_identical_metrics_and_weights():
-    a = fit(SMALL, data=make_data(), save=False, callbacks=[])
-    b = fit(SMALL, data=make_data(), save=False, callbacks=[])
+    a = fit(SMALL, data=make_data(), save=False, display=False)
+    b = fit(SMALL, data=make_data(), save=False, display=False)
     strip = [{k: v for k, v in r.items() if k not in ("seconds", "train_seconds", "images_per_s")}
              for r in a.rows]
     assert strip == [{k: v for k, v in r.items() if k not in ("seconds", "train_seconds",
                                                                "images_per_s")} for r in b.rows]
     wa, wb = weights(a.model), weights(b.model)
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
-    c = fit(apply_overrides(SMALL, {"seed": 1}), data=make_data(), save=False, callbacks=[])
+    c = fit(apply_overrides(SMALL, {"seed": 1}), data=make_data(), save=False, display=False)
     assert not torch.equal(weights(c.model)["head.weight"], wa["head.weight"])
 
 
 def test_learns_the_synthetic_task():
     result = fit(apply_overrides(SMALL, {"epochs": 4}), data=make_data(512), save=False,
-                 callbacks=[])
+                 display=False)
     assert result.rows[-1]["test_accuracy"] >= 0.8  # chance is 0.1
     assert result.rows[-1]["train_loss"] < result.rows[0]["train_loss"]
 
@@ -51,10 +51,10 @@ class Interrupt(Callback):
 
 
 def test_interrupted_then_resumed_run_ends_with_the_same_weights(tmp_path):
-    full = fit(SMALL, data=make_data(), out=tmp_path / "full", callbacks=[])
+    full = fit(SMALL, data=make_data(), out=tmp_path / "full", display=False)
     with pytest.raises(KeyboardInterrupt):
         fit(SMALL, data=make_data(), out=tmp_path / "cut", callbacks=[Interrupt(after=1)])
-    resumed = fit(resume=tmp_path / "cut", data=make_data(), callbacks=[])
+    resumed = fit(resume=tmp_path / "cut", data=make_data(), display=False)
     wf, wr = weights(full.model), weights(resumed.model)
     assert all(torch.equal(wf[k], wr[k]) for k in wf)
     assert [r["epoch"] for r in resumed.rows] == [1, 2, 3]
@@ -84,7 +84,7 @@ def test_run_folder_has_everything(tmp_path, monkeypatch):
 
 
 def test_refuses_to_overwrite_an_existing_run(tmp_path):
-    fit(apply_overrides(SMALL, {"epochs": 1}), data=make_data(), out=tmp_path / "r", callbacks=[])
+    fit(apply_overrides(SMALL, {"epochs": 1}), data=make_data(), out=tmp_path / "r", display=False)
     before = (tmp_path / "r" / "model.safetensors").read_bytes()
     with pytest.raises(ConfigError, match="already holds a run"):
         new_run_dir(tmp_path / "r", SMALL)
@@ -93,10 +93,10 @@ def test_refuses_to_overwrite_an_existing_run(tmp_path):
 
 def test_holdout_is_reported_and_taken_out_of_training():
     recipe = apply_overrides(SMALL, {"epochs": 1, "holdout": 56})
-    result = fit(recipe, data=make_data(), save=False, callbacks=[])
+    result = fit(recipe, data=make_data(), save=False, display=False)
     assert "holdout_accuracy" in result.rows[0]
     with pytest.raises(ConfigError, match="holdout"):
-        fit(apply_overrides(SMALL, {"holdout": 256}), data=make_data(), save=False, callbacks=[])
+        fit(apply_overrides(SMALL, {"holdout": 256}), data=make_data(), save=False, display=False)
 
 
 def test_quickstart_log_lines(capsys):
@@ -142,7 +142,7 @@ def test_short_real_data_training_reaches_a_floor():
         "model": "mlp", "model_config": {}, "epochs": 1, "optimizer": "adamw", "lr": 2e-3,
         "batch_size": 256, "shift": 0, "flip": False, "tta_flip": False, "bf16": "off",
         "channels_last": False, "holdout": 0})
-    result = fit(recipe, save=False, callbacks=[])
+    result = fit(recipe, save=False, display=False)
     assert result.rows[-1]["test_accuracy"] > 0.80
 
 
@@ -180,12 +180,12 @@ def test_a_foreign_or_damaged_resume_state_is_one_clear_error(tmp_path):
     from fmnist.errors import CheckpointError
 
     run = tmp_path / "run"
-    fit(apply_overrides(SMALL, {"epochs": 1}), data=make_data(), out=run, callbacks=[])
+    fit(apply_overrides(SMALL, {"epochs": 1}), data=make_data(), out=run, display=False)
     state = torch.load(run / "resume.pt", weights_only=True)
     state["recipe"]["bogus"] = 1
     torch.save(state, run / "resume.pt")
     with pytest.raises(ConfigError, match="Unknown recipe field.*bogus"):
-        fit(resume=run, data=make_data(), callbacks=[])
+        fit(resume=run, data=make_data(), display=False)
     torch.save({"weight": torch.zeros(1)}, run / "resume.pt")
     with pytest.raises(CheckpointError, match="not an fmnist resume state"):
-        fit(resume=run, data=make_data(), callbacks=[])
+        fit(resume=run, data=make_data(), display=False)

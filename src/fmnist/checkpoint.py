@@ -8,18 +8,21 @@ with `weights_only=True`). All writes are atomic.
 
 from __future__ import annotations
 
+import io
 import json
 import random
+from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
-from fmnist.atomic import atomic_path, write_text
+from fmnist.atomic import write_bytes, write_text
 from fmnist.datasets import SPECS
 from fmnist.errors import CheckpointError, ConfigError
 from fmnist.models import build_model, clean_state_dict, model_config, model_name, unwrap
@@ -44,25 +47,26 @@ def normalization(meta: dict[str, Any]) -> tuple[float, float]:
     return float(norm.get("mean", 0.0)), float(norm.get("std", 1.0))
 
 
+def model_meta(model: nn.Module, meta: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's metadata: `meta` plus the model's name and config and library versions."""
+    model = unwrap(model)
+    return {**meta, "model": model_name(model), "model_config": model_config(model),
+            "versions": versions()}
+
+
 def save_model(directory: str | Path, model: nn.Module, meta: dict[str, Any]) -> Path:
     """Write `model.safetensors` + `model.json` into `directory`; returns the weights path.
 
-    `meta` should hold at least `classes` and `normalize` ({"mean", "std"}); the model's name,
-    config and the library versions are added here.
+    `meta` should hold at least `classes` and `normalize` ({"mean", "std"}); the rest of
+    `model_meta` is added here.
     """
     directory = Path(directory)
     model = unwrap(model)
-    full = {
-        **meta,
-        "model": model_name(model),
-        "model_config": model_config(model),
-        "versions": versions(),
-    }
+    full = model_meta(model, meta)
     state = {k: v.detach().cpu().contiguous() for k, v in clean_state_dict(model.state_dict()).items()}
-    weights = directory / WEIGHTS
-    with atomic_path(weights) as tmp:
-        save_file(state, str(tmp), metadata={"fmnist": json.dumps(full)})
-    write_text(directory / META, json.dumps(full, indent=2) + "\n")
+    weights = write_bytes(directory / WEIGHTS, safetensors_bytes(state, {"fmnist": json.dumps(full)}),
+                          "checkpoint")
+    write_text(directory / META, json.dumps(full, indent=2) + "\n", "checkpoint metadata")
     return weights
 
 
@@ -218,23 +222,49 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_resume(directory: str | Path, state: dict[str, Any]) -> None:
-    with atomic_path(Path(directory) / RESUME) as tmp:
-        torch.save(state, tmp)
+@dataclass
+class ResumeState:
+    """Everything needed to continue a run exactly, saved as `resume.pt` after every epoch.
 
+    `rng_ranks` holds every rank's RNG states under torchrun (`rng` is this process's); `mean`,
+    `std` and `fingerprint` say which data the run was trained on, so a resume on other data is
+    refused instead of silently mixing the two.
+    """
 
-def load_resume(directory: str | Path) -> dict[str, Any]:
-    path = Path(directory) / RESUME
-    if not path.is_file():
-        raise CheckpointError(
-            f"Cannot resume from {directory}: it has no {RESUME} (is it an fmnist run folder?)."
-        )
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle, zip and refused-global errors all mean "not ours"
-        raise CheckpointError(f"Cannot read resume state {path} ({type(e).__name__}).") from e
-    needed = {"epoch", "rows", "recipe", "model", "optimizer", "scheduler"}
-    missing = needed - set(state) if isinstance(state, dict) else needed
-    if missing:
-        raise CheckpointError(f"{path} is not an fmnist resume state (no {', '.join(sorted(missing))}).")
-    return state
+    epoch: int
+    rows: list[dict[str, Any]]
+    recipe: dict[str, Any]
+    model: dict[str, torch.Tensor]
+    optimizer: dict[str, Any]
+    scheduler: dict[str, Any]
+    rng: dict[str, Any]
+    rng_ranks: list[dict[str, Any]] | None = None
+    world_size: int | None = None  # None: written before the process count was saved
+    mean: float | None = None  # None: written before these were saved
+    std: float | None = None
+    fingerprint: str | None = None
+
+    def save(self, directory: str | Path) -> Path:
+        buf = io.BytesIO()
+        torch.save({f.name: getattr(self, f.name) for f in fields(self)}, buf)
+        return write_bytes(Path(directory) / RESUME, buf.getvalue(), "resume state")
+
+    @classmethod
+    def load(cls, directory: str | Path) -> ResumeState:
+        path = Path(directory) / RESUME
+        if not path.is_file():
+            raise CheckpointError(
+                f"Cannot resume from {directory}: it has no {RESUME} (is it an fmnist run folder?)."
+            )
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # pickle, zip and refused-global errors all mean "not ours"
+            raise CheckpointError(f"Cannot read resume state {path} ({type(e).__name__}).") from e
+        known = {f.name for f in fields(cls)}
+        needed = {f.name for f in fields(cls) if f.default is MISSING}
+        missing = needed - set(state) if isinstance(state, dict) else needed
+        if missing:
+            raise CheckpointError(
+                f"{path} is not an fmnist resume state (no {', '.join(sorted(missing))})."
+            )
+        return cls(**{k: v for k, v in state.items() if k in known})

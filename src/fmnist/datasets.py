@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import hashlib
+import io
 import json
 import logging
 import os
@@ -35,8 +36,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from fmnist.atomic import atomic_path
-from fmnist.errors import ConfigError, DatasetError
+from fmnist.atomic import as_write_error, write_bytes, write_text
+from fmnist.errors import ConfigError, DatasetError, WriteError
 
 log = logging.getLogger(__name__)
 
@@ -321,8 +322,8 @@ def _load_record() -> dict[str, Any]:
 
 def _save_record(record: dict[str, Any]) -> None:
     # The record only saves time; failing to write it (read-only cache) must not fail a load.
-    with contextlib.suppress(OSError), atomic_path(_record_path()) as tmp:
-        tmp.write_text(json.dumps(record, indent=0, sort_keys=True))
+    with contextlib.suppress(WriteError, OSError):
+        write_text(_record_path(), json.dumps(record, indent=0, sort_keys=True), "record")
 
 
 def _digest(path: Path, record: dict[str, Any]) -> tuple[_Digest, bool]:
@@ -551,6 +552,8 @@ def _download(
         # Network libraries raise many unrelated types (requests, urllib3, OSError, ...); any
         # of them just means "try the next mirror".
         except Exception as e:  # noqa: BLE001
+            if isinstance(e, OSError) and (error := as_write_error(e, "download", dest)):
+                raise error from e  # the next mirror would fill the same disk
             # Keep the message short: urllib3's repeat the URL and the whole retry history.
             problems.append(f"{url}: {type(e).__name__}: {str(e).splitlines()[0][:120]}")
             continue
@@ -581,8 +584,12 @@ def _decode(found: FoundFile, kind: str, spec: DatasetSpec) -> np.ndarray:
     # np.frombuffer gives a read-only view of the file's bytes; callers (torch) want their own.
     arr = np.array(arr, order="C")
     if cached is not None:
-        with contextlib.suppress(OSError), atomic_path(cached) as tmp, tmp.open("wb") as f:
-            np.save(f, arr, allow_pickle=False)
+        buf = io.BytesIO()
+        np.save(buf, arr, allow_pickle=False)
+        try:
+            write_bytes(cached, buf.getvalue(), "decoded-array cache")
+        except (WriteError, OSError) as e:  # the cache only saves time: load on without it
+            log.warning("%s Loading goes on without the cache.", e)
     return arr
 
 

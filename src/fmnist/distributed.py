@@ -19,12 +19,15 @@ import gc
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 import torch.distributed as dist
 
 from fmnist.errors import ConfigError, FmnistError
+
+if TYPE_CHECKING:
+    from fmnist.checkpoint import ResumeState
 
 TIMEOUT_ENV = "FMNIST_DIST_TIMEOUT"
 
@@ -175,10 +178,10 @@ def gather_objects(obj: Any, info: DistInfo) -> list[Any] | None:
 # ---- resume ---------------------------------------------------------------------------------
 
 
-def check_resume(resumed: dict[str, Any], info: DistInfo, where: object) -> None:
-    """A run continues exactly only with the process count it was trained with: the count sets
-    the global batch, the steps per epoch (so the schedule) and, with `lr_scaling=linear`, the lr."""
-    saved = resumed.get("world_size")
+def check_resume(saved: int | None, info: DistInfo, where: object) -> None:
+    """A run continues exactly only with the process count it was trained with (`saved`): the
+    count sets the global batch, the steps per epoch (so the schedule) and, with
+    `lr_scaling=linear`, the lr."""
     if saved is not None and saved != info.world_size:
         how = ("in one process (no torchrun)" if saved == 1
                else f"with torchrun --nproc_per_node/--nnodes giving {saved} processes")
@@ -189,16 +192,16 @@ def check_resume(resumed: dict[str, Any], info: DistInfo, where: object) -> None
         )
 
 
-def rank_rng_state(resumed: dict[str, Any], info: DistInfo) -> dict[str, Any]:
+def rank_rng_state(resumed: ResumeState, info: DistInfo) -> dict[str, Any]:
     """This rank's saved RNG states (`rng_ranks`), or rank 0's where only those were saved.
 
     Data order and augmentation never touch these (they come from (seed, epoch) generators);
     they matter for randomness inside the model, e.g. dropout, which differs per rank.
     """
-    per_rank = resumed.get("rng_ranks")
+    per_rank = resumed.rng_ranks
     if per_rank is not None and len(per_rank) == info.world_size:
         return per_rank[info.rank]
-    return resumed["rng"]
+    return resumed.rng
 
 
 # ---- errors ---------------------------------------------------------------------------------
@@ -231,8 +234,10 @@ def clear_errors(fn: F) -> F:
             return fn(*args, **kwargs)
         except FmnistError as e:
             info = _info_or_single()
-            if info.enabled and e.args and not str(e.args[0]).startswith("rank "):
-                e.args = (f"{info.label}: {e.args[0]}", *e.args[1:])
+            if info.enabled and e.rank is None:
+                e.rank = info.rank
+                if e.args:
+                    e.args = (f"{info.label}: {e.args[0]}", *e.args[1:])
             raise
         except RuntimeError as e:
             info = _info_or_single()
@@ -248,7 +253,9 @@ def clear_errors(fn: F) -> F:
             else:
                 why = (f"another rank of this run failed ({first}); its own error is printed "
                        "above or in torchrun's summary")
-            raise PeerError(f"{info.label} stopped: {why}.") from e
+            error = PeerError(f"{info.label} stopped: {why}.")
+            error.rank = info.rank
+            raise error from e
 
     return wrapper  # type: ignore[return-value]
 

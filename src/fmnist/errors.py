@@ -3,7 +3,10 @@ the server turns them into 4xx JSON. Anything else is a bug and keeps its traceb
 
 
 class FmnistError(Exception):
-    """Base class: the message says what happened and how to fix it."""
+    """Base class: the message says what happened and how to fix it. Under torchrun, `rank`
+    is the process that raised it (the message names it too)."""
+
+    rank: int | None = None
 
 
 class DatasetError(FmnistError):
@@ -20,3 +23,7 @@ class ImageError(FmnistError):
 
 class ConfigError(FmnistError):
     """An unknown recipe/model/dataset name or a bad option value."""
+
+
+class WriteError(FmnistError):
+    """A file could not be written: disk full, read-only, failing, or no permission."""

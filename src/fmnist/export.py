@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from fmnist.atomic import atomic_path
+from fmnist.atomic import write_bytes
 from fmnist.checkpoint import normalization
 from fmnist.errors import ConfigError
 from fmnist.models import clean_state_dict, unwrap
@@ -37,9 +37,9 @@ def export_pth(model: nn.Module, path: str | Path) -> Path:
     """The plain state dict (CPU tensors, no wrapper prefixes), written atomically."""
     path = Path(path)
     state = {k: v.detach().cpu().clone() for k, v in clean_state_dict(unwrap(model).state_dict()).items()}
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-    return path
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    return write_bytes(path, buf.getvalue(), "exported model")
 
 
 class _Normalized(nn.Module):
@@ -63,7 +63,6 @@ def export_onnx(model: nn.Module, meta: dict[str, Any], path: str | Path) -> boo
         raise ConfigError(
             f"ONNX export needs the '{e.name}' package: pip install onnx onnxscript onnxruntime."
         ) from None
-    import onnx
 
     path = Path(path)
     wrapper = _Normalized(unwrap(model).cpu().eval(), *normalization(meta)).eval()
@@ -93,18 +92,18 @@ def export_onnx(model: nn.Module, meta: dict[str, Any], path: str | Path) -> boo
     for key, value in extra.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
-    with atomic_path(path) as tmp:
-        onnx.save_model(proto, str(tmp), save_as_external_data=False)
-        verified = _verify(wrapper, tmp)
+    data = proto.SerializeToString()  # the whole model in one file: external_data=False above
+    verified = _verify(wrapper, data)  # before writing: a wrong export never replaces a file
+    write_bytes(path, data, "exported model")
     return verified
 
 
-def _verify(wrapper: nn.Module, onnx_path: Path) -> bool:
+def _verify(wrapper: nn.Module, onnx_model: bytes) -> bool:
     try:
         import onnxruntime as ort
     except ImportError:
         return False
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(onnx_model, providers=["CPUExecutionProvider"])
     x = torch.rand(5, 1, 28, 28, generator=torch.Generator().manual_seed(0))
     got = torch.from_numpy(session.run(["logits"], {"image": x.numpy()})[0])
     with torch.no_grad():

@@ -3,6 +3,7 @@ matplotlib with the Agg backend (no display needed); every PNG is written atomic
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -14,15 +15,16 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from fmnist.atomic import atomic_path  # noqa: E402
+from fmnist.atomic import write_bytes  # noqa: E402
 
 
 def _save(fig: Any, path: str | Path) -> Path:
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    buf = io.BytesIO()
+    try:
+        fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    finally:
+        plt.close(fig)
+    return write_bytes(path, buf.getvalue(), "picture")
 
 
 def save_image_grid(

@@ -14,7 +14,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -23,7 +23,8 @@ from torch import nn
 
 from fmnist import checkpoint, distributed
 from fmnist.atomic import write_text
-from fmnist.errors import ConfigError
+from fmnist.checkpoint import ResumeState
+from fmnist.errors import ConfigError, WriteError
 from fmnist.inference import autocast_for, predict_logits
 from fmnist.loader import Augment, Batches
 from fmnist.models import build_model, unwrap
@@ -177,7 +178,7 @@ class MetricsLog(Callback):
     def on_epoch_end(self, state: RunState, row: dict[str, Any]) -> None:
         if state.run_dir is not None:
             lines = "".join(json.dumps(r) + "\n" for r in state.rows)
-            write_text(state.run_dir / "metrics.jsonl", lines)
+            write_text(state.run_dir / "metrics.jsonl", lines, "metrics log")
 
 
 class Curves(Callback):
@@ -213,10 +214,9 @@ def load_data(recipe: Recipe, data_dir: str | Path | None = None) -> Data:
     spec = datasets.get_spec(recipe.dataset)
     xs, ys = datasets.load_arrays(recipe.dataset, "train", data_dir)
     xt, yt = datasets.load_arrays(recipe.dataset, "test", data_dir)
-    data = Data(torch.from_numpy(xs), torch.from_numpy(ys), torch.from_numpy(xt),
+    return Data(torch.from_numpy(xs), torch.from_numpy(ys), torch.from_numpy(xt),
                 torch.from_numpy(yt), list(spec.classes),
                 fingerprint=datasets.dataset_fingerprint(recipe.dataset, data_dir))
-    return data
 
 
 def split_holdout(data: Data, n: int) -> Data:
@@ -232,25 +232,126 @@ def split_holdout(data: Data, n: int) -> Data:
                 data.fingerprint)
 
 
+def pixel_stats(recipe: Recipe, data: Data) -> tuple[float, float]:
+    """(mean, std) the inputs are standardised with: the training images', or (0, 1) = just /255."""
+    if not recipe.normalize:
+        return 0.0, 1.0
+    pixels = data.train_images.float().div_(255)
+    return pixels.mean().item(), pixels.std().item()
+
+
 @dataclass
 class FitResult:
     model: nn.Module
-    meta: dict[str, Any]
+    meta: dict[str, Any]  # the checkpoint's model.json, as `checkpoint.save_model` writes it
     rows: list[dict[str, Any]]
     run_dir: Path | None
 
 
+@dataclass
+class Setup:
+    """Where and on what a run trains: resolved once, read by everything after."""
+
+    recipe: Recipe
+    info: distributed.DistInfo
+    device: torch.device
+    bf16: bool
+    data: Data
+    mean: float
+    std: float
+
+
+@dataclass
+class Parts:
+    """What one run trains: the model (and its DDP/compiled wrapper), optimiser, schedule, data."""
+
+    model: nn.Module
+    train_model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    batches: Batches
+    loss_fn: nn.Module
+
+
+def set_up(recipe: Recipe, info: distributed.DistInfo, data: Data | None,
+           data_dir: str | Path | None, resumed: ResumeState | None) -> Setup:
+    """Threads, device, the process group, the data and its statistics."""
+    if recipe.threads:
+        torch.set_num_threads(recipe.threads)
+    device = distributed.device_for(info, resolve_device(recipe.device))  # cuda:LOCAL_RANK under DDP
+    distributed.init(info, device)
+    data = split_holdout(data or load_data(recipe, data_dir), recipe.holdout)
+    mean, std = pixel_stats(recipe, data)
+    if resumed is not None:
+        check_same_data(resumed, data, mean, std)
+    return Setup(recipe, info, device, use_bf16(recipe.bf16, device), data, mean, std)
+
+
+def check_same_data(resumed: ResumeState, data: Data, mean: float, std: float) -> None:
+    """A run continues only on the data it started on: other data would silently mix two runs."""
+    if resumed.fingerprint and data.fingerprint and resumed.fingerprint != data.fingerprint:
+        raise ConfigError(
+            f"This run was trained on data with fingerprint {resumed.fingerprint[:12]}..., but the "
+            f"data found now has {data.fingerprint[:12]}...: resume with the same dataset and "
+            "--data-dir it started with."
+        )
+    if resumed.mean is not None and resumed.std is not None and not (
+        math.isclose(resumed.mean, mean, rel_tol=1e-5, abs_tol=1e-7)
+        and math.isclose(resumed.std, std, rel_tol=1e-5, abs_tol=1e-7)
+    ):
+        raise ConfigError(
+            f"This run normalised its inputs with mean {resumed.mean:.4f} and std "
+            f"{resumed.std:.4f}, but the training images found now give {mean:.4f} and {std:.4f}: "
+            "resume with the data it started with."
+        )
+
+
+def build(setup: Setup, resumed: ResumeState | None) -> Parts:
+    """Model, optimiser, schedule and batches, from the recipe or from the resume state."""
+    recipe, info, device, data = setup.recipe, setup.info, setup.device, setup.data
+    torch.manual_seed(recipe.seed)
+    model = build_model(recipe.model, {**recipe.model_config, "num_classes": len(data.classes)})
+    model.to(device)
+    if recipe.channels_last:
+        model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    lr = recipe.lr * (info.world_size if recipe.lr_scaling == "linear" else 1)
+    optimizer = make_optimizer(recipe, model, lr)
+    batches = Batches(
+        data.train_images.to(device), data.train_labels.to(device), recipe.batch_size,
+        mean=setup.mean, std=setup.std, shuffle=recipe.shuffle,
+        augment=Augment(recipe.shift, recipe.flip), seed=recipe.seed, rank=info.rank,
+        world_size=info.world_size, channels_last=recipe.channels_last,
+    )
+    total_steps = recipe.epochs * len(batches)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(recipe.schedule, recipe.warmup, step, total_steps)
+    )
+    if resumed is not None:
+        model.load_state_dict(resumed.model)
+        optimizer.load_state_dict(resumed.optimizer)
+        scheduler.load_state_dict(resumed.scheduler)
+    train_model: nn.Module = model
+    if info.enabled:
+        train_model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    if recipe.compile:
+        train_model = cast(nn.Module, torch.compile(train_model))
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
+    return Parts(model, train_model, optimizer, scheduler, batches, loss_fn)
+
+
 def evaluate_split(
-    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, recipe: Recipe, mean: float,
-    std: float, bf16: bool, info: distributed.DistInfo,
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, setup: Setup,
 ) -> tuple[float, float]:
     """(accuracy, mean loss) over all of `images`; each rank does a 1/world slice, then sum."""
+    recipe, info = setup.recipe, setup.info
     part = slice(info.rank, None, info.world_size)
     x, y = images[part], labels[part]
-    logits = predict_logits(model, x, mean, std, batch_size=recipe.eval_batch_size,
-                            tta_flip=recipe.tta_flip, bf16=bf16)
+    logits = predict_logits(model, x, setup.mean, setup.std, batch_size=recipe.eval_batch_size,
+                            tta_flip=recipe.tta_flip, bf16=setup.bf16)
     y = y.to(logits.device)
-    if recipe.log == "quickstart":  # the seed averages per-batch mean losses
+    if recipe.eval_loss == "batches":  # the Quickstart's: the mean of per-batch mean losses
         b = recipe.eval_batch_size
         means = [nn.functional.cross_entropy(logits[i : i + b], y[i : i + b])
                  for i in range(0, len(y), b)]
@@ -261,37 +362,100 @@ def evaluate_split(
         count = torch.tensor(float(len(y)))
     correct = (logits.argmax(1) == y).sum().float()
     totals = torch.stack([correct.cpu(), loss_sum.cpu(), count, torch.tensor(float(len(y)))])
-    totals = distributed.all_reduce_sum(totals.to(_reduce_device(logits)), info).cpu()
+    totals = distributed.all_reduce_sum(totals.to(_reduce_device(logits.device)), info).cpu()
     return (totals[0] / totals[3]).item(), (totals[1] / totals[2]).item()
 
 
-def _reduce_device(t: torch.Tensor) -> torch.device:
+def evaluate_epoch(model: nn.Module, setup: Setup) -> dict[str, float]:
+    """The test (and holdout) accuracy and loss of the model rank 0 saves."""
+    distributed.broadcast_buffers(model, setup.info)
+    data = setup.data
+    row = dict(zip(("test_accuracy", "test_loss"),
+                   evaluate_split(model, data.test_images, data.test_labels, setup), strict=True))
+    if data.holdout_images is not None and data.holdout_labels is not None:
+        row["holdout_accuracy"], row["holdout_loss"] = evaluate_split(
+            model, data.holdout_images, data.holdout_labels, setup)
+    return row
+
+
+def _reduce_device(device: torch.device) -> torch.device:
     # NCCL reduces CUDA tensors only; gloo takes CPU tensors.
-    return t.device if t.device.type == "cuda" else torch.device("cpu")
+    return device if device.type == "cuda" else torch.device("cpu")
+
+
+def model_meta(setup: Setup) -> dict[str, Any]:
+    """What the checkpoint says about the data and recipe (save_model adds the model's part)."""
+    return {
+        "classes": setup.data.classes,
+        "normalize": {"mean": setup.mean, "std": setup.std},
+        "dataset": setup.recipe.dataset,
+        "dataset_sha256": setup.data.fingerprint,
+        "recipe": setup.recipe.name,
+        "tta_flip": setup.recipe.tta_flip,
+    }
+
+
+def save_epoch(run_dir: Path | None, setup: Setup, parts: Parts, rows: list[dict[str, Any]]) -> None:
+    """The checkpoint and the resume state of the epoch just finished (rank 0 writes)."""
+    # Every rank's RNG state, for exact resume of per-rank randomness: a collective, so every
+    # rank takes part whether or not it writes.
+    rngs = distributed.gather_objects(checkpoint.rng_state(), setup.info)
+    if run_dir is None:
+        return
+    epoch = rows[-1]["epoch"]
+    checkpoint.save_model(run_dir, parts.model, {**model_meta(setup), "epoch": epoch,
+                                                 "metrics": rows[-1]})
+    ResumeState(
+        epoch=epoch, rows=rows, recipe=to_dict(setup.recipe), model=parts.model.state_dict(),
+        optimizer=parts.optimizer.state_dict(), scheduler=parts.scheduler.state_dict(),
+        rng=checkpoint.rng_state(), rng_ranks=rngs, world_size=setup.info.world_size,
+        mean=setup.mean, std=setup.std, fingerprint=setup.data.fingerprint,
+    ).save(run_dir)
+
+
+def _stamp() -> str:
+    return _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
 
 
 def new_run_dir(out: str | Path | None, recipe: Recipe) -> Path:
-    """A fresh run folder: `out`, which must be new or empty, or runs/<time>-<recipe>."""
-    if out is not None:
-        run_dir = Path(out)
-        if (run_dir / checkpoint.WEIGHTS).exists() or (run_dir / checkpoint.RESUME).exists():
-            raise ConfigError(
-                f"Run folder {run_dir} already holds a run: use --resume {run_dir} to continue it, "
-                "or pick another --out."
-            )
-        if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
-            raise ConfigError(
-                f"--out {run_dir} exists and is not an empty folder: pick a new folder, so nothing "
-                "in it is overwritten."
-            )
-    else:
-        stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-        run_dir = Path("runs") / f"{stamp}-{recipe.name}"
-        n = 1
-        while run_dir.exists():
-            n += 1
-            run_dir = Path("runs") / f"{stamp}-{recipe.name}-{n}"
-    run_dir.mkdir(parents=True, exist_ok=True)
+    """A fresh run folder, claimed atomically (two runs never share one): `out`, which must be
+    new or empty, or runs/<time>-<recipe>.
+
+    The claim is the creation of the folder (mkdir fails if it exists) or, for an empty `out`
+    that already exists, of its config.json (O_EXCL); `fit` then writes the real config over it.
+    """
+    if out is None:
+        base = Path("runs") / f"{_stamp()}-{recipe.name}"
+        base.parent.mkdir(parents=True, exist_ok=True)
+        run_dir, n = base, 1
+        while True:
+            try:
+                run_dir.mkdir()
+                break
+            except FileExistsError:
+                n += 1
+                run_dir = base.with_name(f"{base.name}-{n}")
+        _point_latest(run_dir)
+        return run_dir
+    run_dir = Path(out)
+    if (run_dir / checkpoint.WEIGHTS).exists() or (run_dir / checkpoint.RESUME).exists():
+        raise ConfigError(
+            f"Run folder {run_dir} already holds a run: use --resume {run_dir} to continue it, "
+            "or pick another --out."
+        )
+    taken = ConfigError(
+        f"--out {run_dir} exists and is not an empty folder: pick a new folder, so nothing in it "
+        "is overwritten."
+    )
+    try:
+        run_dir.mkdir(parents=True)
+    except FileExistsError:
+        if not run_dir.is_dir() or any(run_dir.iterdir()):
+            raise taken from None
+    try:
+        os.close(os.open(run_dir / "config.json", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+    except FileExistsError:  # another run claimed it between our look and now
+        raise taken from None
     if run_dir.resolve().parent.name == "runs":
         _point_latest(run_dir)
     return run_dir
@@ -312,6 +476,19 @@ def _point_latest(run_dir: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def start_run_dir(recipe: Recipe, out: str | Path | None, resume: str | Path | None) -> Path:
+    run_dir = Path(resume) if resume is not None else new_run_dir(out, recipe)
+    write_text(run_dir / "config.json", json.dumps(to_dict(recipe), indent=2) + "\n", "run config")
+    return run_dir
+
+
+def _resume_hint(run_dir: Path, saved_epoch: int) -> str:
+    if saved_epoch == 0:
+        return f"No epoch was saved yet; start again once {run_dir} can be written."
+    return (f"The last complete checkpoint is epoch {saved_epoch} in {run_dir}: free space (or fix "
+            f"the folder), then continue with `fmnist train --resume {run_dir}`.")
+
+
 @distributed.clear_errors
 def fit(
     recipe: Recipe | None = None,
@@ -320,159 +497,105 @@ def fit(
     resume: str | Path | None = None,
     data: Data | None = None,
     data_dir: str | Path | None = None,
-    callbacks: Sequence[Callback] | None = None,
+    callbacks: Sequence[Callback] = (),
+    display: bool = True,
     save: bool = True,
 ) -> FitResult:
-    """Train `recipe` (default: the `default` recipe); returns the trained model, its checkpoint metadata and per-epoch metrics.
+    """Train `recipe` (default: the `default` recipe); returns the trained model, its checkpoint
+    metadata and per-epoch metrics.
 
     `resume` continues the run in that folder from its last finished epoch, exactly: model,
-    optimiser, schedule and RNG states come from its resume.pt, the recipe from its config.json.
-    `callbacks` replace the on-screen log (progress bar, or the Quickstart's lines); the
-    run-folder writers always run. With `save=False` nothing is written.
+    optimiser, schedule and RNG states come from its resume.pt, the recipe from it too (so
+    `recipe` and `out` must not be given). `callbacks` are added to the on-screen display (a
+    progress bar, or the Quickstart's lines; `display=False` hides it) and the run-folder
+    writers. With `save=False` nothing is written.
     """
     info = distributed.from_env()
-    resumed: dict[str, Any] | None = None
+    resumed: ResumeState | None = None
     if resume is not None:
-        resumed = checkpoint.load_resume(resume)
-        recipe = apply_overrides(Recipe(), resumed["recipe"])  # checked like any config
-        distributed.check_resume(resumed, info, resume)
+        if recipe is not None or out is not None:
+            raise ConfigError(
+                "fit(resume=...) continues a run with the recipe and folder it saved: "
+                "do not pass recipe or out with it."
+            )
+        resumed = ResumeState.load(resume)
+        recipe = apply_overrides(Recipe(), resumed.recipe)  # checked like any config
+        distributed.check_resume(resumed.world_size, info, resume)
     recipe = recipe or get_recipe("default")
     validate(recipe)
-    if recipe.threads:
-        torch.set_num_threads(recipe.threads)
-    device = resolve_device(recipe.device)
-    device = distributed.device_for(info, device)  # cuda:LOCAL_RANK under DDP
-    distributed.init(info, device)
-    bf16 = use_bf16(recipe.bf16, device)
 
-    data = split_holdout(data or load_data(recipe, data_dir), recipe.holdout)
-    if recipe.normalize:
-        pixels = data.train_images.float().div_(255)
-        mean, std = pixels.mean().item(), pixels.std().item()
-        del pixels
-    else:
-        mean, std = 0.0, 1.0
-
-    torch.manual_seed(recipe.seed)
-    model = build_model(recipe.model, {**recipe.model_config, "num_classes": len(data.classes)})
-    model.to(device)
-    if recipe.channels_last:
-        model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-
-    lr = recipe.lr * (info.world_size if recipe.lr_scaling == "linear" else 1)
-    optimizer = make_optimizer(recipe, model, lr)
-    batches = Batches(
-        data.train_images.to(device), data.train_labels.to(device), recipe.batch_size,
-        mean=mean, std=std, shuffle=recipe.shuffle, augment=Augment(recipe.shift, recipe.flip),
-        seed=recipe.seed, rank=info.rank, world_size=info.world_size,
-        channels_last=recipe.channels_last,
-    )
-    total_steps = recipe.epochs * len(batches)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(recipe.schedule, recipe.warmup, step, total_steps)
-    )
-
-    start_epoch, rows = 1, []
-    if resumed is not None:
-        model.load_state_dict(resumed["model"])
-        optimizer.load_state_dict(resumed["optimizer"])
-        scheduler.load_state_dict(resumed["scheduler"])
-        start_epoch, rows = resumed["epoch"] + 1, list(resumed["rows"])
-
-    run_dir: Path | None = None
-    if save and info.is_main:
-        run_dir = Path(resume) if resume is not None else new_run_dir(out, recipe)
-        write_text(run_dir / "config.json", json.dumps(to_dict(recipe), indent=2) + "\n")
-
-    train_model: nn.Module = model
-    if info.enabled:
-        train_model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
-        )
-    if recipe.compile:
-        train_model = cast(nn.Module, torch.compile(train_model))
-
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
-    meta_base = {
-        "classes": data.classes,
-        "normalize": {"mean": mean, "std": std},
-        "dataset": recipe.dataset,
-        "dataset_sha256": data.fingerprint,
-        "recipe": recipe.name,
-        "tta_flip": recipe.tta_flip,
-    }
-    state = RunState(recipe, run_dir, info.is_main, len(batches),
-                     len(batches.images) if info.world_size == 1 else batches.samples_per_rank,
-                     rows=rows)
-    # The run-folder writers always run; `callbacks` replaces only what is shown on screen.
-    shown = [display_callback(recipe)] if callbacks is None else list(callbacks)
-    cbs = [*shown, MetricsLog(), Curves()] if info.is_main else []
-    for cb in cbs:
-        cb.on_fit_start(state)
-
-    if resumed is not None:
-        checkpoint.set_rng_state(distributed.rank_rng_state(resumed, info))
-    else:
-        torch.manual_seed(recipe.seed + info.rank)  # dropout etc. differ per rank; data does not
-
-    train_seconds = rows[-1]["train_seconds"] if rows else 0.0
+    parts: Parts | None = None
     try:
-        for epoch in range(start_epoch, recipe.epochs + 1):
-            state.epoch = epoch
-            batches.set_epoch(epoch)
-            for cb in cbs:
-                cb.on_epoch_start(state)
-            t0 = time.perf_counter()
-            train_loss = train_one_epoch(train_model, batches, optimizer, scheduler, loss_fn,
-                                         device, bf16, state, cbs)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            seconds = time.perf_counter() - t0
-            train_seconds += seconds
-            loss_sum = distributed.all_reduce_sum(
-                torch.tensor([train_loss, 1.0], device=_reduce_device(torch.empty(0, device=device))),
-                info,
-            )
-            row = {
-                "epoch": epoch,
-                "train_loss": (loss_sum[0] / loss_sum[1]).item(),
-                "lr": scheduler.get_last_lr()[0],
-            }
-            distributed.broadcast_buffers(model, info)  # evaluate the model rank 0 saves
-            row["test_accuracy"], row["test_loss"] = evaluate_split(
-                model, data.test_images, data.test_labels, recipe, mean, std, bf16, info)
-            if data.holdout_images is not None and data.holdout_labels is not None:
-                row["holdout_accuracy"], row["holdout_loss"] = evaluate_split(
-                    model, data.holdout_images, data.holdout_labels, recipe, mean, std, bf16, info)
-            row["seconds"] = seconds
-            row["train_seconds"] = train_seconds
-            row["images_per_s"] = batches.samples_per_rank * info.world_size / seconds
-            rows.append(row)
-            meta = {**meta_base, "epoch": epoch, "metrics": row}
-            # Every rank's RNG state, for exact resume of per-rank randomness (a collective).
-            rngs = distributed.gather_objects(checkpoint.rng_state(), info) if save else None
-            if run_dir is not None:
-                checkpoint.save_model(run_dir, model, meta)
-                checkpoint.save_resume(run_dir, {
-                    "epoch": epoch, "rows": rows, "recipe": to_dict(recipe),
-                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "rng": checkpoint.rng_state(),
-                    "rng_ranks": rngs, "world_size": info.world_size,
-                })
-            for cb in cbs:
-                cb.on_epoch_end(state, row)
+        setup = set_up(recipe, info, data, data_dir, resumed)
+        parts = build(setup, resumed)
+        rows = list(resumed.rows) if resumed is not None else []
+        run_dir = start_run_dir(recipe, out, resume) if save and info.is_main else None
+        saved_epoch = rows[-1]["epoch"] if rows else 0
+        state = RunState(recipe, run_dir, info.is_main, len(parts.batches),
+                         len(parts.batches.images) if info.world_size == 1
+                         else parts.batches.samples_per_rank, rows=rows)
+        shown = [display_callback(recipe)] if display else []
+        cbs = [*shown, *callbacks, MetricsLog(), Curves()] if info.is_main else []
         for cb in cbs:
-            cb.on_fit_end(state)
+            cb.on_fit_start(state)
+        if resumed is not None:
+            checkpoint.set_rng_state(distributed.rank_rng_state(resumed, info))
+        else:
+            torch.manual_seed(recipe.seed + info.rank)  # dropout etc. differ per rank; data does not
+
+        try:
+            for epoch in range(saved_epoch + 1, recipe.epochs + 1):
+                state.epoch = epoch
+                parts.batches.set_epoch(epoch)
+                for cb in cbs:
+                    cb.on_epoch_start(state)
+                row = train_epoch(parts, setup, state, cbs)
+                row.update(evaluate_epoch(parts.model, setup))
+                rows.append(row)
+                if save:
+                    save_epoch(run_dir, setup, parts, rows)
+                    saved_epoch = epoch
+                for cb in cbs:
+                    cb.on_epoch_end(state, row)
+            for cb in cbs:
+                cb.on_fit_end(state)
+        except WriteError as e:
+            assert run_dir is not None  # only a run that writes can fail to write
+            raise WriteError(f"{e} {_resume_hint(run_dir, saved_epoch)}") from e
         # Finish together: a rank that tears gloo down while rank 0 is still writing the run
         # folder could abort at exit (seen here, about 1 run in 4, before this barrier).
         distributed.barrier(info)
     finally:
         # DDP must be released before the process group goes, or the process can abort at exit.
-        del train_model
+        parts = None if parts is None else replace(parts, train_model=parts.model)
         distributed.shutdown()
-    meta = {**meta_base, "epoch": rows[-1]["epoch"] if rows else 0,
-            "metrics": rows[-1] if rows else {}}
-    return FitResult(unwrap(model).eval(), meta, rows, run_dir)
+    assert parts is not None  # set when the loop ran
+    model = unwrap(parts.model).eval()
+    meta = checkpoint.model_meta(model, {**model_meta(setup), "epoch": rows[-1]["epoch"] if rows else 0,
+                                         "metrics": rows[-1] if rows else {}})
+    return FitResult(model, meta, rows, run_dir)
+
+
+def train_epoch(parts: Parts, setup: Setup, state: RunState, callbacks: Sequence[Callback]) -> dict[str, Any]:
+    """One pass over the batches: the row's training figures (loss, lr, time, images/s)."""
+    t0 = time.perf_counter()
+    loss = train_one_epoch(parts.train_model, parts.batches, parts.optimizer, parts.scheduler,
+                           parts.loss_fn, setup.device, setup.bf16, state, callbacks)
+    if setup.device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - t0
+    info = setup.info
+    loss_sum = distributed.all_reduce_sum(
+        torch.tensor([loss, 1.0], device=_reduce_device(setup.device)), info)
+    previous = state.rows[-1]["train_seconds"] if state.rows else 0.0
+    return {
+        "epoch": state.epoch,
+        "train_loss": (loss_sum[0] / loss_sum[1]).item(),
+        "lr": parts.scheduler.get_last_lr()[0],
+        "seconds": seconds,
+        "train_seconds": previous + seconds,
+        "images_per_s": parts.batches.samples_per_rank * info.world_size / seconds,
+    }
 
 
 def train_one_epoch(

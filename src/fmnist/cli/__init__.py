@@ -46,7 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         # Under torchrun every rank parses the same flags: say a flag error once (rank 0).
         # Errors raised while training already name their rank and are always shown.
-        if os.environ.get("RANK", "0") == "0" or str(e).startswith("rank "):
+        if os.environ.get("RANK", "0") == "0" or e.rank is not None:
             print(f"fmnist: error: {e}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # `fmnist data info | head`: the reader left, nothing to report

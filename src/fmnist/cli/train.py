@@ -3,51 +3,52 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import Field, fields
 from typing import Any
 
 from fmnist.cli.common import add_command
 from fmnist.errors import ConfigError
 
-# flag -> recipe field, for flags whose value is taken as given
-FIELD_FLAGS = {
-    "model": "model", "epochs": "epochs", "batch_size": "batch_size", "lr": "lr",
-    "optimizer": "optimizer", "seed": "seed", "device": "device", "dataset": "dataset",
-    "schedule": "schedule", "weight_decay": "weight_decay", "label_smoothing": "label_smoothing",
-    "momentum": "momentum", "warmup": "warmup", "holdout": "holdout", "threads": "threads",
-    "shift": "shift", "bf16": "bf16", "lr_scaling": "lr_scaling",
+# Every recipe field is a flag of the same name, but these: the recipe's name (--recipe picks
+# it) and the model's own settings (a table: --config).
+NOT_FLAGS = ("name", "model_config")
+HELP = {
+    "batch_size": "per process",
+    "lr": "peak learning rate",
+    "warmup": "fraction of steps spent warming up",
+    "shift": "random translation in pixels (0: off)",
+    "holdout": "train images held out for a second accuracy",
+    "lr_scaling": "none or linear (lr x world size under torchrun)",
+    "threads": "torch intra-op threads (0: torch's default)",
+    "tta_flip": "average with the mirrored image at evaluation and prediction",
+    "normalize": "standardise inputs with the training set's mean and std (else just /255)",
+    "eval_loss": "test loss as the mean over images, or of per-batch means (the Quickstart's)",
 }
-# flag -> recipe field, for on/off switches (--compile / --no-compile)
-BOOL_FLAGS = ("compile", "tta_flip", "flip", "nesterov", "channels_last", "shuffle")
+
+
+def recipe_flags() -> list[Field]:
+    from fmnist.recipes import Recipe
+
+    return [f for f in fields(Recipe) if f.name not in NOT_FLAGS]
 
 
 def add_parser(sub: Any) -> None:
+    from fmnist.datasets import SPECS
     from fmnist.models import MODELS
     from fmnist.recipes import CHOICES, RECIPES
 
+    choices = {**CHOICES, "model": tuple(MODELS), "dataset": tuple(SPECS)}
     p = add_command(sub, "train", "train a model from a recipe; flags override recipe fields")
     p.add_argument("--recipe", default="default", help=f"one of: {', '.join(RECIPES)} (default: default)")
     p.add_argument("--config", metavar="FILE", help="TOML or JSON file of recipe fields (flags win)")
-    p.add_argument("--model", help=f"one of: {', '.join(MODELS)}")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int, help="per process")
-    p.add_argument("--lr", type=float, help="peak learning rate")
-    p.add_argument("--optimizer", help="sgd or adamw")
-    p.add_argument("--schedule", help=f"one of: {', '.join(CHOICES['schedule'])}")
-    p.add_argument("--warmup", type=float, help="fraction of steps spent warming up")
-    p.add_argument("--momentum", type=float)
-    p.add_argument("--weight-decay", type=float)
-    p.add_argument("--label-smoothing", type=float)
-    p.add_argument("--shift", type=int, help="random translation in pixels (0: off)")
-    p.add_argument("--holdout", type=int, help="train images held out for a second accuracy")
-    p.add_argument("--lr-scaling", help="none or linear (lr x world size under torchrun)")
-    p.add_argument("--bf16", help="auto, on or off")
-    p.add_argument("--threads", type=int, help="torch intra-op threads (0: torch's default)")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--device", help="auto, cpu, cuda or mps")
-    p.add_argument("--dataset", help="fashion-mnist, mnist or kmnist")
-    for name in BOOL_FLAGS:
-        p.add_argument(f"--{name.replace('_', '-')}", action=argparse.BooleanOptionalAction,
-                       default=None)
+    for f in recipe_flags():
+        flag = f"--{f.name.replace('_', '-')}"
+        text = HELP.get(f.name) or (f"one of: {', '.join(choices[f.name])}" if f.name in choices else None)
+        if f.type in (bool, "bool"):
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
+        else:
+            kind = {"int": int, "float": float, "str": str}.get(str(f.type), f.type)
+            p.add_argument(flag, type=kind, help=text)  # type: ignore[arg-type]
     p.add_argument("--data-dir", metavar="DIR", help="folder holding the dataset files")
     p.add_argument("--out", metavar="RUN_DIR", help="run folder (default: runs/<time>-<recipe>)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR exactly")
@@ -61,8 +62,7 @@ def recipe_from_args(args: argparse.Namespace) -> Any:
     recipe = get_recipe(args.recipe)
     if args.config:
         recipe = apply_overrides(recipe, read_config_file(args.config))
-    flags = {field: getattr(args, flag) for flag, field in FIELD_FLAGS.items()}
-    flags.update({name: getattr(args, name) for name in BOOL_FLAGS})
+    flags = {f.name: getattr(args, f.name) for f in recipe_flags()}
     return apply_overrides(recipe, {k: v for k, v in flags.items() if v is not None})
 
 
@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     from fmnist.train import fit
 
     if args.resume:
-        given = [f for f in (*FIELD_FLAGS, *BOOL_FLAGS, "config", "out")
+        given = [f for f in (*(f.name for f in recipe_flags()), "config", "out")
                  if getattr(args, f) is not None]
         if given or args.recipe != "default":
             raise ConfigError(
