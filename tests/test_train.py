@@ -7,6 +7,7 @@ from synthetic import make_data
 
 from fmnist.checkpoint import load_model
 from fmnist.errors import ConfigError
+from fmnist.models import build_model
 from fmnist.recipes import Recipe, apply_overrides, get_recipe
 from fmnist.train import Callback, fit, lr_factor, new_run_dir
 
@@ -189,3 +190,142 @@ def test_a_foreign_or_damaged_resume_state_is_one_clear_error(tmp_path):
     torch.save({"weight": torch.zeros(1)}, run / "resume.pt")
     with pytest.raises(CheckpointError, match="not an fmnist resume state"):
         fit(resume=run, data=make_data(), display=False)
+
+
+# ---- the seams: what fit returns, what resume accepts, run folders, the process group ---------
+
+
+def test_fit_result_meta_is_the_checkpoint_metadata(tmp_path):
+    result = fit(apply_overrides(SMALL, {"epochs": 1}), data=make_data(), out=tmp_path / "r",
+                 display=False)
+    saved = json.loads((tmp_path / "r" / "model.json").read_text())
+    assert json.loads(json.dumps(result.meta)) == saved
+    assert saved["model"] == "cnn" and saved["model_config"]["widths"] == [8, 8, 16]
+    assert set(saved["versions"]) == {"fmnist", "torch"}
+    unsaved = fit(apply_overrides(SMALL, {"epochs": 1}), data=make_data(), save=False, display=False)
+    assert {"model", "model_config", "versions", "normalize", "classes"} <= set(unsaved.meta)
+
+
+def test_resume_takes_no_recipe_or_out(tmp_path):
+    run = tmp_path / "r"
+    fit(apply_overrides(SMALL, {"epochs": 1}), data=make_data(), out=run, display=False)
+    with pytest.raises(ConfigError, match="do not pass recipe or out"):
+        fit(SMALL, resume=run, data=make_data(), display=False)
+    with pytest.raises(ConfigError, match="do not pass recipe or out"):
+        fit(resume=run, out=tmp_path / "elsewhere", data=make_data(), display=False)
+
+
+def test_resume_refuses_other_data(tmp_path):
+    run = tmp_path / "r"
+    fit(apply_overrides(SMALL, {"epochs": 1}), data=make_data(), out=run, display=False)
+    other = make_data()
+    other.fingerprint = "another dataset"
+    with pytest.raises(ConfigError, match="fingerprint"):
+        fit(resume=run, data=other, display=False)
+    brighter = make_data()  # same fingerprint claimed, but not the same pixels
+    brighter.train_images = brighter.train_images // 2
+    with pytest.raises(ConfigError, match="normalised its inputs with mean"):
+        fit(resume=run, data=brighter, display=False)
+    assert fit(resume=run, data=make_data(), display=False).rows[-1]["epoch"] == 1  # accepted
+
+
+def test_two_runs_never_share_a_folder(tmp_path, monkeypatch):
+    """Two runs started in the same second: the folder is claimed by creating it, not by
+    looking first (another process can create it between a look and a mkdir)."""
+    import fmnist.train
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(fmnist.train, "_stamp", lambda: "20261127-050000")
+    taken = tmp_path / "runs" / "20261127-050000-t"
+    taken.mkdir(parents=True)
+    # the other process's folder appeared just after our look: a look cannot see it
+    monkeypatch.setattr(type(taken), "exists", lambda self, **kw: False)
+    got = new_run_dir(None, SMALL)
+    assert got.name == "20261127-050000-t-2"
+
+
+def _claim(out, barrier, results):
+    from fmnist.errors import ConfigError
+
+    barrier.wait()
+    try:
+        new_run_dir(out, SMALL)
+        results.put("won")
+    except ConfigError:
+        results.put("refused")
+
+
+def test_two_processes_cannot_both_claim_one_out_folder(tmp_path):
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    out = tmp_path / "shared"
+    out.mkdir()  # an empty folder: acceptable to one run
+    barrier, results = ctx.Barrier(2), ctx.Queue()
+    procs = [ctx.Process(target=_claim, args=(out, barrier, results)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(30)
+    assert sorted(results.get(timeout=5) for _ in procs) == ["refused", "won"]
+
+
+def test_a_failure_before_training_still_leaves_the_process_group(monkeypatch):
+    import fmnist.train
+    from fmnist import distributed
+    from fmnist.errors import DatasetError
+
+    calls = []
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(distributed, "init", lambda info, device: calls.append("init"))
+    monkeypatch.setattr(distributed, "shutdown", lambda: calls.append("shutdown"))
+
+    def no_data(recipe, data_dir):
+        raise DatasetError("no data")
+
+    monkeypatch.setattr(fmnist.train, "load_data", no_data)
+    with pytest.raises(DatasetError, match="rank 0 of 2: no data"):
+        fit(SMALL, save=False, display=False)
+    assert calls == ["init", "shutdown"]
+
+
+class Recorder(Callback):
+    def __init__(self) -> None:
+        self.epochs: list[int] = []
+
+    def on_epoch_end(self, state, row):
+        self.epochs.append(row["epoch"])
+
+
+def test_callbacks_are_added_to_the_display(capsys):
+    recorder = Recorder()
+    fit(apply_overrides(SMALL, {"epochs": 2}), data=make_data(), save=False, callbacks=[recorder])
+    out = capsys.readouterr().out
+    assert recorder.epochs == [1, 2]
+    assert re.search(r"^epoch   1/2  train loss ", out, re.M)  # the progress display stayed
+    fit(apply_overrides(SMALL, {"epochs": 1}), data=make_data(), save=False, display=False)
+    assert capsys.readouterr().out == ""
+
+
+def test_test_loss_is_averaged_as_the_recipe_says():
+    """`eval_loss`: mean over images (ours), or the mean of per-batch means (the Quickstart's);
+    they differ when the last batch is short. The display setting (`log`) plays no part."""
+    from fmnist.distributed import DistInfo
+    from fmnist.train import Setup, evaluate_split
+
+    torch.manual_seed(0)
+    model = build_model("mlp").eval()
+    data = make_data(n_test=70)
+    x = data.test_images.unsqueeze(1).float() / 255
+    with torch.no_grad():
+        losses = torch.nn.functional.cross_entropy(model(x), data.test_labels, reduction="none")
+    per_image = losses.mean().item()
+    per_batch = (losses[:64].mean() + losses[64:].mean()).item() / 2
+    assert abs(per_image - per_batch) > 1e-4
+    for eval_loss, log, want in (("images", "quickstart", per_image),
+                                 ("batches", "progress", per_batch)):
+        recipe = apply_overrides(SMALL, {"eval_batch_size": 64, "eval_loss": eval_loss, "log": log})
+        setup = Setup(recipe, DistInfo(), torch.device("cpu"), False, data, 0.0, 1.0)
+        _, loss = evaluate_split(model, data.test_images, data.test_labels, setup)
+        assert loss == pytest.approx(want, rel=1e-5)

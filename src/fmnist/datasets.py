@@ -405,9 +405,12 @@ class Location:
 
     @property
     def fingerprint(self) -> str:
-        """sha256 over the four files' decompressed-content hashes: the same data gives the
-        same fingerprint whatever source or compression it came from."""
-        lines = "".join(f"{k} {self.files[k].sha256}\n" for k, _ in self.spec.files)
+        """sha256 over the files' decompressed-content hashes: the same data gives the same
+        fingerprint whatever source or compression it came from. It covers the files this
+        Location holds (in the spec's order): all four for a whole dataset, the two of a split
+        for what `load_arrays` locates."""
+        lines = "".join(f"{k} {self.files[k].sha256}\n" for k, _ in self.spec.files
+                        if k in self.files)
         return hashlib.sha256(lines.encode()).hexdigest()
 
 

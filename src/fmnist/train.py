@@ -387,7 +387,6 @@ def model_meta(setup: Setup) -> dict[str, Any]:
     """What the checkpoint says about the data and recipe (save_model adds the model's part)."""
     return {
         "classes": setup.data.classes,
-        "normalize": {"mean": setup.mean, "std": setup.std},
         "dataset": setup.recipe.dataset,
         "dataset_sha256": setup.data.fingerprint,
         "recipe": setup.recipe.name,
@@ -476,9 +475,13 @@ def _point_latest(run_dir: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def start_run_dir(recipe: Recipe, out: str | Path | None, resume: str | Path | None) -> Path:
-    run_dir = Path(resume) if resume is not None else new_run_dir(out, recipe)
-    write_text(run_dir / "config.json", json.dumps(to_dict(recipe), indent=2) + "\n", "run config")
+def start_run_dir(recipe: Recipe, out: str | Path | None) -> Path:
+    run_dir = new_run_dir(out, recipe)
+    try:
+        write_text(run_dir / "config.json", json.dumps(to_dict(recipe), indent=2) + "\n",
+                   "run config")
+    except WriteError as e:
+        raise WriteError(f"{e} {_resume_hint(run_dir, 0)}") from e
     return run_dir
 
 
@@ -529,7 +532,9 @@ def fit(
         setup = set_up(recipe, info, data, data_dir, resumed)
         parts = build(setup, resumed)
         rows = list(resumed.rows) if resumed is not None else []
-        run_dir = start_run_dir(recipe, out, resume) if save and info.is_main else None
+        run_dir = None
+        if save and info.is_main:  # a resumed run keeps its folder and config.json
+            run_dir = Path(resume) if resume is not None else start_run_dir(recipe, out)
         saved_epoch = rows[-1]["epoch"] if rows else 0
         state = RunState(recipe, run_dir, info.is_main, len(parts.batches),
                          len(parts.batches.images) if info.world_size == 1

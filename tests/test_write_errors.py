@@ -1,0 +1,180 @@
+"""A full, read-only or failing disk: every write is atomic and fails as one sentence saying
+what was being written and where; training also says which epoch it can resume from."""
+
+from __future__ import annotations
+
+import errno
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from synthetic import make_data
+from test_train import SMALL, weights
+
+from fmnist import atomic, checkpoint, datasets, plots
+from fmnist.checkpoint import ResumeState, load_model, save_model
+from fmnist.cli import main
+from fmnist.errors import WriteError
+from fmnist.export import export_onnx, export_pth
+from fmnist.models import build_model
+from fmnist.recipes import apply_overrides
+from fmnist.train import Callback, fit
+
+
+def leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.rglob(".*.tmp"))
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):
+    """A 2 MiB tmpfs: a filesystem that really fills up (needs root, as here and in CI)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)],
+                          capture_output=True, check=False)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def fill(disk: Path) -> Path:
+    """Take every free byte of `disk`; returns the file to delete to free it again."""
+    filler = disk / "filler"
+    with open(filler, "wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        except OSError as e:
+            assert e.errno == errno.ENOSPC
+    return filler
+
+
+class FillDiskAt(Callback):
+    """Fill the disk when epoch `epoch` starts, so that epoch's checkpoint cannot be written."""
+
+    def __init__(self, disk: Path, epoch: int) -> None:
+        self.disk, self.epoch, self.filler = disk, epoch, None
+
+    def on_epoch_start(self, state) -> None:
+        if state.epoch == self.epoch:
+            self.filler = fill(self.disk)
+
+
+def test_disk_full_during_training_is_one_sentence_and_resumes(small_disk, tmp_path):
+    run = small_disk / "run"
+    filler = FillDiskAt(small_disk, epoch=2)
+    with pytest.raises(WriteError) as caught:
+        fit(SMALL, data=make_data(), out=run, callbacks=[filler], display=False)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert message.startswith("Could not write the ")
+    assert f"{run}" in message and "the disk is full." in message
+    assert f"The last complete checkpoint is epoch 1 in {run}" in message
+    assert f"`fmnist train --resume {run}`" in message
+    # epoch 1's files are whole and load; no half-written temp file is left behind
+    assert leftovers(run) == []
+    assert load_model(run)[1]["epoch"] == 1
+    assert ResumeState.load(run).epoch == 1
+
+    # still full: resuming fails the same way, and loses nothing
+    with pytest.raises(WriteError, match="last complete checkpoint is epoch 1"):
+        fit(resume=run, data=make_data(), display=False)
+    assert ResumeState.load(run).epoch == 1 and leftovers(run) == []
+
+    filler.filler.unlink()  # space is back: the run ends exactly where an unbroken one does
+    resumed = fit(resume=run, data=make_data(), display=False)
+    straight = fit(SMALL, data=make_data(), out=tmp_path / "straight", display=False)
+    wr, ws = weights(resumed.model), weights(straight.model)
+    assert all(torch.equal(wr[k], ws[k]) for k in ws)
+    assert [r["epoch"] for r in resumed.rows] == [1, 2, 3]
+
+
+def test_a_read_only_run_folder_is_one_sentence(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    fit(apply_overrides(SMALL, {"epochs": 1}), data=make_data(), out=run, display=False)
+
+    def read_only(path, data):
+        raise OSError(errno.EROFS, "Read-only file system", str(path))
+
+    monkeypatch.setattr(atomic, "_write_file", read_only)
+    with pytest.raises(WriteError, match=r"the filesystem is read-only\. The last complete "
+                                         r"checkpoint is epoch 1"):
+        fit(resume=run, data=make_data(), display=False)
+
+
+# ---- every write site, with the disk filling up half way through the new file ----------------
+
+
+@pytest.fixture
+def disk_fills_up(monkeypatch):
+    def half_then_full(path: Path, data: bytes) -> None:
+        path.write_bytes(data[: len(data) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(atomic, "_write_file", half_then_full)
+
+
+def _model():
+    torch.manual_seed(0)
+    return build_model("cnn", {"widths": [4, 4, 8]})
+
+
+META = {"classes": [f"c{i}" for i in range(10)], "normalize": {"mean": 0.0, "std": 1.0}}
+SITES = {
+    "checkpoint": (lambda d: save_model(d, _model(), META), "model.safetensors"),
+    "resume state": (lambda d: ResumeState(1, [], {}, {}, {}, {}, checkpoint.rng_state()).save(d),
+                     "resume.pt"),
+    "picture": (lambda d: plots.save_training_curves(
+        [{"epoch": 1, "train_loss": 1.0, "test_loss": 1.0, "test_accuracy": 0.5}], d / "curves.png"),
+        "curves.png"),
+    "exported model": (lambda d: export_pth(_model(), d / "model.pth"), "model.pth"),
+}
+
+
+@pytest.mark.parametrize("what", list(SITES))
+def test_each_write_site_keeps_the_old_file_and_says_what_failed(what, tmp_path, disk_fills_up):
+    write, name = SITES[what]
+    old = b"the user's previous file"
+    (tmp_path / name).write_bytes(old)
+    with pytest.raises(WriteError) as caught:
+        write(tmp_path)
+    assert str(caught.value) == f"Could not write the {what} {tmp_path / name}: the disk is full."
+    assert (tmp_path / name).read_bytes() == old
+    assert leftovers(tmp_path) == []
+
+
+def test_onnx_export_on_a_full_disk(tmp_path, disk_fills_up):
+    pytest.importorskip("onnxscript")
+    with pytest.raises(WriteError, match=r"^Could not write the exported model .*model\.onnx: the disk is full\.$"):
+        export_onnx(_model(), META, tmp_path / "model.onnx")
+    assert not (tmp_path / "model.onnx").exists() and leftovers(tmp_path) == []
+
+
+def test_export_cli_on_a_full_disk_is_one_line(make_checkpoint, tmp_path, capsys, monkeypatch):
+    ckpt = make_checkpoint()
+    monkeypatch.setattr(atomic, "_write_file", lambda path, data: (_ for _ in ()).throw(
+        OSError(errno.ENOSPC, "No space left on device")))
+    code = main(["export", str(ckpt), "--format", "pth", "--out", str(tmp_path / "m.pth")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err == f"fmnist: error: Could not write the exported model {tmp_path / 'm.pth'}: the disk is full.\n"
+
+
+def test_a_full_cache_disk_only_costs_the_cache(tmp_path, monkeypatch, disk_fills_up, caplog):
+    """The decoded-array cache saves time; a disk too full for it must not fail the load."""
+    from idx_helpers import make_payloads, make_spec, write_files
+
+    payloads = make_payloads()
+    spec = make_spec("synthetic-full-cache", payloads)
+    monkeypatch.setitem(datasets.SPECS, spec.name, spec)
+    monkeypatch.setattr(datasets, "DEBIAN_ROOT", tmp_path / "no-debian")
+    write_files(tmp_path / "data", payloads)
+    images, labels = datasets.load_arrays(spec.name, "test", tmp_path / "data")
+    assert images.shape == (10, 28, 28) and len(labels) == 10
+    assert "decoded-array cache" in caplog.text and "the disk is full" in caplog.text
+    assert not list((datasets.cache_dir() / "decoded").glob("*.npy"))
+    np.testing.assert_array_equal(images, datasets.load_arrays(spec.name, "test", tmp_path / "data")[0])
