@@ -66,6 +66,24 @@ def test_index_json(make_checkpoint, fake_data, capsys):
     d = json.loads(out)
     assert code == 0 and d["actual"] == FASHION_CLASSES[3]
     assert sum(d["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+    assert d["image"] == 3 and d["label"] == FASHION_CLASSES[d["index"]] and len(d["top"]) == 3
+
+
+def test_index_predicts_with_the_runs_tta(make_checkpoint, fake_data, capsys):
+    """A run evaluated with flip TTA is served with it (the accuracy it reports is the one it
+    delivers); --no-tta overrides."""
+    folder = make_checkpoint("cnn", {"widths": [4, 4, 8]})
+    meta = json.loads((folder / "model.json").read_text())
+    (folder / "model.json").write_text(json.dumps({**meta, "tta_flip": True}))
+    model, _ = load_model(folder)
+    x = torch.from_numpy(fake_data[0][5:6])
+    mean, std = meta["normalize"]["mean"], meta["normalize"]["std"]
+    want = {tta: torch.softmax(predict_logits(model, x, mean, std, tta_flip=tta), 1)[0].tolist()
+            for tta in (True, False)}
+    assert want[True] != pytest.approx(want[False], abs=1e-7)
+    for flags, tta in (((), True), (("--no-tta",), False)):
+        _, out, _ = run(capsys, "predict", folder, "--index", 5, "--json", *flags)
+        assert list(json.loads(out)["probabilities"].values()) == pytest.approx(want[tta], abs=1e-6)
 
 
 def test_quickstart_pth_logits_equal_the_quickstart_model(quickstart_pth):

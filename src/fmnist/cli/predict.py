@@ -36,6 +36,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--data-dir", metavar="DIR", help="folder holding the dataset files")
     p.add_argument("--top-k", type=int, default=3, metavar="K",
                    help="classes to show per file (default 3)")
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                   help="average with the mirrored image (default: as the run was evaluated)")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=run)
 
@@ -53,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     from fmnist.predict import Predictor
 
     model, meta = load_checkpoint(args.checkpoint, args.model)
-    predictor = Predictor(model, meta)
+    predictor = Predictor(model, meta, tta=args.tta)
     if args.index is not None:
         return _predict_index(predictor, args)
     return _predict_files(predictor, args)
