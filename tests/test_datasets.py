@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import functools
 import gzip
+import hashlib
 import http.server
+import re
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -113,6 +115,27 @@ def test_label_out_of_range(env, payloads, register):
     with pytest.raises(DatasetError, match="label 12, out of range for 10 classes") as err:
         load_arrays(NAME, "train", env["data"])
     assert str(paths["train-labels"]) in str(err.value)
+
+
+def test_label_equal_to_the_class_count_is_refused(env, payloads, register):
+    # The edge of the range: with 10 classes, label 10 is already one too many.
+    labels = np.array(list(range(10)) * 2, np.uint8)
+    labels[7] = 10
+    payloads = dict(payloads, **{"train-labels": idx_bytes(labels)})
+    register(payloads)
+    paths = write_files(env["data"], payloads)
+    with pytest.raises(DatasetError, match="label 10, out of range for 10 classes") as err:
+        load_arrays(NAME, "train", env["data"])
+    assert str(paths["train-labels"]) in str(err.value)
+
+
+def test_largest_label_one_below_the_class_count_loads(env, payloads, register):
+    labels = np.array([9] * 20, np.uint8)
+    payloads = dict(payloads, **{"train-labels": idx_bytes(labels)})
+    register(payloads)
+    write_files(env["data"], payloads)
+    _, y = load_arrays(NAME, "train", env["data"])
+    assert y.tolist() == [9] * 20
 
 
 def test_labels_with_wrong_ndim(env, payloads, register):
@@ -262,6 +285,35 @@ def test_fingerprint_depends_on_content(env, payloads, register, monkeypatch):
     monkeypatch.setitem(SPECS, NAME, make_spec(NAME, other))
     write_files(env["data"] / "other", other)
     assert dataset_fingerprint(NAME, env["data"] / "other") != fp
+
+
+def _sha256_lines(loc: datasets.Location, keys: tuple[str, ...]) -> str:
+    lines = "".join(f"{k} {loc.files[k].sha256}\n" for k in keys)
+    return hashlib.sha256(lines.encode()).hexdigest()
+
+
+def test_fingerprint_of_a_partial_location(env, payloads, register):
+    """`load_arrays` locates only one split's two files: their Location has a fingerprint too,
+    over just those files, while the whole dataset's is what it always was."""
+    register(payloads)
+    write_files(env["data"], payloads)
+    whole = locate(NAME, env["data"], download=False)
+    part = locate(NAME, env["data"], download=False, keys=("test-images", "test-labels"))
+    assert set(part.files) == {"test-images", "test-labels"}
+    for key, found in whole.files.items():
+        assert found.sha256 == hashlib.sha256(payloads[key]).hexdigest()
+
+    fp = part.fingerprint
+    assert re.fullmatch("[0-9a-f]{64}", fp)
+    assert fp == _sha256_lines(part, ("test-images", "test-labels"))
+    # The spec's order, whatever order the keys were asked in.
+    reordered = locate(NAME, env["data"], download=False, keys=("test-labels", "test-images"))
+    assert reordered.fingerprint == fp
+
+    all_four = ("train-images", "train-labels", "test-images", "test-labels")
+    assert whole.fingerprint == _sha256_lines(whole, all_four)
+    assert dataset_fingerprint(NAME, env["data"]) == whole.fingerprint
+    assert fp != whole.fingerprint
 
 
 def test_all_sources_fail_lists_what_was_tried_and_the_fix(env, payloads, register):
