@@ -168,6 +168,7 @@ def test_a_full_cache_disk_only_costs_the_cache(tmp_path, monkeypatch, disk_fill
     """The decoded-array cache saves time; a disk too full for it must not fail the load."""
     from idx_helpers import make_payloads, make_spec, write_files
 
+    monkeypatch.setenv("FMNIST_CACHE_DIR", str(tmp_path / "cache"))  # nothing decoded yet
     payloads = make_payloads()
     spec = make_spec("synthetic-full-cache", payloads)
     monkeypatch.setitem(datasets.SPECS, spec.name, spec)

@@ -13,7 +13,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, cast
@@ -21,7 +21,7 @@ from typing import Any, cast
 import torch
 from torch import nn
 
-from fmnist import checkpoint, distributed
+from fmnist import budget, checkpoint, distributed, hardware
 from fmnist.atomic import write_text
 from fmnist.checkpoint import ResumeState
 from fmnist.errors import ConfigError, WriteError
@@ -47,22 +47,12 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def cpu_has_fast_bf16() -> bool:
-    """AMX or AVX512-BF16: the CPU features that make bf16 autocast faster than fp32."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
-
-
 def use_bf16(setting: str, device: torch.device) -> bool:
     if setting != "auto":
         return setting == "on"
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
-    return device.type == "cpu" and cpu_has_fast_bf16()
+    return device.type == "cpu" and hardware.fast_bf16()
 
 
 # ---- optimiser and schedule -------------------------------------------------------------------
@@ -387,6 +377,7 @@ def model_meta(setup: Setup) -> dict[str, Any]:
     """What the checkpoint says about the data and recipe (save_model adds the model's part)."""
     return {
         "classes": setup.data.classes,
+        "normalize": {"mean": setup.mean, "std": setup.std},
         "dataset": setup.recipe.dataset,
         "dataset_sha256": setup.data.fingerprint,
         "recipe": setup.recipe.name,
@@ -503,6 +494,7 @@ def fit(
     callbacks: Sequence[Callback] = (),
     display: bool = True,
     save: bool = True,
+    time_budget: float | str | None = None,
 ) -> FitResult:
     """Train `recipe` (default: the `default` recipe); returns the trained model, its checkpoint
     metadata and per-epoch metrics.
@@ -512,6 +504,10 @@ def fit(
     `recipe` and `out` must not be given). `callbacks` are added to the on-screen display (a
     progress bar, or the Quickstart's lines; `display=False` hides it) and the run-folder
     writers. With `save=False` nothing is written.
+
+    `time_budget` (seconds, or "90s", "5m") replaces the recipe's epochs (and, if one epoch does
+    not fit, its cnn widths) by a plan measured on this machine (see fmnist.budget); the run
+    folder's config.json holds the planned recipe, which reproduces the run without planning.
     """
     info = distributed.from_env()
     resumed: ResumeState | None = None
@@ -526,10 +522,17 @@ def fit(
         distributed.check_resume(resumed.world_size, info, resume)
     recipe = recipe or get_recipe("default")
     validate(recipe)
+    seconds = None if time_budget is None else budget.parse_duration(time_budget)
+    if seconds is not None and (resume is not None or info.enabled):
+        raise ConfigError("A time budget plans a new run in one process: it cannot be combined "
+                          "with resume or torchrun (pass the planned config.json instead).")
 
     parts: Parts | None = None
     try:
         setup = set_up(recipe, info, data, data_dir, resumed)
+        if seconds is not None:
+            setup = replace(setup, recipe=plan_for(setup, seconds, display))
+            recipe = setup.recipe
         parts = build(setup, resumed)
         rows = list(resumed.rows) if resumed is not None else []
         run_dir = None
@@ -612,13 +615,61 @@ def train_one_epoch(
     model.train()
     total = torch.zeros((), device=device)
     for step, (x, y) in enumerate(batches):
-        with autocast_for(device, bf16):
-            loss = loss_fn(model(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
+        loss = train_step(model, x, y, optimizer, scheduler, loss_fn, device, bf16)
         total += loss.detach()
         for cb in callbacks:
             cb.on_step(state, step, loss, len(y))
     return (total / max(1, len(batches))).item()
+
+
+def train_step(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler, loss_fn: nn.Module, device: torch.device,
+    bf16: bool,
+) -> torch.Tensor:
+    with autocast_for(device, bf16):
+        loss = loss_fn(model(x), y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    scheduler.step()
+    return loss
+
+
+def plan_for(setup: Setup, seconds: float, show: bool) -> Recipe:
+    """`setup.recipe` fitted to `seconds` on this machine (printed when `show`)."""
+    plan = budget.plan(setup.recipe, seconds, lambda r: measure(replace(setup, recipe=r)))
+    if show:
+        print(plan.describe(), flush=True)
+    return plan.recipe
+
+
+def measure(setup: Setup) -> budget.Measured:
+    """Training throughput and per-epoch evaluation time of `setup.recipe` on this machine,
+    from a few real steps on a throw-away model (what `--time-budget` plans with)."""
+    parts = build(setup, None)
+    parts.train_model.train()
+
+    def stream() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        while True:  # a tiny dataset may hold fewer batches than the measurement takes
+            yield from parts.batches
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> None:
+        train_step(parts.train_model, x, y, parts.optimizer, parts.scheduler, parts.loss_fn,
+                   setup.device, setup.bf16).item()  # .item(): wait for the step to finish
+
+    batches = stream()
+    for _ in range(budget.WARMUP_STEPS):
+        step(*next(batches))
+    steps, images, t0 = 0, 0, time.perf_counter()
+    while steps < budget.MIN_STEPS or time.perf_counter() - t0 < budget.MEASURE_SECONDS:
+        x, y = next(batches)
+        step(x, y)
+        steps, images = steps + 1, images + len(y)
+    images_per_s = images / (time.perf_counter() - t0)
+    data, n = setup.data, min(2048, len(setup.data.test_images))
+    t0 = time.perf_counter()
+    evaluate_split(parts.model, data.test_images[:n], data.test_labels[:n], setup)
+    per_image = (time.perf_counter() - t0) / max(1, n)
+    evaluated = len(data.test_images) + (0 if data.holdout_images is None else len(data.holdout_images))
+    return budget.Measured(images_per_s, parts.batches.samples_per_rank, per_image * evaluated)

@@ -49,6 +49,9 @@ def add_parser(sub: Any) -> None:
         else:
             kind = {"int": int, "float": float, "str": str}.get(str(f.type), f.type)
             p.add_argument(flag, type=kind, help=text)  # type: ignore[arg-type]
+    p.add_argument("--time-budget", metavar="DURATION",
+                   help="e.g. 90s or 5m: measure this machine, then fit the epochs (and if need "
+                        "be the width) so the schedule ends when the budget does")
     p.add_argument("--data-dir", metavar="DIR", help="folder holding the dataset files")
     p.add_argument("--out", metavar="RUN_DIR", help="run folder (default: runs/<time>-<recipe>)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR exactly")
@@ -70,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     from fmnist.train import fit
 
     if args.resume:
-        given = [f for f in (*(f.name for f in recipe_flags()), "config", "out")
+        given = [f for f in (*(f.name for f in recipe_flags()), "config", "out", "time_budget")
                  if getattr(args, f) is not None]
         if given or args.recipe != "default":
             raise ConfigError(
@@ -79,7 +82,10 @@ def run(args: argparse.Namespace) -> int:
             )
         result = fit(resume=args.resume, data_dir=args.data_dir)
     else:
-        result = fit(recipe_from_args(args), out=args.out, data_dir=args.data_dir)
+        if args.time_budget is not None and args.epochs is not None:
+            raise ConfigError("--time-budget chooses the number of epochs: drop --epochs.")
+        result = fit(recipe_from_args(args), out=args.out, data_dir=args.data_dir,
+                     time_budget=args.time_budget)
     if result.run_dir is not None:
         print(f"Saved run to {result.run_dir} (model.safetensors, metrics.jsonl, curves.png)")
     return 0

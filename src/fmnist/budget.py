@@ -1,0 +1,118 @@
+"""Training to a time budget: `fmnist train --time-budget 90s`, `fit(recipe, time_budget=90)`.
+
+Lightning's `max_time` stops a run when time is up, in the middle of its learning-rate schedule.
+Here the budget is planned instead: measure this machine's training throughput and evaluation
+time on the recipe's own model for a few steps, then choose the number of epochs so that the
+schedule *ends* when the budget does. When not even one epoch of the recipe's model fits, its
+cnn widths are halved until one does. The plan is an ordinary recipe (epochs, widths), written to
+the run's config.json, so `--config` repeats the run exactly without planning again.
+
+The budget covers what the run spends on training and on its per-epoch evaluation, and the few
+seconds of measuring; not start-up, data loading or writing the run folder.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+from fmnist.errors import ConfigError
+from fmnist.recipes import Recipe
+
+_UNITS = {"": 1.0, "s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
+# The throughput measurement: steps untimed (lazy init, allocator warm-up), then timed steps
+# until this many seconds have passed (at least MIN_STEPS).
+WARMUP_STEPS, MIN_STEPS, MEASURE_SECONDS = 3, 5, 1.5
+
+
+def parse_duration(text: str | float) -> float:
+    """`90`, `90s`, `5m`, `1.5min`, `1h` -> seconds (> 0); anything else is a ConfigError."""
+    if isinstance(text, int | float):
+        seconds = float(text)
+    else:
+        m = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-z]*)\s*", text.lower())
+        if m is None or m.group(2) not in _UNITS:
+            raise ConfigError(f"Time budget {text!r} is not a duration: use e.g. 90s, 5m or 1h.")
+        seconds = float(m.group(1)) * _UNITS[m.group(2)]
+    if not seconds > 0:
+        raise ConfigError(f"Time budget must be positive, got {text!r}.")
+    return seconds
+
+
+@dataclass(frozen=True)
+class Measured:
+    """What one epoch costs on this machine for a given recipe."""
+
+    images_per_s: float  # training throughput
+    train_images: int  # images per epoch
+    eval_seconds: float  # per-epoch evaluation (test set, and holdout if any)
+
+    @property
+    def epoch_seconds(self) -> float:
+        return self.train_images / self.images_per_s + self.eval_seconds
+
+
+@dataclass(frozen=True)
+class Plan:
+    recipe: Recipe  # the resolved recipe: epochs (and maybe widths) fitted to the budget
+    measured: Measured
+    budget: float  # seconds, as asked for
+    spent: float  # seconds already spent measuring
+
+    @property
+    def seconds(self) -> float:
+        """The run's expected training + evaluation time, measuring included."""
+        return self.spent + self.recipe.epochs * self.measured.epoch_seconds
+
+    def describe(self) -> str:
+        m = self.measured
+        return (f"Plan for a {_fmt(self.budget)} budget: {_describe_model(self.recipe)}, "
+                f"{self.recipe.epochs} epoch"
+                f"{'s' if self.recipe.epochs != 1 else ''} at ~{m.images_per_s:,.0f} img/s "
+                f"({m.train_images / m.images_per_s:.1f} s + {m.eval_seconds:.1f} s evaluation "
+                f"each) = ~{_fmt(self.seconds)} with {self.spent:.1f} s of measuring.")
+
+
+def _fmt(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
+def epochs_for(seconds: float, measured: Measured) -> int:
+    """Whole epochs that fit in `seconds` (0 when not even one does)."""
+    return int(seconds // measured.epoch_seconds)
+
+
+def narrower(recipe: Recipe) -> Recipe | None:
+    """The recipe with its cnn at half the widths, or None when it cannot shrink further."""
+    widths = recipe.model_config.get("widths")
+    if recipe.model != "cnn" or not widths or min(widths) <= 4:
+        return None
+    return replace(recipe, model_config={**recipe.model_config,
+                                         "widths": [max(4, w // 2) for w in widths]})
+
+
+def plan(recipe: Recipe, budget: float, measure: Callable[[Recipe], Measured]) -> Plan:
+    """Fit `recipe` to `budget` seconds, calling `measure` on each candidate it considers."""
+    t0 = time.perf_counter()
+    candidate: Recipe | None = recipe
+    tried: list[str] = []
+    while candidate is not None:
+        measured = measure(candidate)
+        spent = time.perf_counter() - t0
+        epochs = epochs_for(budget - spent, measured)
+        if epochs >= 1:
+            return Plan(replace(candidate, epochs=epochs), measured, budget, spent)
+        tried.append(f"{_describe_model(candidate)} needs {measured.epoch_seconds:.0f} s an epoch")
+        candidate = narrower(candidate)
+    raise ConfigError(
+        f"Not even one epoch fits in {_fmt(budget)} on this machine ({'; '.join(tried)}): "
+        "give a larger --time-budget, or set --epochs instead."
+    )
+
+
+def _describe_model(recipe: Recipe) -> str:
+    widths: Any = recipe.model_config.get("widths")
+    return recipe.model + (f" {','.join(map(str, widths))}" if widths else "")

@@ -1,0 +1,100 @@
+"""What machine we train on: the CPU's model and class, and which number format is fast on it.
+
+CPU classes, best first (from /proc/cpuinfo's flags):
+
+    amx     AMX-BF16 tiles (Intel Sapphire Rapids and later): bf16 matmuls several times fp32's
+    avx512  AVX-512 (Intel Skylake-SP and later, AMD Zen 4): fp32 at 16 lanes; maybe AVX512-BF16
+    avx2    AVX2 + FMA (most laptops, AMD Zen 2/3 servers, many cloud VMs): fp32 at 8 lanes, and
+            bf16 only by emulation (measured 11x slower than fp32 on a Zen 3 EPYC)
+    other   anything else (ARM, old x86): fp32
+
+The kernels can be capped to a lesser class on a better machine, to measure what users of that
+class get: ONEDNN_MAX_CPU_ISA (oneDNN: convolutions), ATEN_CPU_CAPABILITY (ATen's vectorised
+ops) and MKL_ENABLE_INSTRUCTIONS (MKL: matmuls). `cpu_class()` reports the capped class, so a
+capped run records itself as what it imitates.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+from pathlib import Path
+
+CLASSES = ("amx", "avx512", "avx2", "other")
+# Each class's name in the three libraries' cap variables, and the variables themselves.
+CAP_VALUES = {"amx": ("AVX512_CORE_AMX", "avx512", "AVX512"),
+              "avx512": ("AVX512_CORE_BF16", "avx512", "AVX512"),
+              "avx2": ("AVX2", "avx2", "AVX2")}
+CAP_VARS = ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS")
+
+
+def _cpuinfo() -> str:
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+
+
+def cpu_model(cpuinfo: str | None = None) -> str:
+    text = _cpuinfo() if cpuinfo is None else cpuinfo
+    m = re.search(r"^model name\s*:\s*(.+)$", text, re.M)
+    return m.group(1).strip() if m else (platform.processor() or platform.machine() or "unknown")
+
+
+def cpu_flags(cpuinfo: str | None = None) -> set[str]:
+    text = _cpuinfo() if cpuinfo is None else cpuinfo
+    m = re.search(r"^flags\s*:\s*(.+)$", text, re.M)
+    return set(m.group(1).split()) if m else set()
+
+
+def hardware_class(flags: set[str]) -> str:
+    """The class the CPU itself has (no caps applied)."""
+    if "amx_bf16" in flags:
+        return "amx"
+    if "avx512f" in flags:
+        return "avx512"
+    if "avx2" in flags and "fma" in flags:
+        return "avx2"
+    return "other"
+
+
+def capped_to(env: dict[str, str] | os._Environ[str] | None = None) -> str | None:
+    """The class the kernel caps in `env` hold the process to, if any (the lowest named)."""
+    env = os.environ if env is None else env
+    named = set()
+    for value in (env.get(var, "") for var in CAP_VARS):
+        v = value.strip().lower()
+        if v.startswith("avx2"):
+            named.add("avx2")
+        elif v.startswith("avx512") and "amx" not in v:
+            named.add("avx512")
+        elif v in ("default", "sse42", "avx") or v.startswith("sse"):
+            named.add("other")
+    for cls in reversed(CLASSES):
+        if cls in named:
+            return cls
+    return None
+
+
+def cpu_class(flags: set[str] | None = None, env: dict[str, str] | None = None) -> str:
+    """This process's CPU class: the hardware's, lowered by any kernel cap in the environment."""
+    own = hardware_class(cpu_flags() if flags is None else flags)
+    cap = capped_to(env)
+    if cap is None:
+        return own
+    return max(own, cap, key=CLASSES.index)  # the lesser of the two
+
+
+def fast_bf16(flags: set[str] | None = None, env: dict[str, str] | None = None) -> bool:
+    """Whether bf16 autocast should beat fp32 here: a CPU with bf16 matmul instructions (AMX or
+    AVX512-BF16) that no kernel cap holds below AVX-512. AVX2 only emulates bf16 (measured 11x
+    slower than fp32 on a Zen 3 EPYC); anything unknown stays fp32."""
+    flags = cpu_flags() if flags is None else flags
+    has_bf16 = "amx_bf16" in flags or "avx512_bf16" in flags
+    return has_bf16 and cpu_class(flags, env) in ("amx", "avx512")
+
+
+def describe() -> str:
+    """`AMD EPYC (avx2)`: how every figure names its machine."""
+    return f"{cpu_model()} ({cpu_class()})"

@@ -1,0 +1,99 @@
+"""Training to a time budget: the planner on given throughputs (no timing is asserted), and a
+planned run on synthetic data whose config.json repeats it exactly."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from synthetic import make_data
+from test_train import SMALL, weights
+
+from fmnist.budget import Measured, epochs_for, narrower, parse_duration, plan
+from fmnist.cli import main
+from fmnist.errors import ConfigError
+from fmnist.recipes import Recipe, apply_overrides, get_recipe, read_config_file
+from fmnist.train import fit, lr_factor
+
+
+@pytest.mark.parametrize("text, seconds", [("90", 90), ("90s", 90), ("5m", 300), ("1.5min", 90),
+                                           ("2h", 7200), (" 45 s ", 45), (30, 30), (2.5, 2.5)])
+def test_durations(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "soon", "5 minutes", "-3s", "0", "1e3", "s"])
+def test_bad_durations_are_one_sentence(text):
+    with pytest.raises(ConfigError, match="duration|positive"):
+        parse_duration(text)
+
+
+def test_epochs_from_a_given_throughput():
+    m = Measured(images_per_s=2_000, train_images=60_000, eval_seconds=2.0)  # 32 s an epoch
+    assert m.epoch_seconds == 32.0
+    assert epochs_for(90, m) == 2 and epochs_for(96, m) == 3 and epochs_for(31.9, m) == 0
+
+
+def fake_measure(img_per_s_at_full_width: float, calls: list):
+    """Throughput that doubles each time the widths halve, like a compute-bound conv net."""
+    def measure(recipe: Recipe) -> Measured:
+        calls.append(recipe.model_config["widths"])
+        scale = 16 / recipe.model_config["widths"][0]
+        return Measured(img_per_s_at_full_width * scale, 60_000, 1.0)
+    return measure
+
+
+def test_plan_keeps_the_model_and_fits_the_epochs():
+    calls: list = []
+    p = plan(get_recipe("default"), 300, fake_measure(2_000, calls))  # 31 s an epoch
+    assert calls == [[16, 64, 128]]
+    assert p.recipe.epochs == 9 and p.recipe.model_config == {"widths": [16, 64, 128]}
+    assert p.seconds <= 300
+    assert "cnn 16,64,128, 9 epochs at ~2,000 img/s" in p.describe()
+    # everything else is the recipe's own
+    assert apply_overrides(p.recipe, {"epochs": 4}) == get_recipe("default")
+
+
+def test_plan_narrows_the_model_when_one_epoch_does_not_fit():
+    calls: list = []
+    p = plan(get_recipe("default"), 40, fake_measure(1_000, calls))  # 61 s, 31 s, ...
+    assert calls == [[16, 64, 128], [8, 32, 64]]
+    assert p.recipe.epochs == 1 and p.recipe.model_config["widths"] == [8, 32, 64]
+
+
+def test_plan_says_when_nothing_fits():
+    with pytest.raises(ConfigError, match=r"Not even one epoch fits in 5 s .*--time-budget"):
+        plan(get_recipe("default"), 5, fake_measure(100, []))
+    assert narrower(get_recipe("quickstart")) is None  # only a cnn's widths shrink
+
+
+def test_a_planned_run_ends_its_schedule_and_its_config_repeats_it(tmp_path, capsys):
+    recipe = apply_overrides(SMALL, {"epochs": 1, "schedule": "onecycle"})
+    planned = fit(recipe, data=make_data(), out=tmp_path / "planned", time_budget="3s")
+    out = capsys.readouterr().out
+    assert out.startswith("Plan for a 3 s budget: cnn 8,8,16, ")
+    config = read_config_file(tmp_path / "planned" / "config.json")
+    epochs = config["epochs"]
+    assert epochs >= 1 and len(planned.rows) == epochs
+    assert f", {epochs} epoch" in out
+    # the schedule was laid out for the planned length: it ends at zero, not mid-way
+    steps = epochs * 8  # 256 images in batches of 32
+    assert lr_factor("onecycle", recipe.warmup, steps - 1, steps) < 0.2
+    assert planned.rows[-1]["lr"] == pytest.approx(0.0, abs=1e-12)
+    # config.json alone repeats the run (no planning, same weights)
+    again = fit(apply_overrides(SMALL, config), data=make_data(), out=tmp_path / "again",
+                display=False)
+    wp, wa = weights(planned.model), weights(again.model)
+    assert all(torch.equal(wp[k], wa[k]) for k in wp)
+    assert json.loads((tmp_path / "again" / "config.json").read_text()) == config
+
+
+def test_budget_refuses_resume_and_epochs(tmp_path, capsys):
+    fit(apply_overrides(SMALL, {"epochs": 1}), data=make_data(), out=tmp_path / "r", display=False)
+    with pytest.raises(ConfigError, match="cannot be combined with resume"):
+        fit(resume=tmp_path / "r", data=make_data(), time_budget=60, display=False)
+    assert main(["train", "--time-budget", "60s", "--epochs", "3"]) == 2
+    assert "drop --epochs" in capsys.readouterr().err
+    assert main(["train", "--time-budget", "soon"]) == 2
+    assert "is not a duration" in capsys.readouterr().err
