@@ -2,40 +2,50 @@
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
-STAMP  := $(VENV)/.installed
+PIP    := $(PY) -m pip install -q --disable-pip-version-check
+# What the main job needs, and the extras that testing, serving and exporting add.
+RUN_STAMP  := $(VENV)/.installed-run
+FULL_STAMP := $(VENV)/.installed-full
 
-.PHONY: setup data run test lint bench browser clean
+.PHONY: setup setup-full data run test lint bench clean
 
-setup: $(STAMP) data
+setup: $(RUN_STAMP) data
 
 # torch first, pinned: this resolves to the CPU build on local disk here; an unpinned
 # torch pulled in by a dependency would be a multi-GB CUDA download.
-$(STAMP): pyproject.toml
+$(RUN_STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check torch==2.13.0
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[serve,onnx,dev]'
+	$(PIP) torch==2.13.0
+	$(PIP) -e .
 	touch $@
+
+# The server, ONNX export and the test tools: only `make test` (and `make setup-full`) need them.
+$(FULL_STAMP): $(RUN_STAMP)
+	$(PIP) -e '.[serve,onnx,dev]'
+	touch $@
+
+setup-full: $(FULL_STAMP) data
 
 # Make sure the real Fashion-MNIST is present and verified (installs Debian's
 # dataset-fashion-mnist when nothing else has it and apt is available).
-data: $(STAMP)
+data: $(RUN_STAMP)
 	bash scripts/ensure-data.sh $(PY)
 
 # The main job: train the default recipe on the real data, evaluate, save, reload, predict.
 run: setup
 	$(PY) -m fmnist run
 
-test: setup
+test: setup-full
 	bash scripts/ensure-browser.sh
 	$(PY) -m pytest -q
 	$(PY) -m ruff check src tests benchmarks
 	$(PY) -m mypy src
 
-lint: setup
+lint: setup-full
 	$(PY) -m ruff check src tests benchmarks
 	$(PY) -m mypy src
 
-bench: setup
+bench: setup-full
 	$(PY) -m benchmarks
 
 clean:

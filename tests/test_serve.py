@@ -616,3 +616,14 @@ def test_cli_serve_user_errors_are_one_line(make_checkpoint, tmp_path: Path, cap
     err = capsys.readouterr().err.strip()
     assert err.startswith("fmnist: error: ") and words in err and "\n" not in err, err
 
+
+
+def test_serve_without_the_serve_extra_is_one_sentence(monkeypatch, capsys, make_checkpoint):
+    """`make run` installs only what training needs; serving then says what to install."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "uvicorn", None)  # as if not installed
+    assert cli_main(["serve", str(make_checkpoint())]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fmnist: error: fmnist serve needs the 'uvicorn' package: pip install")
+    assert err.count("\n") == 1

@@ -34,10 +34,16 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import uvicorn
+    try:
+        import uvicorn
 
+        from fmnist.serve.app import create_app
+    except ImportError as e:  # `make run` installs only what training needs
+        raise ConfigError(
+            f"fmnist serve needs the '{e.name}' package: pip install -e '.[serve]' "
+            "(or make setup-full)."
+        ) from None
     from fmnist.predict import Predictor
-    from fmnist.serve.app import create_app
 
     if not 0 <= args.port <= 65535:
         raise ConfigError(f"Invalid --port {args.port}: use 0-65535.")
