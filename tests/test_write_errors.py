@@ -179,3 +179,24 @@ def test_a_full_cache_disk_only_costs_the_cache(tmp_path, monkeypatch, disk_fill
     assert "decoded-array cache" in caplog.text and "the disk is full" in caplog.text
     assert not list((datasets.cache_dir() / "decoded").glob("*.npy"))
     np.testing.assert_array_equal(images, datasets.load_arrays(spec.name, "test", tmp_path / "data")[0])
+
+
+def test_a_download_onto_a_full_disk_says_so_and_tries_no_other_mirror(tmp_path, monkeypatch):
+    import pooch
+    from idx_helpers import make_payloads, make_spec
+
+    monkeypatch.setenv("FMNIST_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(datasets, "DEBIAN_ROOT", tmp_path / "no-debian")
+    spec = make_spec("synthetic-download", make_payloads(),
+                     mirrors=("http://127.0.0.1:9/a/", "http://127.0.0.1:9/b/"))
+    monkeypatch.setitem(datasets.SPECS, spec.name, spec)
+    tried = []
+
+    def retrieve(url, **kwargs):  # pooch writing its file when the disk fills up
+        tried.append(url)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pooch, "retrieve", retrieve)
+    with pytest.raises(WriteError, match=r"^Could not write the download .*: the disk is full\.$"):
+        datasets.load_arrays(spec.name, "test")
+    assert len(tried) == 1  # the second mirror would fill the same disk
