@@ -1,0 +1,59 @@
+"""The Quickstart program itself (benchmarks/quickstart_seed.py) vs `fmnist train --recipe
+quickstart`: process wall time, peak RSS, final accuracy."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shlex
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import HERE, PY, med, pct, ratio, run_child, sec, train_cmd
+
+SEED_CMD = [PY, str(HERE / "quickstart_seed.py")]
+
+
+def last_accuracy(stdout: str) -> float | None:
+    found = re.findall(r"Accuracy: ([\d.]+)%", stdout)
+    return float(found[-1]) / 100 if found else None
+
+
+def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    reps = 1 if args.quick else args.reps
+    epochs = ["--epochs", "1"] if args.quick else []
+    env = dict(os.environ)
+    if args.quick:
+        env["QUICKSTART_EPOCHS"] = "1"
+    ours: list[dict[str, Any]] = []
+    ref: list[dict[str, Any]] = []
+    for i in range(reps):  # alternate, so load from other users hits both sides alike
+        ref.append(run_child([*SEED_CMD, str(tmp)], env=env, cwd=str(tmp)))
+        ours.append(run_child(train_cmd("--recipe", "quickstart", *epochs, "--out",
+                                        str(tmp / f"seed-{i}")), env=env))
+    for r in ours + ref:
+        r["accuracy"] = last_accuracy(r.pop("stdout"))
+    summary = {
+        key: {"fmnist": med([r[key] for r in ours]), "reference": med([r[key] for r in ref])}
+        for key in ("wall_s", "peak_rss_mib", "accuracy")
+    }
+    return {
+        "commands": [shlex.join([*SEED_CMD, "TMP"]),
+                     shlex.join(train_cmd("--recipe", "quickstart", *epochs, "--out", "TMP"))],
+        "runs": {"fmnist": ours, "reference": ref},
+        "summary": summary,
+        "speedup": summary["wall_s"]["reference"] / summary["wall_s"]["fmnist"],
+    }
+
+
+def rows(result: dict[str, Any]) -> list[tuple[str, ...]]:
+    wall, rss, acc = (result["summary"][k] for k in ("wall_s", "peak_rss_mib", "accuracy"))
+    return [
+        ("seed replay", "wall time, process start to exit", sec(wall["fmnist"]),
+         f"{sec(wall['reference'])} (Quickstart)",
+         f"{ratio(wall['reference'], wall['fmnist'])} faster"),
+        ("seed replay", "peak RSS", f"{rss['fmnist']:.0f} MiB", f"{rss['reference']:.0f} MiB",
+         f"{ratio(rss['fmnist'], rss['reference'])} the memory"),
+        ("seed replay", "final test accuracy", pct(acc["fmnist"]), pct(acc["reference"]), "—"),
+    ]

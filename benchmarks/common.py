@@ -1,0 +1,133 @@
+"""What every benchmark case shares: the machine, child processes, medians and cell formatting."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+PY = sys.executable
+
+# ---- machine -----------------------------------------------------------------------------------
+
+# The widest vector unit decides which kernels torch picks (bf16 on AMX, fp32 on AVX2 ...), so a
+# figure is only comparable with figures of the same class. Widest first.
+CPU_CLASSES = (("amx", "amx_bf16"), ("avx512", "avx512f"), ("avx2", "avx2"))
+
+
+def cpu_class(flags: set[str]) -> str:
+    return next((name for name, flag in CPU_CLASSES if flag in flags), "other")
+
+
+def machine_info() -> dict[str, Any]:
+    import torch
+
+    cpu, flags = platform.processor() or "unknown", set()
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        m = re.search(r"^model name\s*:\s*(.+)$", text, re.M)
+        cpu = m.group(1).strip() if m else cpu
+        m = re.search(r"^flags\s*:\s*(.+)$", text, re.M)
+        flags = set(m.group(1).split()) if m else set()
+    except OSError:
+        pass
+    mem_gb = None
+    try:
+        m = re.search(r"MemTotal:\s+(\d+) kB", Path("/proc/meminfo").read_text())
+        mem_gb = round(int(m.group(1)) / 2**20, 1) if m else None
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cpu_class": cpu_class(flags),
+        "cores": os.cpu_count(),
+        "memory_gb": mem_gb,
+        "amx_bf16": "amx_bf16" in flags,
+        "avx512_bf16": "avx512_bf16" in flags,
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
+
+def machine_line(info: dict[str, Any]) -> str:
+    # results saved before cpu_class was recorded only know whether the CPU had AMX
+    klass = info.get("cpu_class") or ("amx" if info.get("amx_bf16") else "not recorded")
+    return (f"Machine: {info['cpu']} (CPU class {klass}), {info['cores']} cores, "
+            f"{info['memory_gb']} GB, torch {info['torch']} ({info['torch_threads']} threads), "
+            f"Python {info['python']}")
+
+
+def machine_slug(info: dict[str, Any]) -> str:
+    cpu = re.sub(r"\(R\)|\(TM\)|CPU|Processor|@.*", "", info["cpu"])
+    return re.sub(r"[^a-z0-9]+", "-", cpu.lower()).strip("-") + f"-{info['cores']}c"
+
+
+# ---- child processes ---------------------------------------------------------------------------
+
+
+def run_child(cmd: list[str], env: dict[str, str] | None = None,
+              cwd: str | None = None) -> dict[str, Any]:
+    """Run `cmd`; its wall time (start to exit), peak RSS (MiB, from wait4) and stdout."""
+    with tempfile.TemporaryFile("w+") as out:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t0
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        text = out.read()
+    if proc.returncode != 0:
+        raise RuntimeError(f"{shlex.join(cmd)} failed ({proc.returncode}):\n{text[-3000:]}")
+    return {"wall_s": wall, "peak_rss_mib": usage.ru_maxrss / 1024, "stdout": text}
+
+
+def train_cmd(*args: str) -> list[str]:
+    return [PY, "-m", "fmnist", "train", *args]
+
+
+def train(out: Path, *args: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """`fmnist train *args --out out`: the child's wall time and RSS, and its metrics rows."""
+    res = run_child(train_cmd(*args, "--out", str(out)))
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    return res, [json.loads(line) for line in lines if line.strip()]
+
+
+def time_to(rows: list[dict[str, Any]], target: float) -> float | None:
+    """Training seconds until the first epoch whose test accuracy reaches `target`."""
+    for row in rows:
+        if row["test_accuracy"] >= target:
+            return row["train_seconds"]
+    return None
+
+
+# ---- statistics and cells ----------------------------------------------------------------------
+
+
+def med(values: list[float | None]) -> float | None:
+    kept = [v for v in values if v is not None]
+    return statistics.median(kept) if kept else None
+
+
+def pct(x: float | None) -> str:
+    return "—" if x is None else f"{100 * x:.2f} %"
+
+
+def sec(x: float | None) -> str:
+    return "—" if x is None else f"{x:.1f} s"
+
+
+def ratio(a: float | None, b: float | None, fmt: str = "{:.2f}x") -> str:
+    return "—" if not a or not b else fmt.format(a / b)
