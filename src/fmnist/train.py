@@ -373,8 +373,9 @@ def _reduce_device(device: torch.device) -> torch.device:
     return device if device.type == "cuda" else torch.device("cpu")
 
 
-def model_meta(setup: Setup) -> dict[str, Any]:
-    """What the checkpoint says about the data and recipe (save_model adds the model's part)."""
+def run_meta(setup: Setup, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """What the checkpoint says besides the model itself (`checkpoint.model_meta` adds that):
+    the data, its normalisation, the recipe, the epoch and its metrics."""
     return {
         "classes": setup.data.classes,
         "normalize": {"mean": setup.mean, "std": setup.std},
@@ -382,6 +383,8 @@ def model_meta(setup: Setup) -> dict[str, Any]:
         "dataset_sha256": setup.data.fingerprint,
         "recipe": setup.recipe.name,
         "tta_flip": setup.recipe.tta_flip,
+        "epoch": rows[-1]["epoch"] if rows else 0,
+        "metrics": rows[-1] if rows else {},
     }
 
 
@@ -392,11 +395,9 @@ def save_epoch(run_dir: Path | None, setup: Setup, parts: Parts, rows: list[dict
     rngs = distributed.gather_objects(checkpoint.rng_state(), setup.info)
     if run_dir is None:
         return
-    epoch = rows[-1]["epoch"]
-    checkpoint.save_model(run_dir, parts.model, {**model_meta(setup), "epoch": epoch,
-                                                 "metrics": rows[-1]})
+    checkpoint.save_model(run_dir, parts.model, run_meta(setup, rows))
     ResumeState(
-        epoch=epoch, rows=rows, recipe=to_dict(setup.recipe), model=parts.model.state_dict(),
+        epoch=rows[-1]["epoch"], rows=rows, recipe=to_dict(setup.recipe), model=parts.model.state_dict(),
         optimizer=parts.optimizer.state_dict(), scheduler=parts.scheduler.state_dict(),
         rng=checkpoint.rng_state(), rng_ranks=rngs, world_size=setup.info.world_size,
         mean=setup.mean, std=setup.std, fingerprint=setup.data.fingerprint,
@@ -568,7 +569,8 @@ def fit(
             for cb in cbs:
                 cb.on_fit_end(state)
         except WriteError as e:
-            assert run_dir is not None  # only a run that writes can fail to write
+            if run_dir is None:  # a callback's own file, outside any run folder
+                raise
             raise WriteError(f"{e} {_resume_hint(run_dir, saved_epoch)}") from e
         # Finish together: a rank that tears gloo down while rank 0 is still writing the run
         # folder could abort at exit (seen here, about 1 run in 4, before this barrier).
@@ -579,9 +581,7 @@ def fit(
         distributed.shutdown()
     assert parts is not None  # set when the loop ran
     model = unwrap(parts.model).eval()
-    meta = checkpoint.model_meta(model, {**model_meta(setup), "epoch": rows[-1]["epoch"] if rows else 0,
-                                         "metrics": rows[-1] if rows else {}})
-    return FitResult(model, meta, rows, run_dir)
+    return FitResult(model, checkpoint.model_meta(model, run_meta(setup, rows)), rows, run_dir)
 
 
 def train_epoch(parts: Parts, setup: Setup, state: RunState, callbacks: Sequence[Callback]) -> dict[str, Any]:
