@@ -101,3 +101,44 @@ def test_exported_pth_beside_its_run_keeps_the_runs_normalisation(make_checkpoin
     lone = folder.parent / "lone.pth"
     lone.write_bytes((folder / "model.pth").read_bytes())
     assert normalization(load_model(lone, model="cnn")[1]) == (0.0, 1.0)
+
+
+# ---- resume state: only our own, plain data loads -------------------------------------------
+
+
+class Payload:  # a pickled custom object: torch.load(weights_only=True) must refuse it
+    pass
+
+
+def test_resume_state_refuses_pickles_and_foreign_files(tmp_path):
+    torch.save({"epoch": 1, "obj": Payload()}, tmp_path / "resume.pt")
+    with pytest.raises(CheckpointError, match=r"Cannot read resume state .*resume\.pt \(UnpicklingError\)"):
+        ResumeState.load(tmp_path)
+    torch.save({"epoch": 1}, tmp_path / "resume.pt")
+    with pytest.raises(CheckpointError, match=r"not an fmnist resume state \(no model, optimizer, "
+                                              r"recipe, rng, rows, scheduler\)"):
+        ResumeState.load(tmp_path)
+    torch.save(3, tmp_path / "resume.pt")
+    with pytest.raises(CheckpointError, match="not an fmnist resume state"):
+        ResumeState.load(tmp_path)
+
+
+def test_resume_state_from_before_the_data_checks_still_loads(tmp_path):
+    old = {"epoch": 2, "rows": [], "recipe": {}, "model": {}, "optimizer": {}, "scheduler": {},
+           "rng": {"torch": torch.get_rng_state()}}
+    torch.save(old, tmp_path / "resume.pt")
+    state = ResumeState.load(tmp_path)
+    assert state.epoch == 2 and state.mean is None and state.fingerprint is None
+    assert state.world_size is None  # unknown: the process-count check is skipped
+    state.save(tmp_path)
+    again = ResumeState.load(tmp_path)
+    assert (again.epoch, again.mean, again.world_size) == (2, None, None)
+    assert torch.equal(again.rng["torch"], old["rng"]["torch"])
+
+
+def test_normalization_defaults_to_plain_division():
+    from fmnist.checkpoint import normalization
+
+    assert normalization({}) == (0.0, 1.0)
+    assert normalization({"normalize": {}}) == (0.0, 1.0)
+    assert normalization({"normalize": {"mean": 0.3, "std": 0.4}}) == (0.3, 0.4)

@@ -326,3 +326,47 @@ def test_accuracy_shown_is_accuracy_served():
     assert report.accuracy == 1.0  # evaluate scores exactly what the predictor answers
     no_tta = {**meta, "tta_flip": False}
     np.testing.assert_allclose(Predictor(model, no_tta).predict_arrays(images), plain, atol=1e-5)
+
+
+def test_predictor_contract_details(make_checkpoint):
+    from fmnist.errors import CheckpointError
+
+    model, meta = _cnn_with_tta()
+    predictor = Predictor(model, meta)
+    probs = predictor.predict_arrays(np.zeros((0, 28, 28), np.uint8))
+    assert probs.shape == (0, 10) and probs.dtype == np.float32
+    with pytest.raises(ImageError, match=r"Expected uint8 images of shape \(N, 28, 28\), got torch.float32"):
+        predictor.predict_arrays(np.zeros((2, 28, 28), np.float32))
+    with pytest.raises(ImageError, match="Expected a PIL image or a uint8 28x28 array"):
+        predictor.predict([np.zeros((28, 28), np.float32)])
+    p = predictor.predict([np.zeros((28, 28), np.uint8)])[0]
+    assert len(p.to_dict()["top"]) == 3 and p.top(0) == []
+    # MNIST digits sit in a 20x20 box, Fashion-MNIST items fill the frame
+    assert Predictor(model, {**meta, "dataset": "mnist"}).box == 20 and predictor.box == 28
+    square = Image.new("L", (100, 100), 0)
+    square.paste(255, (10, 10, 90, 90))
+    digit = Predictor(model, {**meta, "dataset": "mnist"}).preprocess(square)
+    assert bbox(digit) == (20, 20)
+    # from_checkpoint passes its choices through
+    folder = make_checkpoint("cnn", {"widths": [4, 4, 8]})
+    meta_path = folder / "model.json"
+    import json
+
+    meta_path.write_text(json.dumps({**json.loads(meta_path.read_text()), "tta_flip": True}))
+    assert Predictor.from_checkpoint(folder).tta and not Predictor.from_checkpoint(folder, tta=False).tta
+    with pytest.raises(CheckpointError, match="holds a 'cnn' model, not 'mlp'"):
+        Predictor.from_checkpoint(folder, model="mlp")
+
+
+def test_inputs_are_standardised_as_the_checkpoint_says():
+    from fmnist.inference import autocast_for, to_input
+
+    x = torch.tensor([[[0, 51, 255]]], dtype=torch.uint8)
+    for mean, std in ((0.0, 1.0), (0.5, 1.0), (0.0, 2.0), (1.0, 1.0), (0.3, 0.4)):
+        want = (x.unsqueeze(1).float() / 255 - mean) / std
+        torch.testing.assert_close(to_input(x, mean, std), want)
+    linear = torch.nn.Linear(4, 2)
+    with autocast_for(torch.device("cpu"), True):
+        assert linear(torch.ones(1, 4)).dtype == torch.bfloat16
+    with autocast_for(torch.device("cpu"), False):
+        assert linear(torch.ones(1, 4)).dtype == torch.float32

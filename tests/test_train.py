@@ -329,3 +329,62 @@ def test_test_loss_is_averaged_as_the_recipe_says():
         setup = Setup(recipe, DistInfo(), torch.device("cpu"), False, data, 0.0, 1.0)
         _, loss = evaluate_split(model, data.test_images, data.test_labels, setup)
         assert loss == pytest.approx(want, rel=1e-5)
+
+
+def test_a_trained_runs_metadata_names_its_data_recipe_and_tta(tmp_path):
+    data = make_data()
+    recipe = apply_overrides(SMALL, {"epochs": 1, "tta_flip": True})
+    fit(recipe, data=data, out=tmp_path / "r", display=False)
+    meta = json.loads((tmp_path / "r" / "model.json").read_text())
+    pixels = data.train_images.float() / 255
+    assert meta["normalize"] == pytest.approx({"mean": pixels.mean().item(),
+                                               "std": pixels.std().item()})
+    assert (meta["dataset"], meta["dataset_sha256"], meta["recipe"], meta["tta_flip"]) == (
+        "fashion-mnist", "synthetic", "t", True)
+    assert meta["epoch"] == 1 and meta["classes"] == data.classes
+
+
+def test_pixel_stats():
+    from fmnist.train import pixel_stats
+
+    data = make_data()
+    assert pixel_stats(apply_overrides(SMALL, {"normalize": False}), data) == (0.0, 1.0)
+    mean, std = pixel_stats(SMALL, data)
+    x = data.train_images.double() / 255
+    assert mean == pytest.approx(x.mean().item(), rel=1e-6)
+    assert std == pytest.approx(x.std().item(), rel=1e-6)
+
+
+def test_same_data_check_tolerates_rounding_only():
+    from fmnist.checkpoint import ResumeState
+    from fmnist.train import check_same_data
+
+    data = make_data()
+
+    def saved(mean, std):
+        return ResumeState(1, [], {}, {}, {}, {}, {}, mean=mean, std=std, fingerprint="synthetic")
+
+    check_same_data(saved(0.3, 0.4), data, 0.3 * (1 + 1e-7), 0.4)  # float noise: accepted
+    for mean, std in ((0.3, 0.41), (0.303, 0.4), (0.3, 0.404)):  # other data: refused
+        with pytest.raises(ConfigError, match="normalised its inputs"):
+            check_same_data(saved(mean, std), data, 0.3, 0.4)
+
+
+def test_out_folder_rules(tmp_path, monkeypatch):
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="not an empty folder"):
+        new_run_dir(notes, SMALL)
+    assert sorted(p.name for p in notes.iterdir()) == ["notes.txt"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert new_run_dir(empty, SMALL) == empty  # an existing empty folder is fine
+    half = tmp_path / "half"
+    half.mkdir()
+    (half / "model.safetensors").write_bytes(b"")
+    with pytest.raises(ConfigError, match="already holds a run: use --resume"):
+        new_run_dir(half, SMALL)
+    # a run folder named inside a runs/ folder becomes runs/latest
+    run = new_run_dir(tmp_path / "runs" / "x", SMALL)
+    assert (tmp_path / "runs" / "latest").resolve() == run.resolve()

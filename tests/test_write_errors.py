@@ -200,3 +200,30 @@ def test_a_download_onto_a_full_disk_says_so_and_tries_no_other_mirror(tmp_path,
     with pytest.raises(WriteError, match=r"^Could not write the download .*: the disk is full\.$"):
         datasets.load_arrays(spec.name, "test")
     assert len(tried) == 1  # the second mirror would fill the same disk
+
+
+def test_write_bytes_makes_folders_and_gives_the_usual_file_mode(tmp_path):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        path = atomic.write_bytes(tmp_path / "a" / "b" / "f.json", b"{}")
+    finally:
+        os.umask(old)
+    assert path.read_bytes() == b"{}" and (path.stat().st_mode & 0o777) == 0o644
+    assert leftovers(tmp_path) == []
+
+
+def test_names_in_messages(tmp_path, monkeypatch):
+    real = atomic._write_file
+
+    def json_fails(path, data):  # the disk fills up between the weights and their metadata
+        if ".json." in path.name:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(path, data)
+
+    monkeypatch.setattr(atomic, "_write_file", json_fails)
+    with pytest.raises(WriteError, match=r"^Could not write the checkpoint metadata .*model\.json"):
+        save_model(tmp_path, _model(), META)
+    with pytest.raises(WriteError, match=r"^Could not write the file .*x\.json"):
+        atomic.write_text(tmp_path / "x.json", "x")
