@@ -10,7 +10,7 @@ import torch
 from synthetic import make_data
 from test_train import SMALL, weights
 
-from fmnist.budget import Measured, epochs_for, narrower, parse_duration, plan
+from fmnist.budget import Measured, narrower, parse_duration, plan, steps_for
 from fmnist.cli import main
 from fmnist.errors import ConfigError
 from fmnist.recipes import Recipe, apply_overrides, get_recipe, read_config_file
@@ -29,10 +29,15 @@ def test_bad_durations_are_one_sentence(text):
         parse_duration(text)
 
 
-def test_epochs_from_a_given_throughput():
-    m = Measured(images_per_s=2_000, train_images=60_000, eval_seconds=2.0)  # 32 s an epoch
-    assert m.epoch_seconds == 32.0
-    assert epochs_for(90, m) == 2 and epochs_for(96, m) == 3 and epochs_for(31.9, m) == 0
+def test_steps_from_a_given_throughput():
+    m = Measured(images_per_s=2_000, train_images=60_000, eval_seconds=2.0)
+    # batch 100: 600 steps (30 s) an epoch, then 2 s of evaluation
+    assert m.seconds(600, 100) == 32.0 and m.seconds(601, 100) == 34.05
+    assert steps_for(96, m, 100) == 1800  # exactly three epochs
+    assert steps_for(90, m, 100) == 1680  # two epochs and 4/5 of a third (evaluated too)
+    assert m.seconds(1680, 100) == pytest.approx(90)
+    assert steps_for(65, m, 100) == 1200  # 2 s left after two epochs: not worth a third's eval
+    assert steps_for(10, m, 100) == 160 and steps_for(2, m, 100) == 0
 
 
 def fake_measure(img_per_s_at_full_width: float, calls: list):
@@ -48,38 +53,52 @@ def test_plan_keeps_the_model_and_fits_the_epochs():
     calls: list = []
     p = plan(get_recipe("default"), 300, fake_measure(2_000, calls))  # 31 s an epoch
     assert calls == [[16, 64, 128]]
-    assert p.recipe.epochs == 9 and p.recipe.model_config == {"widths": [16, 64, 128]}
-    assert p.seconds <= 300
-    assert "cnn 16,64,128, 9 epochs at ~2,000 img/s" in p.describe()
+    assert p.recipe.model_config == {"widths": [16, 64, 128]}
+    assert p.recipe.epochs == 10 and 9 * 469 < p.recipe.steps < 10 * 469  # batch 128
+    assert 299 < p.seconds <= 300  # the budget is used, not just whole epochs of it
+    assert f"cnn 16,64,128, {p.recipe.steps:,} steps = 9." in p.describe()
     # everything else is the recipe's own
-    assert apply_overrides(p.recipe, {"epochs": 4}) == get_recipe("default")
+    assert apply_overrides(p.recipe, {"epochs": 4, "steps": 0}) == get_recipe("default")
 
 
 def test_plan_narrows_the_model_when_one_epoch_does_not_fit():
     calls: list = []
     p = plan(get_recipe("default"), 40, fake_measure(1_000, calls))  # 61 s, 31 s, ...
     assert calls == [[16, 64, 128], [8, 32, 64]]
-    assert p.recipe.epochs == 1 and p.recipe.model_config["widths"] == [8, 32, 64]
+    assert p.recipe.epochs == 2 and p.recipe.model_config["widths"] == [8, 32, 64]
 
 
 def test_plan_says_when_nothing_fits():
-    with pytest.raises(ConfigError, match=r"Not even one epoch fits in 5 s .*--time-budget"):
+    with pytest.raises(ConfigError, match=r"Not even one epoch fits in 5.0 s .*--time-budget"):
         plan(get_recipe("default"), 5, fake_measure(100, []))
     assert narrower(get_recipe("quickstart")) is None  # only a cnn's widths shrink
 
 
-def test_a_planned_run_ends_its_schedule_and_its_config_repeats_it(tmp_path, capsys):
+def test_measuring_trains_the_recipes_model_on_this_machine():
+    from fmnist.distributed import DistInfo
+    from fmnist.train import measure, set_up
+
+    m = measure(set_up(SMALL, DistInfo(), make_data(), None, None))
+    assert m.train_images == 256 and m.images_per_s > 0 and m.eval_seconds > 0
+
+
+def test_a_planned_run_ends_its_schedule_and_its_config_repeats_it(tmp_path, capsys, monkeypatch):
+    import fmnist.train
+
+    # A fixed measurement, so the plan does not depend on how busy the machine is:
+    # 2,560 img/s = 0.1 s an epoch of 256 images, 0.05 s an evaluation -> 20 steps in 0.3 s.
+    monkeypatch.setattr(fmnist.train, "measure", lambda setup: Measured(2_560.0, 256, 0.05))
     recipe = apply_overrides(SMALL, {"epochs": 1, "schedule": "onecycle"})
-    planned = fit(recipe, data=make_data(), out=tmp_path / "planned", time_budget="3s")
+    planned = fit(recipe, data=make_data(), out=tmp_path / "planned", time_budget="0.3s")
     out = capsys.readouterr().out
-    assert out.startswith("Plan for a 3 s budget: cnn 8,8,16, ")
+    assert out.startswith("Plan for a 0.3 s budget: cnn 8,8,16, ")
     config = read_config_file(tmp_path / "planned" / "config.json")
-    epochs = config["epochs"]
-    assert epochs >= 1 and len(planned.rows) == epochs
-    assert f", {epochs} epoch" in out
+    epochs, steps = config["epochs"], config["steps"]
+    assert 0 < steps <= 20 and epochs == -(-steps // 8)  # 8 batches an epoch
+    assert len(planned.rows) == epochs and planned.rows[-1]["epoch"] == epochs
+    assert f"cnn 8,8,16, {steps:,} steps = " in out
     # the schedule was laid out for the planned length: it ends at zero, not mid-way
-    steps = epochs * 8  # 256 images in batches of 32
-    assert lr_factor("onecycle", recipe.warmup, steps - 1, steps) < 0.2
+    assert lr_factor("onecycle", recipe.warmup, steps, steps) == 0.0
     assert planned.rows[-1]["lr"] == pytest.approx(0.0, abs=1e-12)
     # config.json alone repeats the run (no planning, same weights)
     again = fit(apply_overrides(SMALL, config), data=make_data(), out=tmp_path / "again",

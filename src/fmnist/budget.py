@@ -2,10 +2,11 @@
 
 Lightning's `max_time` stops a run when time is up, in the middle of its learning-rate schedule.
 Here the budget is planned instead: measure this machine's training throughput and evaluation
-time on the recipe's own model for a few steps, then choose the number of epochs so that the
-schedule *ends* when the budget does. When not even one epoch of the recipe's model fits, its
-cnn widths are halved until one does. The plan is an ordinary recipe (epochs, widths), written to
-the run's config.json, so `--config` repeats the run exactly without planning again.
+time on the recipe's own model for a few steps, then choose the number of optimiser steps (the
+last epoch may stop part-way) so that the schedule *ends* when the budget does. When not even one
+epoch of the recipe's model fits, its cnn widths are halved until one does. The plan is an
+ordinary recipe (steps, epochs, widths), written to the run's config.json, so `--config` repeats
+the run exactly without planning again.
 
 The budget covers what the run spends on training and on its per-epoch evaluation, and the few
 seconds of measuring; not start-up, data loading or writing the run folder.
@@ -50,9 +51,17 @@ class Measured:
     train_images: int  # images per epoch
     eval_seconds: float  # per-epoch evaluation (test set, and holdout if any)
 
-    @property
-    def epoch_seconds(self) -> float:
-        return self.train_images / self.images_per_s + self.eval_seconds
+    def steps_per_epoch(self, batch_size: int) -> int:
+        return -(-self.train_images // batch_size)
+
+    def epochs(self, steps: int, batch_size: int) -> int:
+        """Epochs that `steps` reach into (the last one maybe part-way)."""
+        return -(-steps // self.steps_per_epoch(batch_size))
+
+    def seconds(self, steps: int, batch_size: int) -> float:
+        """Training `steps` batches, and evaluating after each epoch they reach into."""
+        return (steps * batch_size / self.images_per_s
+                + self.epochs(steps, batch_size) * self.eval_seconds)
 
 
 @dataclass(frozen=True)
@@ -65,24 +74,35 @@ class Plan:
     @property
     def seconds(self) -> float:
         """The run's expected training + evaluation time, measuring included."""
-        return self.spent + self.recipe.epochs * self.measured.epoch_seconds
+        return self.spent + self.measured.seconds(self.recipe.steps, self.recipe.batch_size)
 
     def describe(self) -> str:
-        m = self.measured
-        return (f"Plan for a {_fmt(self.budget)} budget: {_describe_model(self.recipe)}, "
-                f"{self.recipe.epochs} epoch"
-                f"{'s' if self.recipe.epochs != 1 else ''} at ~{m.images_per_s:,.0f} img/s "
-                f"({m.train_images / m.images_per_s:.1f} s + {m.eval_seconds:.1f} s evaluation "
-                f"each) = ~{_fmt(self.seconds)} with {self.spent:.1f} s of measuring.")
+        m, r = self.measured, self.recipe
+        epochs = r.steps * r.batch_size / m.train_images
+        return (f"Plan for a {_fmt(self.budget)} budget: {_describe_model(r)}, {r.steps:,} steps "
+                f"= {epochs:.2f} epochs at ~{m.images_per_s:,.0f} img/s, evaluated {r.epochs} "
+                f"time{'s' if r.epochs != 1 else ''} ({m.eval_seconds:.1f} s each): "
+                f"~{_fmt(self.seconds)} with {self.spent:.1f} s of measuring.")
 
 
 def _fmt(seconds: float) -> str:
+    if seconds < 10:
+        return f"{seconds:.1f} s"
     return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
 
 
-def epochs_for(seconds: float, measured: Measured) -> int:
-    """Whole epochs that fit in `seconds` (0 when not even one does)."""
-    return int(seconds // measured.epoch_seconds)
+def steps_for(seconds: float, measured: Measured, batch_size: int) -> int:
+    """The most optimiser steps whose training, and the evaluation after each epoch they reach
+    into, fit in `seconds` (0 when none do)."""
+    per_epoch = measured.steps_per_epoch(batch_size)
+    best = 0
+    for epochs in range(1, 1_000_000):
+        train_seconds = seconds - epochs * measured.eval_seconds
+        steps = min(epochs * per_epoch, int(train_seconds * measured.images_per_s) // batch_size)
+        if steps <= (epochs - 1) * per_epoch:  # the time runs out before this epoch starts
+            break
+        best = steps
+    return best
 
 
 def narrower(recipe: Recipe) -> Recipe | None:
@@ -102,10 +122,13 @@ def plan(recipe: Recipe, budget: float, measure: Callable[[Recipe], Measured]) -
     while candidate is not None:
         measured = measure(candidate)
         spent = time.perf_counter() - t0
-        epochs = epochs_for(budget - spent, measured)
-        if epochs >= 1:
-            return Plan(replace(candidate, epochs=epochs), measured, budget, spent)
-        tried.append(f"{_describe_model(candidate)} needs {measured.epoch_seconds:.0f} s an epoch")
+        batch = candidate.batch_size
+        steps = steps_for(budget - spent, measured, batch)
+        if steps >= measured.steps_per_epoch(batch):  # at least one whole epoch
+            epochs = measured.epochs(steps, batch)
+            return Plan(replace(candidate, steps=steps, epochs=epochs), measured, budget, spent)
+        one_epoch = measured.seconds(measured.steps_per_epoch(batch), batch)
+        tried.append(f"{_describe_model(candidate)} needs {one_epoch:.0f} s an epoch")
         candidate = narrower(candidate)
     raise ConfigError(
         f"Not even one epoch fits in {_fmt(budget)} on this machine ({'; '.join(tried)}): "

@@ -96,6 +96,7 @@ class RunState:
     is_main: bool
     steps_per_epoch: int
     samples_per_epoch: int
+    epochs: int  # how many the run takes
     epoch: int = 0  # 1-based, the epoch being trained or just finished
     rows: list[dict[str, Any]] = field(default_factory=list)
 
@@ -142,7 +143,7 @@ class ProgressBar(Callback):
             from tqdm import tqdm
 
             self.bar = tqdm(total=state.samples_per_epoch, unit="img", unit_scale=True,
-                            desc=f"epoch {state.epoch}/{state.recipe.epochs}", leave=False)
+                            desc=f"epoch {state.epoch}/{state.epochs}", leave=False)
 
     def on_step(self, state: RunState, step: int, loss: torch.Tensor, batch: int) -> None:
         if self.bar is not None:
@@ -155,7 +156,7 @@ class ProgressBar(Callback):
             self.bar.close()
         extra = f"  holdout {100 * row['holdout_accuracy']:.2f}%" if "holdout_accuracy" in row else ""
         print(
-            f"epoch {row['epoch']:>3}/{state.recipe.epochs}  train loss {row['train_loss']:.4f}  "
+            f"epoch {row['epoch']:>3}/{state.epochs}  train loss {row['train_loss']:.4f}  "
             f"test loss {row['test_loss']:.4f}  test acc {100 * row['test_accuracy']:.2f}%{extra}  "
             f"{row['seconds']:.1f}s  {row['images_per_s']:,.0f} img/s",
             flush=True,
@@ -261,6 +262,12 @@ class Parts:
     scheduler: torch.optim.lr_scheduler.LambdaLR
     batches: Batches
     loss_fn: nn.Module
+    total_steps: int  # the schedule's length: recipe.steps, or epochs x steps per epoch
+
+    @property
+    def epochs(self) -> int:
+        """Epochs the run takes (the last may be partial when the recipe sets steps)."""
+        return -(-self.total_steps // len(self.batches))
 
 
 def set_up(recipe: Recipe, info: distributed.DistInfo, data: Data | None,
@@ -312,7 +319,7 @@ def build(setup: Setup, resumed: ResumeState | None) -> Parts:
         augment=Augment(recipe.shift, recipe.flip), seed=recipe.seed, rank=info.rank,
         world_size=info.world_size, channels_last=recipe.channels_last,
     )
-    total_steps = recipe.epochs * len(batches)
+    total_steps = recipe.steps or recipe.epochs * len(batches)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(recipe.schedule, recipe.warmup, step, total_steps)
     )
@@ -328,7 +335,7 @@ def build(setup: Setup, resumed: ResumeState | None) -> Parts:
     if recipe.compile:
         train_model = cast(nn.Module, torch.compile(train_model))
     loss_fn = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
-    return Parts(model, train_model, optimizer, scheduler, batches, loss_fn)
+    return Parts(model, train_model, optimizer, scheduler, batches, loss_fn, total_steps)
 
 
 def evaluate_split(
@@ -542,7 +549,7 @@ def fit(
         saved_epoch = rows[-1]["epoch"] if rows else 0
         state = RunState(recipe, run_dir, info.is_main, len(parts.batches),
                          len(parts.batches.images) if info.world_size == 1
-                         else parts.batches.samples_per_rank, rows=rows)
+                         else parts.batches.samples_per_rank, parts.epochs, rows=rows)
         shown = [display_callback(recipe)] if display else []
         cbs = [*shown, *callbacks, MetricsLog(), Curves()] if info.is_main else []
         for cb in cbs:
@@ -553,7 +560,7 @@ def fit(
             torch.manual_seed(recipe.seed + info.rank)  # dropout etc. differ per rank; data does not
 
         try:
-            for epoch in range(saved_epoch + 1, recipe.epochs + 1):
+            for epoch in range(saved_epoch + 1, parts.epochs + 1):
                 state.epoch = epoch
                 parts.batches.set_epoch(epoch)
                 for cb in cbs:
@@ -587,8 +594,10 @@ def fit(
 def train_epoch(parts: Parts, setup: Setup, state: RunState, callbacks: Sequence[Callback]) -> dict[str, Any]:
     """One pass over the batches: the row's training figures (loss, lr, time, images/s)."""
     t0 = time.perf_counter()
-    loss = train_one_epoch(parts.train_model, parts.batches, parts.optimizer, parts.scheduler,
-                           parts.loss_fn, setup.device, setup.bf16, state, callbacks)
+    steps = min(len(parts.batches), parts.total_steps - (state.epoch - 1) * len(parts.batches))
+    loss, images = train_one_epoch(parts.train_model, parts.batches, parts.optimizer,
+                                   parts.scheduler, parts.loss_fn, setup.device, setup.bf16, state,
+                                   callbacks, steps)
     if setup.device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
@@ -602,24 +611,29 @@ def train_epoch(parts: Parts, setup: Setup, state: RunState, callbacks: Sequence
         "lr": parts.scheduler.get_last_lr()[0],
         "seconds": seconds,
         "train_seconds": previous + seconds,
-        "images_per_s": parts.batches.samples_per_rank * info.world_size / seconds,
+        "images_per_s": images * info.world_size / seconds,
     }
 
 
 def train_one_epoch(
     model: nn.Module, batches: Batches, optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler, loss_fn: nn.Module, device: torch.device,
-    bf16: bool, state: RunState, callbacks: Sequence[Callback],
-) -> float:
-    """One pass over `batches`; returns the mean training loss (over batches)."""
+    bf16: bool, state: RunState, callbacks: Sequence[Callback], steps: int | None = None,
+) -> tuple[float, int]:
+    """One pass over `batches` (its first `steps` batches, when given); returns the mean
+    training loss (over batches) and the number of images trained."""
     model.train()
     total = torch.zeros((), device=device)
+    done = images = 0
     for step, (x, y) in enumerate(batches):
+        if step == steps:
+            break
         loss = train_step(model, x, y, optimizer, scheduler, loss_fn, device, bf16)
         total += loss.detach()
+        done, images = done + 1, images + len(y)
         for cb in callbacks:
             cb.on_step(state, step, loss, len(y))
-    return (total / max(1, len(batches))).item()
+    return (total / max(1, done)).item(), images
 
 
 def train_step(
