@@ -3,6 +3,10 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip install -q --disable-pip-version-check
+# uv installs the package's dependencies several times faster than pip (measured cold: 3 s vs
+# 17 s for `make run`'s); torch stays with pip, which finds the CPU wheel on local disk (uv
+# does not look there and would fetch a CUDA build).
+UV     := $(VENV)/bin/uv pip install -q --python $(PY)
 # What the main job needs, and the extras that testing, serving and exporting add.
 RUN_STAMP  := $(VENV)/.installed-run
 FULL_STAMP := $(VENV)/.installed-full
@@ -15,13 +19,13 @@ setup: $(RUN_STAMP) data
 # torch pulled in by a dependency would be a multi-GB CUDA download.
 $(RUN_STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) torch==2.13.0
-	$(PIP) -e .
+	$(PIP) torch==2.13.0 uv
+	$(UV) -e .
 	touch $@
 
 # The server, ONNX export and the test tools: only `make test` (and `make setup-full`) need them.
 $(FULL_STAMP): $(RUN_STAMP)
-	$(PIP) -e '.[serve,onnx,dev]'
+	$(UV) -e '.[serve,onnx,dev]'
 	touch $@
 
 setup-full: $(FULL_STAMP) data
