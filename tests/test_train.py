@@ -388,3 +388,17 @@ def test_out_folder_rules(tmp_path, monkeypatch):
     # a run folder named inside a runs/ folder becomes runs/latest
     run = new_run_dir(tmp_path / "runs" / "x", SMALL)
     assert (tmp_path / "runs" / "latest").resolve() == run.resolve()
+
+
+def test_the_accuracy_a_run_reports_is_what_its_checkpoint_gives(tmp_path):
+    """Trained in bf16, evaluated as served (fp32, the run's TTA): model.json's metrics equal a
+    fresh `evaluate` of the saved checkpoint."""
+    from fmnist.evaluate import evaluate
+
+    data = make_data()
+    recipe = apply_overrides(SMALL, {"epochs": 1, "bf16": "on", "tta_flip": True})
+    fit(recipe, data=data, out=tmp_path / "r", display=False)
+    model, meta = load_model(tmp_path / "r")
+    report = evaluate(model, data.test_images, data.test_labels, meta)
+    assert report.accuracy == meta["metrics"]["test_accuracy"]
+    assert report.loss == pytest.approx(meta["metrics"]["test_loss"], rel=1e-6)

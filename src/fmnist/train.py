@@ -345,8 +345,10 @@ def evaluate_split(
     recipe, info = setup.recipe, setup.info
     part = slice(info.rank, None, info.world_size)
     x, y = images[part], labels[part]
+    # fp32 even when training in bf16: the accuracy a run reports must be the accuracy its
+    # checkpoint serves, and Predictor, evaluate and the server all run fp32.
     logits = predict_logits(model, x, setup.mean, setup.std, batch_size=recipe.eval_batch_size,
-                            tta_flip=recipe.tta_flip, bf16=setup.bf16)
+                            tta_flip=recipe.tta_flip)
     y = y.to(logits.device)
     if recipe.eval_loss == "batches":  # the Quickstart's: the mean of per-batch mean losses
         b = recipe.eval_batch_size
