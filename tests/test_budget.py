@@ -59,6 +59,8 @@ def test_plan_keeps_the_model_and_fits_the_epochs():
     assert f"cnn 16,64,128, {p.recipe.steps:,} steps = 9." in p.describe()
     # everything else is the recipe's own
     assert apply_overrides(p.recipe, {"epochs": 4, "steps": 0}) == get_recipe("default")
+    # asking for epochs later drops the planned step count (it would silently win otherwise)
+    assert apply_overrides(p.recipe, {"epochs": 4}) == get_recipe("default")
 
 
 def test_plan_narrows_the_model_when_one_epoch_does_not_fit():

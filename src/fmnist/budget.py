@@ -66,7 +66,7 @@ class Measured:
 
 @dataclass(frozen=True)
 class Plan:
-    recipe: Recipe  # the resolved recipe: epochs (and maybe widths) fitted to the budget
+    recipe: Recipe  # the resolved recipe: steps, epochs (and maybe widths) fitted to the budget
     measured: Measured
     budget: float  # seconds, as asked for
     spent: float  # seconds already spent measuring

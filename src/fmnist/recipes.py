@@ -133,6 +133,8 @@ def apply_overrides(recipe: Recipe, overrides: dict[str, Any]) -> Recipe:
     if overrides.get("model", recipe.model) != recipe.model and "model_config" not in overrides:
         # the recipe's model_config describes the recipe's model, not the one asked for
         overrides["model_config"] = {}
+    if "epochs" in overrides and "steps" not in overrides:
+        overrides["steps"] = 0  # an epoch count asked for replaces a planned step count
     recipe = replace(recipe, **overrides)
     validate(recipe)
     return recipe
