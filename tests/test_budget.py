@@ -115,6 +115,8 @@ def test_budget_refuses_resume_and_epochs(tmp_path, capsys):
     with pytest.raises(ConfigError, match="cannot be combined with resume"):
         fit(resume=tmp_path / "r", data=make_data(), time_budget=60, display=False)
     assert main(["train", "--time-budget", "60s", "--epochs", "3"]) == 2
-    assert "drop --epochs" in capsys.readouterr().err
+    assert "drop --epochs and --steps" in capsys.readouterr().err
+    assert main(["train", "--time-budget", "60s", "--steps", "30"]) == 2
+    assert "drop --epochs and --steps" in capsys.readouterr().err
     assert main(["train", "--time-budget", "soon"]) == 2
     assert "is not a duration" in capsys.readouterr().err

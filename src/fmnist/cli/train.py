@@ -23,6 +23,8 @@ HELP = {
     "tta_flip": "average with the mirrored image at evaluation and prediction",
     "normalize": "standardise inputs with the training set's mean and std (else just /255)",
     "eval_loss": "test loss as the mean over images, or of per-batch means (the Quickstart's)",
+    "steps": "total optimiser steps (0: epochs x steps per epoch; else the last epoch may stop "
+             "part-way)",
 }
 
 
@@ -82,8 +84,9 @@ def run(args: argparse.Namespace) -> int:
             )
         result = fit(resume=args.resume, data_dir=args.data_dir)
     else:
-        if args.time_budget is not None and args.epochs is not None:
-            raise ConfigError("--time-budget chooses the number of epochs: drop --epochs.")
+        if args.time_budget is not None and (args.epochs is not None or args.steps is not None):
+            raise ConfigError("--time-budget chooses the length of the run: drop --epochs and "
+                              "--steps.")
         result = fit(recipe_from_args(args), out=args.out, data_dir=args.data_dir,
                      time_budget=args.time_budget)
     if result.run_dir is not None:
