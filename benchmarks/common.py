@@ -21,27 +21,15 @@ PY = sys.executable
 
 # ---- machine -----------------------------------------------------------------------------------
 
-# The widest vector unit decides which kernels torch picks (bf16 on AMX, fp32 on AVX2 ...), so a
-# figure is only comparable with figures of the same class. Widest first.
-CPU_CLASSES = (("amx", "amx_bf16"), ("avx512", "avx512f"), ("avx2", "avx2"))
-
-
-def cpu_class(flags: set[str]) -> str:
-    return next((name for name, flag in CPU_CLASSES if flag in flags), "other")
-
 
 def machine_info() -> dict[str, Any]:
     import torch
 
-    cpu, flags = platform.processor() or "unknown", set()
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-        m = re.search(r"^model name\s*:\s*(.+)$", text, re.M)
-        cpu = m.group(1).strip() if m else cpu
-        m = re.search(r"^flags\s*:\s*(.+)$", text, re.M)
-        flags = set(m.group(1).split()) if m else set()
-    except OSError:
-        pass
+    from fmnist import hardware
+
+    # The class (amx, avx512, avx2, other) decides which kernels torch picks, so a figure is only
+    # comparable with figures of the same class; a run with capped kernels records the capped one.
+    flags = hardware.cpu_flags()
     mem_gb = None
     try:
         m = re.search(r"MemTotal:\s+(\d+) kB", Path("/proc/meminfo").read_text())
@@ -49,8 +37,8 @@ def machine_info() -> dict[str, Any]:
     except OSError:
         pass
     return {
-        "cpu": cpu,
-        "cpu_class": cpu_class(flags),
+        "cpu": hardware.cpu_model(),
+        "cpu_class": hardware.cpu_class(flags),
         "cores": os.cpu_count(),
         "memory_gb": mem_gb,
         "amx_bf16": "amx_bf16" in flags,

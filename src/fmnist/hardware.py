@@ -21,11 +21,7 @@ import platform
 import re
 from pathlib import Path
 
-CLASSES = ("amx", "avx512", "avx2", "other")
-# Each class's name in the three libraries' cap variables, and the variables themselves.
-CAP_VALUES = {"amx": ("AVX512_CORE_AMX", "avx512", "AVX512"),
-              "avx512": ("AVX512_CORE_BF16", "avx512", "AVX512"),
-              "avx2": ("AVX2", "avx2", "AVX2")}
+CLASSES = ("amx", "avx512", "avx2", "other")  # best first
 CAP_VARS = ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS")
 
 
