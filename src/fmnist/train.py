@@ -401,14 +401,15 @@ def save_epoch(run_dir: Path | None, setup: Setup, parts: Parts, rows: list[dict
     """The checkpoint and the resume state of the epoch just finished (rank 0 writes)."""
     # Every rank's RNG state, for exact resume of per-rank randomness: a collective, so every
     # rank takes part whether or not it writes.
-    rngs = distributed.gather_objects(checkpoint.rng_state(), setup.info)
+    rng = checkpoint.rng_state()
+    rngs = distributed.gather_objects(rng, setup.info)
     if run_dir is None:
         return
     checkpoint.save_model(run_dir, parts.model, run_meta(setup, rows))
     ResumeState(
         epoch=rows[-1]["epoch"], rows=rows, recipe=to_dict(setup.recipe), model=parts.model.state_dict(),
         optimizer=parts.optimizer.state_dict(), scheduler=parts.scheduler.state_dict(),
-        rng=checkpoint.rng_state(), rng_ranks=rngs, world_size=setup.info.world_size,
+        rng=rng, rng_ranks=rngs, world_size=setup.info.world_size,
         mean=setup.mean, std=setup.std, fingerprint=setup.data.fingerprint,
     ).save(run_dir)
 

@@ -505,7 +505,7 @@ def create_app(
         if ctype == "multipart/form-data":
             items = await _items_from_multipart(request, max_batch)
         elif ctype in ("application/json", "text/json") or ctype.endswith("+json"):
-            # json.loads and base64 of up to max_upload_bytes take tens of ms: off the loop too
+            # parsing up to max_upload_bytes of JSON and base64 must not block the loop either
             items = await run_in_threadpool(_items_from_json, await request.body(), max_batch)
         elif ctype.startswith("image/") or ctype == "application/octet-stream":
             items = [Item("body", await request.body())]
