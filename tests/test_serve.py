@@ -30,7 +30,8 @@ from fmnist.predict import Predictor, open_image, preprocess
 from fmnist.serve import create_app
 from fmnist.serve.app import STATIC_DIR, PredictionOut, app_from_env
 
-LIMITS = {"max_upload_bytes": 200_000, "max_batch": 4, "max_pixels": 1_000_000}
+LIMITS = {"max_upload_bytes": 200_000, "max_batch": 4, "max_pixels": 1_000_000, "max_queue": 8,
+          "request_timeout_s": 30.0}
 
 
 # ---- helpers ---------------------------------------------------------------------------------
@@ -227,7 +228,8 @@ def test_predict_one_multipart_file(client: TestClient, predictor: Predictor) ->
     assert np.array_equal(decode_data_url(p["input"]), seen)
     want = predictor.predict_arrays(seen[None])[0]
     assert [p["probabilities"][c] for c in predictor.classes] == pytest.approx(want, abs=1e-5)
-    assert set(body["latency_ms"]) == {"decode", "queue", "model", "total"}
+    assert set(body["latency_ms"]) == {"decode", "model", "total"}
+    assert body["pass_images"] == 1
     assert body["latency_ms"]["model"] > 0
     assert "model;dur=" in r.headers["server-timing"]
 
@@ -574,7 +576,9 @@ def test_cli_serve_binds_loopback_with_a_warm_model(make_checkpoint, monkeypatch
 
     seen: dict[str, Any] = {}
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(app=app, **kw))
-    assert cli_main(["serve", str(make_checkpoint("mlp")), "--port", "8123", "--max-batch", "7"]) == 0
+    argv = ["serve", str(make_checkpoint("mlp")), "--port", "8123", "--max-batch", "7",
+            "--workers", "1", "--backend", "torch"]  # fmt: skip
+    assert cli_main(argv) == 0
     assert seen["host"] == "127.0.0.1" and seen["port"] == 8123
     assert "Page at http://127.0.0.1:8123/" in capsys.readouterr().err
     with TestClient(seen["app"]) as c:
@@ -587,14 +591,19 @@ def test_cli_serve_workers_use_the_app_factory(make_checkpoint, monkeypatch) -> 
 
     seen: dict[str, Any] = {}
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(app=app, **kw))
-    for key in ("CHECKPOINT", "MODEL", "MAX_UPLOAD", "MAX_BATCH"):
-        monkeypatch.delenv(f"FMNIST_SERVE_{key}", raising=False)
+    monkeypatch.delenv(serve_app.SETTINGS_ENV, raising=False)
     ckpt = make_checkpoint("mlp")
-    assert cli_main(["serve", str(ckpt), "--workers", "2", "--max-upload-mb", "1"]) == 0
+    argv = ["serve", str(ckpt), "--workers", "2", "--max-upload-mb", "1", "--backend", "torch",
+            "--batch-window-ms", "5", "--batch-size", "9", "--max-queue", "3"]  # fmt: skip
+    assert cli_main(argv) == 0
     assert seen["app"] == "fmnist.serve.app:app_from_env" and seen["factory"] and seen["workers"] == 2
     with TestClient(app_from_env()) as c:  # what each worker process builds
         wait_ready(c)
-        assert c.get("/v1/model").json()["limits"]["max_upload_bytes"] == 2**20  # --max-upload-mb 1 is 1 MiB
+        limits = c.get("/v1/model").json()["limits"]
+        assert limits["max_upload_bytes"] == 2**20  # --max-upload-mb 1 is 1 MiB
+        assert limits["max_queue"] == 3
+        stats = c.get("/v1/stats").json()
+        assert (stats["window_ms"], stats["max_pass_images"]) == (5.0, 9)
 
 
 @pytest.mark.parametrize(
@@ -605,6 +614,10 @@ def test_cli_serve_workers_use_the_app_factory(make_checkpoint, monkeypatch) -> 
         (["serve", "{ckpt}", "--model", "cnn"], "holds a 'mlp' model"),
         (["serve", "{ckpt}", "--port", "70000"], "--port"),
         (["serve", "{ckpt}", "--workers", "0"], "--workers"),
+        (["serve", "{ckpt}", "--workers", "many"], "--workers"),
+        (["serve", "{ckpt}", "--max-queue", "0"], "--max-queue"),
+        (["serve", "{ckpt}", "--batch-window-ms", "-1"], "--batch-window-ms"),
+        (["serve", "{ckpt}", "--backend", "torch", "--request-timeout", "0"], "--request-timeout"),
     ],
 )
 def test_cli_serve_user_errors_are_one_line(make_checkpoint, tmp_path: Path, capsys, args, words) -> None:

@@ -7,7 +7,7 @@
 - `onnx`: one self-contained file (no separate .data), dynamic batch size. Input `image`:
   float32 (N, 1, 28, 28) in [0, 1] (like torchvision's ToTensor); the checkpoint's normalisation
   is inside the graph. Output `logits` (N, C). Class names, normalisation and model name are in
-  the model's metadata_props. Checked against PyTorch with onnxruntime when it is installed.
+  the model's metadata_props, and the whole model.json as `fmnist_meta`. Checked against PyTorch with onnxruntime when it is installed.
 
 Writes are atomic.
 """
@@ -56,6 +56,13 @@ class _Normalized(nn.Module):
 def export_onnx(model: nn.Module, meta: dict[str, Any], path: str | Path) -> bool:
     """Write a single-file ONNX model with a dynamic batch size; returns True when verified
     with onnxruntime (raises if the outputs disagree), False when onnxruntime is missing."""
+    data, verified = onnx_bytes(model, meta)  # verified before writing: a wrong export never
+    write_bytes(Path(path), data, "exported model")  # replaces a file
+    return verified
+
+
+def onnx_bytes(model: nn.Module, meta: dict[str, Any]) -> tuple[bytes, bool]:
+    """The ONNX file's bytes, and whether onnxruntime checked them against PyTorch."""
     try:
         import onnx  # noqa: F401
         import onnxscript  # noqa: F401
@@ -64,7 +71,6 @@ def export_onnx(model: nn.Module, meta: dict[str, Any], path: str | Path) -> boo
             f"ONNX export needs the '{e.name}' package: pip install onnx onnxscript onnxruntime."
         ) from None
 
-    path = Path(path)
     wrapper = _Normalized(unwrap(model).cpu().eval(), *normalization(meta)).eval()
     example = torch.rand(2, 1, 28, 28)
     exporter_log = logging.getLogger("torch.onnx")
@@ -87,15 +93,17 @@ def export_onnx(model: nn.Module, meta: dict[str, Any], path: str | Path) -> boo
         "normalize": json.dumps({"mean": wrapper.mean, "std": wrapper.std}),
         "model": str(meta.get("model", "")),
         "dataset": str(meta.get("dataset", "")),
+        # everything model.json says (metrics, recipe, data hash), for `fmnist serve model.onnx`
+        "fmnist_meta": json.dumps(
+            {**meta, "parameters": sum(p.numel() for p in wrapper.parameters())}, default=str
+        ),
         "input": "image: float32 [N,1,28,28], pixel/255 (light object on black)",
     }
     for key, value in extra.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
     data = proto.SerializeToString()  # the whole model in one file: external_data=False above
-    verified = _verify(wrapper, data)  # before writing: a wrong export never replaces a file
-    write_bytes(path, data, "exported model")
-    return verified
+    return data, _verify(wrapper, data)
 
 
 def _verify(wrapper: nn.Module, onnx_model: bytes) -> bool:

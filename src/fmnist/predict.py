@@ -221,6 +221,9 @@ class Predictor:
     ) -> None:
         self.device = torch.device(device)
         self.model = prepare_for_inference(model, self.device)
+        self._set_meta(meta, tta)
+
+    def _set_meta(self, meta: dict[str, Any], tta: bool | None) -> None:
         self.meta = meta
         self.classes: list[str] = list(meta["classes"])
         self.mean, self.std = normalization(meta)
@@ -252,9 +255,13 @@ class Predictor:
             )
         if len(x) == 0:
             return np.zeros((0, len(self.classes)), dtype=np.float32)
-        logits = predict_logits(self.model, x, self.mean, self.std, batch_size=self.batch_size,
-                                tta_flip=self.tta)
-        return torch.softmax(logits, dim=1).cpu().numpy().astype(np.float32, copy=False)
+        return torch.softmax(self.logits(x), dim=1).cpu().numpy().astype(np.float32, copy=False)
+
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        """float32 logits (N, C) of checked uint8 images (N, 28, 28): the one place a backend
+        (see fmnist.serve.backends) differs."""
+        return predict_logits(self.model, images, self.mean, self.std, batch_size=self.batch_size,
+                              tta_flip=self.tta)
 
     def predict(self, images: Sequence[Image.Image | np.ndarray]) -> list[Prediction]:
         """Classify PIL images (preprocessed) and/or uint8 28x28 arrays (used as is), batched."""

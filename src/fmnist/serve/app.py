@@ -1,23 +1,29 @@
 """The HTTP API and the web page, as one FastAPI app: `create_app(predictor)`.
 
     POST /v1/predict   images as multipart files, JSON {"images": [base64...]} or
-                       {"arrays": [28x28 numbers 0-255...]}, or one raw image body;
-                       one forward pass per request -> top class, all probabilities, the 28x28
-                       image the model saw (PNG data URL) and the latency
+                       {"arrays": [28x28 numbers 0-255...]}, or one raw image body
+                       -> top class, all probabilities, the 28x28 image the model saw (PNG data
+                       URL) and the latency; `?fields=label,top` returns only those fields
     GET  /v1/model     model name, classes, parameter count, metrics, dataset and its hash
+    GET  /v1/stats     forward passes and their sizes, requests in flight and refused
     GET  /v1/samples   real test images with their true labels (empty list without the data)
     GET  /healthz      the process answers;  GET /readyz  the model is loaded and warmed up
     GET  /openapi.json the spec;  GET /docs  an offline reference page built from it
     GET  /             the web page (static files under /static, no CDN, no build step)
 
-Every error is JSON {"error": "one sentence"}: 400 malformed JSON, 413 too large (bytes or
-batch), 415 unknown content type, 422 not an image / corrupt / too many pixels / bad array.
-Only a bug gives a 500. Decoding and inference run in worker threads, never on the event loop,
-so health checks answer while predictions run.
+Every error is JSON {"error": "one sentence"}: 400 malformed JSON, 408 body not sent in time,
+413 too large (bytes or batch), 415 unknown content type, 422 not an image / corrupt / too many
+pixels / bad array / unknown field, 503 (with Retry-After) when `max_queue` predictions are
+already in flight. Only a bug gives a 500. Decoding and inference run in worker threads, never
+on the event loop, so health checks answer while predictions run.
+
+Requests are decoded one by one in threads, then share forward passes (`batching.Batcher`):
+those that arrive within `batch_window_ms` of each other go through the model together.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import io
@@ -46,13 +52,18 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fmnist.errors import FmnistError, ImageError
 from fmnist.predict import MAX_PIXELS, SIZE, Predictor, open_image
+from fmnist.serve.batching import Batcher
 
 log = logging.getLogger("fmnist.serve")
 
 STATIC_DIR = Path(__file__).parent / "static"
 DEFAULT_MAX_UPLOAD_BYTES = 10 * 1024 * 1024
 DEFAULT_MAX_BATCH = 64
+DEFAULT_MAX_QUEUE = 64
+DEFAULT_REQUEST_TIMEOUT_S = 30.0
 MAX_SAMPLES = 48
+# The fields of a prediction a client can ask for with ?fields= (the page takes them all).
+FIELDS = ("name", "label", "index", "probability", "top", "probabilities", "input")
 # The page loads only its own files; images are data: URLs (predictions) or blob: (uploads).
 _CSP = (
     "default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
@@ -73,23 +84,26 @@ def _mb(n: int) -> str:
     return f"{n:,} bytes ({n / 2**20:.1f} MiB)" if n >= 2**20 else f"{n:,} bytes"
 
 
-def _error(status: int, message: str, **extra: Any) -> JSONResponse:
-    return JSONResponse({"error": message, **extra}, status_code=status)
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
 # ---- request size limit: checked on Content-Length and again while the body streams in -------
 
 
 class BodyLimit:
-    """ASGI middleware: 413 when a request body is larger than `max_bytes`.
+    """ASGI middleware: 413 when a request body is larger than `max_bytes`, 408 when it has not
+    all arrived `timeout_s` after the request began.
 
     A declared Content-Length is refused before anything is read; a chunked body (or a lying
-    header) is counted as it arrives and refused as soon as it passes the limit.
+    header) is counted as it arrives and refused as soon as it passes the limit. The timeout is
+    what stops a slow client (slowloris-style upload) from holding a request slot for ever.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, timeout_s: float = 30.0) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.timeout_s = timeout_s
 
     def _too_large(self, size: str) -> str:
         return (
@@ -112,14 +126,27 @@ class BodyLimit:
                 await _error(413, self._too_large(_mb(size)))(scope, receive, send)
                 return
         received = 0
+        deadline = time.monotonic() + self.timeout_s
+        complete = False
 
         async def limited() -> Message:
-            nonlocal received
-            message = await receive()
+            nonlocal received, complete
+            if complete:  # after the body only a disconnect can come: no deadline for that
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - time.monotonic()))
+            except TimeoutError:
+                raise ApiError(
+                    408, f"The request body did not arrive within {self.timeout_s:g} s: send it "
+                    "at once (or start the server with a larger --request-timeout).",
+                ) from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
                     raise ApiError(413, self._too_large(f"over {_mb(self.max_bytes)}"))
+                complete = not message.get("more_body", False)
+            else:
+                complete = True
             return message
 
         await self.app(scope, limited, send)
@@ -229,18 +256,50 @@ def png_data_url(image: np.ndarray) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
+def parse_fields(text: str | None) -> tuple[str, ...]:
+    """`?fields=label,top` -> ("label", "top"); None -> every field."""
+    if text is None:
+        return FIELDS
+    fields = tuple(f.strip() for f in text.split(",") if f.strip())
+    unknown = [f for f in fields if f not in FIELDS]
+    if unknown or not fields:
+        problem = f"Unknown field {unknown[0]!r} in ?fields=" if unknown else "?fields= is empty"
+        raise ApiError(422, f"{problem}; choose from {', '.join(FIELDS)}.")
+    return fields
+
+
+@dataclass
+class Batching:
+    """How requests share forward passes. `enabled=False` is one pass per request, in turn."""
+
+    enabled: bool = True
+    window_ms: float = 2.0  # how long a lone request waits for company
+    max_images: int = 64  # the most images in one pass (a larger request still runs, alone)
+
+
 class Engine:
     """The predictor plus everything the routes need from it; methods run off the event loop."""
 
-    def __init__(self, predictor: Predictor, max_pixels: int) -> None:
+    def __init__(
+        self, predictor: Predictor, max_pixels: int, batching: Batching | None = None
+    ) -> None:
         self.predictor = predictor
         self.max_pixels = max_pixels
         self.classes = list(predictor.classes)
-        # One forward pass at a time: torch already uses every core for one batch, and
-        # interleaved passes would only fight over them. Decoding runs outside the lock.
+        batching = batching or Batching()
+        # Unbatched: one forward pass at a time, since torch already uses every core for one
+        # batch and interleaved passes would only fight over them. Batched: the batcher's one
+        # thread runs the passes, so they never overlap either.
         self.lock = threading.Lock()
+        self.batcher = (
+            Batcher(predictor.predict_arrays, max_images=batching.max_images,
+                    window_s=batching.window_ms / 1e3)
+            if batching.enabled else None
+        )  # fmt: skip
         self.ready = threading.Event()
         self.internal_errors = 0
+        self.in_flight = 0  # predictions admitted and not yet answered (touched on the loop only)
+        self.refused = 0
         self._samples: tuple[np.ndarray, np.ndarray, list[str]] | None = None
         self._samples_lock = threading.Lock()
 
@@ -251,8 +310,12 @@ class Engine:
         finally:
             self.ready.set()
 
-    def predict(self, items: list[Item]) -> dict[str, Any]:
-        t0 = time.perf_counter()
+    def close(self) -> None:
+        if self.batcher is not None:
+            self.batcher.close()
+
+    def decode(self, items: list[Item]) -> np.ndarray:
+        """uint8 (N, 28, 28): what the model sees; a bad image is this request's 422 alone."""
         arrays = []
         for item in items:
             if isinstance(item.data, np.ndarray):
@@ -263,34 +326,63 @@ class Engine:
             except ImageError as e:
                 raise ApiError(422, f"{item.name}: {e}") from None
             arrays.append(self.predictor.preprocess(image))
-        batch = np.stack(arrays)  # (N, 28, 28) uint8
+        return np.stack(arrays)
+
+    def probabilities(self, batch: np.ndarray) -> tuple[np.ndarray, int]:
+        """(N, C) probabilities and the number of images in the forward pass that made them."""
+        if self.batcher is None:
+            with self.lock:
+                return self.predictor.predict_arrays(batch), len(batch)
+        shared = self.batcher.submit(batch).result()
+        return shared.rows, shared.pass_images
+
+    def predict(self, items: list[Item], fields: tuple[str, ...] = FIELDS) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        batch = self.decode(items)
         t1 = time.perf_counter()
-        with self.lock:
-            t2 = time.perf_counter()
-            probs = self.predictor.predict_arrays(batch)  # (N, C): one forward pass
-            t3 = time.perf_counter()
-        # the one prediction shape (fmnist.predict.Prediction.to_dict), plus what only we know
-        predictions = [
-            {"name": item.name, **self.predictor.prediction(p).to_dict(3), "input": png_data_url(image)}
-            for item, image, p in zip(items, batch, probs, strict=True)
-        ]
-        t4 = time.perf_counter()
+        probs, pass_images = self.probabilities(batch)
+        t2 = time.perf_counter()
+        predictions = []
+        for item, image, p in zip(items, batch, probs, strict=True):
+            # the one prediction shape (fmnist.predict.Prediction.to_dict), plus what only we know
+            full = {"name": item.name, **self.predictor.prediction(p).to_dict(3)}
+            if "input" in fields:  # encoding the PNG is the costliest part of an answer
+                full["input"] = png_data_url(image)
+            predictions.append({f: full[f] for f in fields})
+        t3 = time.perf_counter()
         return {
             "model": self.predictor.meta.get("model"),
             "count": len(predictions),
             "predictions": predictions,
+            # how many images shared this request's forward pass (its own included)
+            "pass_images": pass_images,
             "latency_ms": {
                 "decode": round((t1 - t0) * 1e3, 3),
-                "queue": round((t2 - t1) * 1e3, 3),
-                "model": round((t3 - t2) * 1e3, 3),
-                "total": round((t4 - t0) * 1e3, 3),
+                "model": round((t2 - t1) * 1e3, 3),  # waiting for the pass, and the pass
+                "total": round((t3 - t0) * 1e3, 3),
             },
         }
 
-    def model_info(self, limits: dict[str, int]) -> dict[str, Any]:
+    def stats(self, max_queue: int) -> dict[str, Any]:
+        batcher = self.batcher
+        return {
+            "pid": os.getpid(),  # with several worker processes, each answers for itself
+            "batching": batcher is not None,
+            "window_ms": batcher.window_s * 1e3 if batcher else None,
+            "max_pass_images": batcher.max_images if batcher else None,
+            "forward_passes": batcher.passes if batcher else None,
+            # images in a pass -> how many passes had that many
+            "pass_sizes": dict(sorted(batcher.batch_sizes.items())) if batcher else None,
+            "in_flight": self.in_flight,
+            "max_queue": max_queue,
+            "refused": self.refused,
+        }
+
+    def model_info(self, limits: dict[str, float]) -> dict[str, Any]:
         meta = self.predictor.meta
         model = getattr(self.predictor, "model", None)
-        params = sum(p.numel() for p in model.parameters()) if model is not None else None
+        # an ONNX model's count comes from its export (fmnist.export writes it in the metadata)
+        params = sum(p.numel() for p in model.parameters()) if model is not None else meta.get("parameters")
         return {
             "model": meta.get("model"),
             "model_config": meta.get("model_config", {}),
@@ -306,6 +398,7 @@ class Engine:
             "tta": self.predictor.tta,
             "versions": meta.get("versions", {}),
             "device": str(getattr(self.predictor, "device", "cpu")),
+            "backend": "torch" if model is not None else "onnxruntime",
             "ready": self.ready.is_set(),
             "limits": limits,
         }
@@ -378,7 +471,8 @@ class PredictionOut(BaseModel):
 class PredictResponse(BaseModel):
     model: str | None
     count: int
-    predictions: list[PredictionOut]
+    predictions: list[PredictionOut]  # only the ?fields= asked for, when given
+    pass_images: int  # images in the forward pass this request shared
     latency_ms: dict[str, float]
 
 
@@ -410,11 +504,18 @@ _PREDICT_BODY = {
     },
 }  # fmt: skip
 
+_FIELDS_PARAM = {
+    "name": "fields", "in": "query", "required": False, "schema": {"type": "string"},
+    "description": f"comma-separated prediction fields to return (default all): {', '.join(FIELDS)}",
+}  # fmt: skip
+
 _ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorOut, "description": "Malformed JSON or form"},
     413: {"model": ErrorOut, "description": "Body or batch too large"},
     415: {"model": ErrorOut, "description": "Unsupported content type"},
+    408: {"model": ErrorOut, "description": "The body did not arrive in time"},
     422: {"model": ErrorOut, "description": "Not an image, corrupt, too many pixels, bad array"},
+    503: {"model": ErrorOut, "description": "Too many predictions in flight: retry after Retry-After"},
 }
 
 
@@ -427,16 +528,26 @@ def create_app(
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
     max_batch: int = DEFAULT_MAX_BATCH,
     max_pixels: int = MAX_PIXELS,
+    batching: Batching | None = None,
+    max_queue: int = DEFAULT_MAX_QUEUE,
+    request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S,
     warmup: bool = True,
 ) -> FastAPI:
     """The ASGI app serving `predictor`.
+
+    `max_batch` is the most images one request may hold; `batching` says how requests share
+    forward passes; past `max_queue` predictions in flight a request gets 503 at once, which
+    bounds both latency and memory (at most max_queue bodies of max_upload_bytes).
 
     With `warmup`, one forward pass runs in a background thread at startup and /readyz answers
     503 until it is done; pass False when the predictor is already warm (the CLI warms it before
     it binds the port).
     """
-    engine = Engine(predictor, max_pixels)
-    limits = {"max_upload_bytes": max_upload_bytes, "max_batch": max_batch, "max_pixels": max_pixels}
+    engine = Engine(predictor, max_pixels, batching)
+    limits = {
+        "max_upload_bytes": max_upload_bytes, "max_batch": max_batch, "max_pixels": max_pixels,
+        "max_queue": max_queue, "request_timeout_s": request_timeout_s,
+    }  # fmt: skip
     if not warmup:
         engine.ready.set()
 
@@ -445,6 +556,7 @@ def create_app(
         if not engine.ready.is_set():
             threading.Thread(target=engine.warmup, name="fmnist-warmup", daemon=True).start()
         yield
+        engine.close()  # answers what is queued, then stops the batcher's thread
 
     app = FastAPI(
         title="fmnist",
@@ -456,7 +568,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.engine = engine
-    app.add_middleware(BodyLimit, max_bytes=max_upload_bytes)
+    app.add_middleware(BodyLimit, max_bytes=max_upload_bytes, timeout_s=request_timeout_s)
 
     # ---- errors: all JSON {"error": ...}; a 500 only for bugs -------------------------------
 
@@ -497,10 +609,26 @@ def create_app(
         "/v1/predict",
         response_model=None,
         responses={200: {"model": PredictResponse}, **_ERRORS},
-        openapi_extra={"requestBody": _PREDICT_BODY},
+        openapi_extra={"requestBody": _PREDICT_BODY, "parameters": [_FIELDS_PARAM]},
         summary="Classify one or more images in one forward pass",
     )
     async def predict(request: Request) -> JSONResponse:
+        # Refused before the body is read: an overloaded server answers at once, and holds at
+        # most max_queue bodies. The counter is only touched here, on the event loop.
+        if engine.in_flight >= max_queue:
+            engine.refused += 1
+            return _error(
+                503, f"The server is busy ({max_queue} predictions in flight): retry shortly.",
+                headers={"Retry-After": "1"},
+            )
+        engine.in_flight += 1
+        try:
+            return await _predict(request)
+        finally:
+            engine.in_flight -= 1
+
+    async def _predict(request: Request) -> JSONResponse:
+        fields = parse_fields(request.query_params.get("fields"))
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if ctype == "multipart/form-data":
             items = await _items_from_multipart(request, max_batch)
@@ -515,7 +643,7 @@ def create_app(
                 f"Unsupported Content-Type '{ctype or 'none'}': use multipart/form-data, "
                 "application/json or an image/* body.",
             )
-        result = await run_in_threadpool(engine.predict, items)
+        result = await run_in_threadpool(engine.predict, items, fields)
         lat = result["latency_ms"]
         return JSONResponse(
             result, headers={"Server-Timing": f"model;dur={lat['model']}, total;dur={lat['total']}"}
@@ -524,6 +652,10 @@ def create_app(
     @app.get("/v1/model", summary="What model is served: name, classes, size, metrics, data")
     async def model_info() -> dict[str, Any]:
         return engine.model_info(limits)
+
+    @app.get("/v1/stats", summary="Forward passes and their sizes; requests in flight and refused")
+    async def stats() -> dict[str, Any]:
+        return engine.stats(max_queue)
 
     @app.get("/v1/samples", summary="Real test images with their true labels")
     async def samples(
@@ -565,15 +697,21 @@ def _version() -> str:
     return __version__
 
 
+SETTINGS_ENV = "FMNIST_SERVE_SETTINGS"
+
+
 def app_from_env() -> FastAPI:
-    """App factory for `uvicorn --factory` with several worker processes (each loads the model):
-    reads FMNIST_SERVE_CHECKPOINT, FMNIST_SERVE_MODEL, FMNIST_SERVE_MAX_UPLOAD and
-    FMNIST_SERVE_MAX_BATCH, as `fmnist serve --workers N` sets them."""
-    predictor = Predictor.from_checkpoint(
-        os.environ["FMNIST_SERVE_CHECKPOINT"], model=os.environ.get("FMNIST_SERVE_MODEL") or None
-    )
-    return create_app(
-        predictor,
-        max_upload_bytes=int(os.environ.get("FMNIST_SERVE_MAX_UPLOAD", DEFAULT_MAX_UPLOAD_BYTES)),
-        max_batch=int(os.environ.get("FMNIST_SERVE_MAX_BATCH", DEFAULT_MAX_BATCH)),
-    )
+    """App factory for `uvicorn --factory` with several worker processes, each loading the
+    model itself: `fmnist serve` puts its settings in FMNIST_SERVE_SETTINGS as JSON
+    ({"checkpoint", "model", "backend", "threads", "app": create_app's keyword arguments})."""
+    import torch
+
+    from fmnist.serve.backends import load_predictor
+
+    settings = json.loads(os.environ[SETTINGS_ENV])
+    if settings.get("threads"):
+        torch.set_num_threads(settings["threads"])
+    predictor = load_predictor(settings["checkpoint"], settings.get("model"), settings.get("backend", "torch"))
+    options = dict(settings.get("app", {}))
+    options["batching"] = Batching(**options.get("batching", {}))
+    return create_app(predictor, **options)

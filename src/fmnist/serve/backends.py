@@ -1,0 +1,116 @@
+"""Where the server's forward passes run: eager PyTorch, or ONNX Runtime.
+
+ONNX Runtime runs the default cnn 3.5x faster than eager PyTorch at batch 1 and 1.4x at
+batch 32 on 2 cores (`python -m benchmarks.serve_load` measures both in one run; the README has
+the table). Served from a run folder with `--backend onnxruntime`, the checkpoint is exported
+in memory at start-up; an exported `model.onnx` (`fmnist export --format onnx`) serves as is.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fmnist.errors import CheckpointError, ConfigError
+from fmnist.predict import Predictor
+
+BACKENDS = ("auto", "torch", "onnxruntime")
+
+
+class OnnxPredictor(Predictor):
+    """A `Predictor` whose forward pass is an ONNX Runtime session of an fmnist ONNX file
+    (input x/255, normalisation inside the graph; see fmnist.export)."""
+
+    def __init__(self, onnx_model: bytes, meta: dict[str, Any], *, tta: bool | None = None) -> None:
+        self.onnx_model = onnx_model
+        self.session = _session(onnx_model, str(meta.get("model")))
+        self.device = torch.device("cpu")
+        self.model = None  # type: ignore[assignment]
+        self._set_meta(meta, tta)
+
+    @classmethod
+    def from_file(cls, path: str | Path, *, tta: bool | None = None) -> OnnxPredictor:
+        """Load `fmnist export --format onnx`'s file: classes and the rest from its metadata."""
+        path = Path(path)
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            raise CheckpointError(f"Cannot read {path}: {e.strerror}.") from None
+        props = _session(data, str(path)).get_modelmeta().custom_metadata_map
+        if "classes" not in props:
+            raise CheckpointError(
+                f"{path} has no class names in its metadata: export it with "
+                "`fmnist export RUN --format onnx`."
+            )
+        if "fmnist_meta" in props:  # the checkpoint's whole model.json
+            meta = json.loads(props["fmnist_meta"])
+        else:  # an export from before it was written: what the separate keys say
+            meta = {
+                "model": props.get("model"), "dataset": props.get("dataset") or None,
+                "classes": json.loads(props["classes"]),
+                "normalize": json.loads(props.get("normalize", "null")),
+            }  # fmt: skip
+        return cls(data, meta, tta=tta)
+
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.unsqueeze(1).numpy().astype(np.float32) / 255.0
+        logits = self.session.run(["logits"], {"image": x})[0]
+        if self.tta:
+            logits = (logits + self.session.run(["logits"], {"image": x[..., ::-1].copy()})[0]) / 2
+        return torch.from_numpy(logits)
+
+
+def _installed(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def _session(onnx_model: bytes, name: str) -> Any:
+    ort = _onnxruntime()
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()  # as many as torch would use
+    try:
+        return ort.InferenceSession(onnx_model, options, providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises its own exception types for a bad file
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise CheckpointError(f"{name} is not a loadable ONNX model: {reason}") from None
+
+
+def _onnxruntime() -> Any:
+    try:
+        import onnxruntime
+    except ImportError:
+        raise ConfigError(
+            "The onnxruntime backend needs the 'onnxruntime' package: pip install -e '.[onnx]'."
+        ) from None
+    return onnxruntime
+
+
+def load_predictor(path: str | Path, model: str | None = None, backend: str = "auto") -> Predictor:
+    """The predictor `fmnist serve` serves: a run folder or checkpoint on `backend`, or an
+    exported .onnx file (always ONNX Runtime). The ONNX model of a checkpoint is made in
+    memory; `OnnxPredictor.onnx_model` holds its bytes (worker processes load those). `auto`
+    is onnxruntime when it and the exporter's packages are installed, else torch."""
+    if backend not in BACKENDS:
+        raise ConfigError(f"Unknown backend '{backend}': choose from {', '.join(BACKENDS)}.")
+    if str(path).endswith(".onnx"):
+        if model is not None:
+            raise ConfigError("--model does not apply to an .onnx file (it names its model).")
+        if backend == "torch":
+            raise ConfigError("An .onnx file runs on onnxruntime: drop --backend torch.")
+        return OnnxPredictor.from_file(path)
+    if backend == "auto":
+        backend = "onnxruntime" if all(map(_installed, ("onnxruntime", "onnx", "onnxscript"))) else "torch"
+    if backend == "torch":
+        return Predictor.from_checkpoint(path, model=model)
+    from fmnist.checkpoint import load_model
+    from fmnist.export import onnx_bytes
+
+    _onnxruntime()  # say what is missing before the export's own imports do
+    net, meta = load_model(path, model=model)
+    data, _ = onnx_bytes(net, meta)
+    return OnnxPredictor(data, meta)

@@ -1,0 +1,434 @@
+"""Dynamic batching across requests, overload and slow clients, lean responses, and the
+onnxruntime backend: the batcher on its own, then through the app. No timing assertions: passes
+are counted, and forward passes are held open with events to make requests meet."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from concurrent.futures import CancelledError, Future
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from test_serve import Spy, png, wait_ready
+
+from fmnist.cli import main as cli_main
+from fmnist.cli.serve import MAX_AUTO_WORKERS, workers_and_threads
+from fmnist.errors import CheckpointError, ConfigError
+from fmnist.predict import Predictor, open_image, preprocess
+from fmnist.serve import create_app
+from fmnist.serve.app import Batching
+from fmnist.serve.batching import Batcher, BatcherClosed
+
+# ---- the batcher on its own ------------------------------------------------------------------
+
+
+class Forward:
+    """A forward pass that returns each image's id (its first pixel) and can be held open."""
+
+    def __init__(self) -> None:
+        self.passes: list[list[int]] = []
+        self.entered = threading.Event()
+        self.hold: threading.Event | None = None
+        self.fail_next = False
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        self.passes.append([int(i) for i in images[:, 0]])
+        self.entered.set()
+        if self.hold is not None:
+            assert self.hold.wait(10), "test never released the pass"
+            self.hold = None
+        if self.fail_next:
+            self.fail_next = False
+            raise RuntimeError("simulated failure in the forward pass")
+        return images[:, :1].astype(np.float32) * 10
+
+
+def ids(*values: int) -> np.ndarray:
+    return np.array([[v, 0] for v in values], dtype=np.int64)
+
+
+@pytest.fixture
+def forward() -> Forward:
+    return Forward()
+
+
+def test_requests_that_arrive_together_share_one_pass_and_get_their_own_rows(forward: Forward) -> None:
+    # a long window that the batch size cuts short: the pass starts once 6 images wait
+    batcher = Batcher(forward, max_images=6, window_s=60)
+    try:
+        futures = [batcher.submit(ids(1, 2)), batcher.submit(ids(3)), batcher.submit(ids(4, 5, 6))]
+        rows = [f.result(timeout=10) for f in futures]
+    finally:
+        batcher.close()
+    assert forward.passes == [[1, 2, 3, 4, 5, 6]]
+    assert [r.rows[:, 0].tolist() for r in rows] == [[10, 20], [30], [40, 50, 60]]
+    assert all(r.pass_images == 6 for r in rows)
+    assert (batcher.passes, dict(batcher.batch_sizes)) == (1, {6: 1})
+
+
+def test_a_lone_request_does_not_wait_for_company_past_the_window(forward: Forward) -> None:
+    batcher = Batcher(forward, max_images=64, window_s=0)
+    try:
+        assert batcher.submit(ids(7)).result(timeout=10).rows[:, 0].tolist() == [70]
+    finally:
+        batcher.close()
+    assert forward.passes == [[7]]
+
+
+def test_requests_queued_during_a_pass_go_together_into_the_next(forward: Forward) -> None:
+    forward.hold = threading.Event()
+    batcher = Batcher(forward, max_images=64, window_s=0)
+    try:
+        first = batcher.submit(ids(1))
+        assert forward.entered.wait(10)
+        later = [batcher.submit(ids(v)) for v in (2, 3, 4)]
+        forward.hold.set()
+        assert [f.result(timeout=10).rows[0, 0] for f in [first, *later]] == [10, 20, 30, 40]
+    finally:
+        batcher.close()
+    assert forward.passes == [[1], [2, 3, 4]]
+
+
+def test_a_pass_never_splits_a_request_and_a_large_one_runs_alone(forward: Forward) -> None:
+    forward.hold = threading.Event()
+    batcher = Batcher(forward, max_images=4, window_s=0)
+    try:
+        blocker = batcher.submit(ids(0))
+        assert forward.entered.wait(10)
+        futures = [batcher.submit(ids(1, 2, 3)), batcher.submit(ids(4, 5)), batcher.submit(ids(6, 7, 8, 9, 10))]
+        forward.hold.set()
+        for f in [blocker, *futures]:
+            f.result(timeout=10)
+    finally:
+        batcher.close()
+    assert forward.passes == [[0], [1, 2, 3], [4, 5], [6, 7, 8, 9, 10]]
+
+
+def test_a_failing_pass_fails_its_requests_and_the_next_pass_works(forward: Forward) -> None:
+    forward.hold = threading.Event()
+    forward.fail_next = True
+    batcher = Batcher(forward, max_images=64, window_s=0)
+    try:
+        doomed = batcher.submit(ids(1))
+        assert forward.entered.wait(10)
+        forward.hold.set()
+        with pytest.raises(RuntimeError, match="simulated failure"):
+            doomed.result(timeout=10)
+        assert batcher.submit(ids(2)).result(timeout=10).rows[0, 0] == 20
+    finally:
+        batcher.close()
+
+
+def test_a_cancelled_request_is_left_out_of_the_pass(forward: Forward) -> None:
+    forward.hold = threading.Event()
+    batcher = Batcher(forward, max_images=64, window_s=0)
+    try:
+        blocker = batcher.submit(ids(1))
+        assert forward.entered.wait(10)
+        gone, kept = batcher.submit(ids(2)), batcher.submit(ids(3))
+        assert gone.cancel()
+        forward.hold.set()
+        assert kept.result(timeout=10).rows[0, 0] == 30 and blocker.result(timeout=10)
+        with pytest.raises(CancelledError):
+            gone.result()
+    finally:
+        batcher.close()
+    assert forward.passes == [[1], [3]]
+
+
+def test_close_answers_what_is_queued_then_refuses_and_stops(forward: Forward) -> None:
+    batcher = Batcher(forward, max_images=64, window_s=3600)
+    queued = [batcher.submit(ids(1)), batcher.submit(ids(2))]  # waiting out a long window
+    batcher.close()  # closing cuts the window short: they are answered, then the thread ends
+    assert not batcher._thread.is_alive()
+    assert [f.result(timeout=0).rows[0, 0] for f in queued] == [10, 20]
+    assert forward.passes == [[1, 2]]
+    with pytest.raises(BatcherClosed):
+        batcher.submit(ids(3))
+
+
+def test_bad_settings_are_refused(forward: Forward) -> None:
+    with pytest.raises(ValueError):
+        Batcher(forward, max_images=0)
+    with pytest.raises(ValueError):
+        Batcher(forward, window_s=-1)
+
+
+# ---- through the app -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def predictor(make_checkpoint) -> Predictor:
+    return Predictor.from_checkpoint(make_checkpoint("mlp"))
+
+
+def post_async(client: TestClient, results: dict[str, Any], key: str, data: bytes, path: str = "/v1/predict") -> threading.Thread:
+    worker = threading.Thread(target=lambda: results.update(
+        {key: client.post(path, content=data, headers={"Content-Type": "image/png"})}))  # fmt: skip
+    worker.start()
+    return worker
+
+
+def until(condition, what: str) -> None:
+    for _ in range(1000):
+        if condition():
+            return
+        threading.Event().wait(0.01)
+    raise AssertionError(f"never happened: {what}")
+
+
+def test_concurrent_requests_share_a_forward_pass_each_with_its_own_answer(predictor: Predictor) -> None:
+    spy = Spy(predictor)
+    spy.release = threading.Event()
+    app = create_app(spy, batching=Batching(window_ms=0))  # type: ignore[arg-type]
+    images = {f"r{i}": png(30 + 4 * i, 50 - 3 * i, seed=i) for i in range(4)}
+    results: dict[str, Any] = {}
+    with TestClient(app) as client:
+        wait_ready(client)
+        spy.started.clear()
+        spy.calls.clear()
+        workers = [post_async(client, results, "r0", images["r0"])]
+        assert spy.started.wait(10)  # r0's pass is running (held open)...
+        workers += [post_async(client, results, k, images[k]) for k in ("r1", "r2", "r3")]
+        until(lambda: app.state.engine.batcher.pending == 3, "three requests queued")
+        spy.release.set()  # ... and the three that queued meanwhile share the next one
+        for w in workers:
+            w.join(10)
+        stats = client.get("/v1/stats").json()
+    assert spy.calls == [(1, 28, 28), (3, 28, 28)]
+    assert stats["forward_passes"] == 2 and stats["pass_sizes"] == {"1": 1, "3": 1}
+    for key, data in images.items():
+        body = results[key].json()
+        assert results[key].status_code == 200 and body["pass_images"] == (1 if key == "r0" else 3)
+        want = predictor.predict_arrays(preprocess(open_image(data))[None])[0]
+        got = body["predictions"][0]["probabilities"]
+        assert [got[c] for c in predictor.classes] == pytest.approx(want, abs=1e-5), key
+
+
+def test_a_bad_image_fails_only_its_own_request(predictor: Predictor) -> None:
+    spy = Spy(predictor)
+    spy.release = threading.Event()
+    app = create_app(spy, batching=Batching(window_ms=0))  # type: ignore[arg-type]
+    results: dict[str, Any] = {}
+    with TestClient(app) as client:
+        wait_ready(client)
+        spy.started.clear()
+        spy.calls.clear()
+        workers = [post_async(client, results, "first", png(seed=1))]
+        assert spy.started.wait(10)
+        workers += [post_async(client, results, k, data) for k, data in
+                    (("good1", png(seed=2)), ("bad", b"\x89PNG broken"), ("good2", png(seed=3)))]  # fmt: skip
+        until(lambda: "bad" in results and app.state.engine.batcher.pending == 2, "the two good ones queued")
+        spy.release.set()
+        for w in workers:
+            w.join(10)
+    assert results["bad"].status_code == 422 and "not an image" in results["bad"].json()["error"]
+    assert [results[k].status_code for k in ("first", "good1", "good2")] == [200, 200, 200]
+    assert spy.calls == [(1, 28, 28), (2, 28, 28)]
+    assert results["good2"].json()["pass_images"] == 2
+
+
+def test_without_batching_every_request_is_its_own_pass(predictor: Predictor) -> None:
+    spy = Spy(predictor)
+    app = create_app(spy, batching=Batching(enabled=False))  # type: ignore[arg-type]
+    with TestClient(app) as client:
+        wait_ready(client)
+        spy.calls.clear()
+        for seed in range(3):
+            r = client.post("/v1/predict", content=png(seed=seed), headers={"Content-Type": "image/png"})
+            assert r.status_code == 200 and r.json()["pass_images"] == 1
+        stats = client.get("/v1/stats").json()
+    assert spy.calls == [(1, 28, 28)] * 3 and stats["batching"] is False
+    assert app.state.engine.batcher is None
+
+
+def test_past_the_queue_bound_a_request_gets_503_with_retry_after(predictor: Predictor) -> None:
+    spy = Spy(predictor)
+    spy.release = threading.Event()
+    app = create_app(spy, max_queue=2)  # type: ignore[arg-type]
+    results: dict[str, Any] = {}
+    with TestClient(app) as client:
+        wait_ready(client)
+        spy.started.clear()
+        workers = [post_async(client, results, "a", png(seed=1))]
+        assert spy.started.wait(10)
+        workers.append(post_async(client, results, "b", png(seed=2)))
+        until(lambda: app.state.engine.in_flight == 2, "two requests in flight")
+        refused = client.post("/v1/predict", content=png(seed=3), headers={"Content-Type": "image/png"})
+        assert client.get("/healthz").status_code == 200  # the rest of the server answers
+        spy.release.set()
+        for w in workers:
+            w.join(10)
+        after = client.post("/v1/predict", content=png(seed=3), headers={"Content-Type": "image/png"})
+        stats = client.get("/v1/stats").json()
+    assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+    assert "busy" in refused.json()["error"]
+    assert results["a"].status_code == results["b"].status_code == after.status_code == 200
+    assert stats["refused"] == 1 and stats["in_flight"] == 0
+
+
+def test_a_slow_upload_gets_408_instead_of_holding_its_slot(predictor: Predictor) -> None:
+    app = create_app(predictor, request_timeout_s=0.2)
+    sent: list[dict] = []
+    stalled = asyncio.Event()
+
+    async def receive() -> dict:
+        if not stalled.is_set():
+            stalled.set()
+            return {"type": "http.request", "body": b"\x89PNG", "more_body": True}
+        await asyncio.sleep(3600)  # the rest of the body never comes
+        raise AssertionError("unreachable")
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+        "scheme": "http", "path": "/v1/predict", "raw_path": b"/v1/predict", "root_path": "",
+        "query_string": b"", "headers": [(b"content-type", b"image/png")],
+        "client": ("127.0.0.1", 1234), "server": ("testserver", 80),
+    }  # fmt: skip
+    asyncio.run(asyncio.wait_for(app(scope, receive, send), 30))  # without the timeout: hangs
+    assert next(m["status"] for m in sent if m["type"] == "http.response.start") == 408
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    assert b"did not arrive within 0.2 s" in body
+    assert app.state.engine.in_flight == 0  # the slot is free again
+
+
+def test_fields_return_only_what_was_asked(predictor: Predictor, monkeypatch: pytest.MonkeyPatch) -> None:
+    import fmnist.serve.app as serve_app
+
+    with TestClient(create_app(predictor)) as client:
+        wait_ready(client)
+        full = client.post("/v1/predict", content=png(), headers={"Content-Type": "image/png"}).json()
+
+        def no_png(image: np.ndarray) -> str:
+            raise AssertionError("the PNG was encoded though nobody asked for it")
+
+        monkeypatch.setattr(serve_app, "png_data_url", no_png)
+        lean = client.post("/v1/predict?fields=label,top", content=png(), headers={"Content-Type": "image/png"})
+        unknown = client.post("/v1/predict?fields=label,colour", content=png(), headers={"Content-Type": "image/png"})
+        empty = client.post("/v1/predict?fields=", content=png(), headers={"Content-Type": "image/png"})
+    assert set(full["predictions"][0]) == {"name", "label", "index", "probability", "top", "probabilities", "input"}
+    assert lean.status_code == 200 and lean.json()["predictions"] == [
+        {"label": full["predictions"][0]["label"], "top": full["predictions"][0]["top"]}
+    ]
+    assert unknown.status_code == 422 and "Unknown field 'colour'" in unknown.json()["error"]
+    assert empty.status_code == 422 and "choose from" in empty.json()["error"]
+
+
+def test_shutting_the_app_down_stops_the_batcher(predictor: Predictor) -> None:
+    app = create_app(predictor)
+    with TestClient(app) as client:
+        wait_ready(client)
+        assert client.post("/v1/predict", content=png(), headers={"Content-Type": "image/png"}).status_code == 200
+        thread = app.state.engine.batcher._thread
+        assert thread.is_alive()
+    assert not thread.is_alive()
+
+
+@pytest.mark.parametrize(("cpus", "want"), [(1, (1, 1)), (2, (2, 1)), (16, (MAX_AUTO_WORKERS, 16 // MAX_AUTO_WORKERS))])
+def test_auto_workers_take_one_core_each(cpus: int, want: tuple[int, int]) -> None:
+    assert workers_and_threads("auto", cpus) == want
+    assert workers_and_threads("1", cpus) == (1, cpus)
+    with pytest.raises(ConfigError):
+        workers_and_threads("0", cpus)
+
+
+# ---- the onnxruntime backend -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def onnx_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A cnn checkpoint and its ONNX export (the export takes seconds: once per module)."""
+    import torch
+
+    from fmnist.checkpoint import FASHION_CLASSES, save_model
+    from fmnist.export import export_onnx
+    from fmnist.models import build_model
+
+    folder = tmp_path_factory.mktemp("onnx") / "run"
+    torch.manual_seed(0)
+    net = build_model("cnn", {"widths": [4, 8, 8]})
+    meta = {"classes": FASHION_CLASSES, "normalize": {"mean": 0.286, "std": 0.353},
+            "dataset": "fashion-mnist", "metrics": {"test_accuracy": 0.5}, "tta_flip": True}  # fmt: skip
+    save_model(folder, net, meta)
+    from fmnist.checkpoint import load_model
+
+    net, meta = load_model(folder)
+    export_onnx(net, meta, folder / "model.onnx")
+    return folder
+
+
+def test_the_onnx_backend_predicts_what_torch_does(onnx_run: Path) -> None:
+    from fmnist.serve.backends import OnnxPredictor, load_predictor
+
+    torch_predictor = load_predictor(onnx_run, backend="torch")
+    from_file = load_predictor(onnx_run / "model.onnx")
+    assert isinstance(from_file, OnnxPredictor) and not isinstance(torch_predictor, OnnxPredictor)
+    images = np.random.default_rng(0).integers(0, 256, size=(5, 28, 28), dtype=np.uint8)
+    want = torch_predictor.predict_arrays(images)
+    assert from_file.predict_arrays(images) == pytest.approx(want, abs=1e-5)
+    # the export carries the checkpoint's metadata, TTA included: served as it was evaluated
+    assert from_file.tta is True and from_file.meta["metrics"] == {"test_accuracy": 0.5}
+    assert from_file.classes == torch_predictor.classes
+    from_file.tta = False
+    assert not np.allclose(from_file.predict_arrays(images), want, atol=1e-5)
+    with TestClient(create_app(load_predictor(onnx_run / "model.onnx"))) as client:
+        wait_ready(client)
+        info = client.get("/v1/model").json()
+        r = client.post("/v1/predict", content=png(), headers={"Content-Type": "image/png"})
+    assert info["backend"] == "onnxruntime" and info["parameters"] == sum(
+        p.numel() for p in torch_predictor.model.parameters())  # fmt: skip
+    assert r.status_code == 200
+
+
+def test_a_checkpoint_is_exported_in_memory_for_the_onnx_backend(onnx_run: Path) -> None:
+    from fmnist.serve.backends import OnnxPredictor, load_predictor
+
+    predictor = load_predictor(onnx_run, backend="onnxruntime")
+    assert isinstance(predictor, OnnxPredictor) and predictor.meta["metrics"] == {"test_accuracy": 0.5}
+    images = np.random.default_rng(1).integers(0, 256, size=(3, 28, 28), dtype=np.uint8)
+    want = load_predictor(onnx_run, backend="torch").predict_arrays(images)
+    assert predictor.predict_arrays(images) == pytest.approx(want, abs=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("target", "extra", "words"),
+    [
+        ("garbage.onnx", [], "is not a loadable ONNX model"),
+        ("model.onnx", ["--model", "mlp"], "--model does not apply"),
+        ("model.onnx", ["--backend", "torch"], "runs on onnxruntime"),
+    ],
+)
+def test_onnx_serving_errors_are_one_line(onnx_run: Path, tmp_path: Path, capsys, target: str, extra: list[str], words: str) -> None:
+    (tmp_path / "garbage.onnx").write_bytes(b"not onnx")
+    path = tmp_path / target if target == "garbage.onnx" else onnx_run / target
+    assert cli_main(["serve", str(path), "--workers", "1", *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fmnist: error: ") and words in err and err.count("\n") == 1, err
+
+
+def test_onnx_file_without_metadata_is_refused(tmp_path: Path, onnx_run: Path) -> None:
+    import onnx
+
+    from fmnist.serve.backends import OnnxPredictor
+
+    model = onnx.load(str(onnx_run / "model.onnx"))
+    del model.metadata_props[:]
+    bare = tmp_path / "bare.onnx"
+    onnx.save(model, str(bare))
+    with pytest.raises(CheckpointError, match="no class names"):
+        OnnxPredictor.from_file(bare)
+
+
+def test_future_type_is_what_submit_returns(forward: Forward) -> None:
+    batcher = Batcher(forward, window_s=0)
+    try:
+        assert isinstance(batcher.submit(ids(1)), Future)
+    finally:
+        batcher.close()
