@@ -11,7 +11,7 @@ UV     := $(VENV)/bin/uv pip install -q --python $(PY)
 RUN_STAMP  := $(VENV)/.installed-run
 FULL_STAMP := $(VENV)/.installed-full
 
-.PHONY: setup setup-full data run test lint bench clean
+.PHONY: setup setup-full data run test lint bench bench-serve clean
 
 setup: $(RUN_STAMP) data
 
@@ -51,6 +51,12 @@ lint: setup-full
 
 bench: setup-full
 	$(PY) -m benchmarks
+
+# `fmnist serve` under load from wrk (Debian's package, installed here), against the server
+# without batching and an in-process ceiling, in one run.
+bench-serve: setup-full
+	bash scripts/ensure-deb.sh /usr/bin/wrk wrk "the load benchmark cannot run"
+	$(PY) -m benchmarks.serve_load
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -110,6 +111,17 @@ def server(trained: Path) -> Iterator[str]:
         pytest.fail("fmnist serve did not start:\n" + "".join(log))
     # keep draining the log so the server never blocks on a full pipe
     threading.Thread(target=lambda: log.extend(proc.stderr), daemon=True).start()  # type: ignore[arg-type]
+    # worker processes (--workers auto) listen only once they have loaded the model
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url + "/readyz", timeout=2) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            time.sleep(0.2)
+    else:
+        proc.kill()
+        pytest.fail("fmnist serve never became ready:\n" + "".join(log))
     try:
         yield url
     finally:

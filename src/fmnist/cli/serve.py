@@ -125,7 +125,8 @@ def run(args: argparse.Namespace) -> int:
     if not _is_loopback(args.host):
         print(f"Warning: binding {args.host} exposes the server beyond this machine.", file=sys.stderr)
     shown = f"[{args.host}]" if ":" in args.host else args.host
-    print(f"Page at http://{shown}:{args.port}/  API docs at http://{shown}:{args.port}/docs",
+    port = args.port or "PORT"  # --port 0: the port the system picks, in uvicorn's line below
+    print(f"Page at http://{shown}:{port}/  API docs at http://{shown}:{port}/docs",
           file=sys.stderr)  # fmt: skip
 
     common = {"host": args.host, "port": args.port, "log_level": args.log_level}
