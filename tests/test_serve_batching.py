@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from concurrent.futures import CancelledError, Future
+from concurrent.futures import CancelledError
 from pathlib import Path
 from typing import Any
 
@@ -426,9 +426,10 @@ def test_onnx_file_without_metadata_is_refused(tmp_path: Path, onnx_run: Path) -
         OnnxPredictor.from_file(bare)
 
 
-def test_future_type_is_what_submit_returns(forward: Forward) -> None:
-    batcher = Batcher(forward, window_s=0)
-    try:
-        assert isinstance(batcher.submit(ids(1)), Future)
-    finally:
-        batcher.close()
+def test_a_request_during_shutdown_gets_503_not_500(predictor: Predictor) -> None:
+    app = create_app(predictor)
+    with TestClient(app) as client:
+        wait_ready(client)
+        app.state.engine.batcher.close()  # as when the lifespan ends with a request still coming
+        r = client.post("/v1/predict", content=png(), headers={"Content-Type": "image/png"})
+    assert r.status_code == 503 and "shutting down" in r.json()["error"] and r.headers["retry-after"] == "1"

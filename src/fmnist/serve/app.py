@@ -52,7 +52,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fmnist.errors import FmnistError, ImageError
 from fmnist.predict import MAX_PIXELS, SIZE, Predictor, open_image
-from fmnist.serve.batching import Batcher
+from fmnist.serve.batching import Batcher, BatcherClosed
 
 log = logging.getLogger("fmnist.serve")
 
@@ -575,6 +575,10 @@ def create_app(
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
         return _error(exc.status, exc.message)
+
+    @app.exception_handler(BatcherClosed)
+    async def _closing(request: Request, exc: BatcherClosed) -> JSONResponse:
+        return _error(503, "The server is shutting down: retry shortly.", headers={"Retry-After": "1"})
 
     @app.exception_handler(FmnistError)
     async def _user_error(request: Request, exc: FmnistError) -> JSONResponse:
