@@ -41,7 +41,7 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
     dirs["data"].mkdir()
     monkeypatch.setenv("FMNIST_CACHE_DIR", str(dirs["cache"]))
     monkeypatch.delenv("FMNIST_DATA_DIR", raising=False)
-    monkeypatch.setattr(datasets, "DEBIAN_ROOT", dirs["debian_root"])
+    monkeypatch.setattr(datasets.finding, "DEBIAN_ROOT", dirs["debian_root"])
     return dirs
 
 
@@ -415,8 +415,7 @@ def test_decoded_cache_second_load_does_not_reparse(env, payloads, register, mon
     def boom(*a, **k):
         raise AssertionError("the warm path must not read or parse the IDX file")
 
-    monkeypatch.setattr(datasets, "read_payload", boom)
-    monkeypatch.setattr(datasets, "parse_idx", boom)
+    monkeypatch.setattr(datasets.finding, "read_idx", boom)
     second = load_arrays(NAME, "train", env["data"])
     assert all(np.array_equal(a, b) for a, b in zip(first, second, strict=True))
     assert second[0].flags.c_contiguous and second[1].dtype == np.int64

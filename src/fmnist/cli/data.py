@@ -63,6 +63,10 @@ def _common(parser: argparse.ArgumentParser) -> None:
 def cmd_fetch(args: argparse.Namespace) -> int:
     from fmnist import datasets
 
+    if args.dataset.partition(":")[0] in datasets.FORMATS:  # csv:/folder: files are on disk
+        info = datasets.describe(args.dataset, args.data_dir)
+        print(f"{info['title']} ready ({info['source']}, decoded and cached)")
+        return 0
     loc = datasets.fetch(args.dataset, args.data_dir)
     folders = sorted({str(f.path.parent) for f in loc.files.values()})
     print(f"{loc.spec.display} ready ({loc.source}: {', '.join(folders)})")
