@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from fmnist.datasets import csvfile
 from fmnist.datasets.cache import Digest
 from fmnist.datasets.finding import FoundFile, Location, idx_arrays, locate
 from fmnist.datasets.idx import content_sha256, idx_bytes, parse_idx, read_idx, read_payload
@@ -57,7 +58,7 @@ __all__ = [
 
 # `--dataset PREFIX:PATH` -> the module reading that format. Each has the same four functions:
 # classes(path), load(path, split), fingerprint(path), describe(path).
-FORMATS: dict[str, ModuleType] = {}
+FORMATS: dict[str, ModuleType] = {"csv": csvfile}
 
 
 def _format(name: str) -> tuple[ModuleType, Path] | None:

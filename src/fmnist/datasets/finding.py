@@ -15,7 +15,6 @@ hash of the `.gz` bytes would reject a perfectly good copy. Every source passes 
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import sys
@@ -37,7 +36,7 @@ from fmnist.datasets.cache import (
     save_decoded,
     save_record,
 )
-from fmnist.datasets.idx import check_array, read_idx
+from fmnist.datasets.idx import check_array, fingerprint_of, read_idx
 from fmnist.datasets.report import warn_once
 from fmnist.datasets.specs import DEFAULT_DATASET, DataFile, DatasetSpec, cache_dir, get_spec
 from fmnist.errors import ConfigError, DatasetError
@@ -94,9 +93,7 @@ class Location:
         fingerprint whatever source or compression it came from. It covers the files this
         Location holds (in the spec's order): all four for a whole dataset, the two of a split
         for what `load_arrays` locates."""
-        lines = "".join(f"{k} {self.files[k].sha256}\n" for k, _ in self.spec.files
-                        if k in self.files)
-        return hashlib.sha256(lines.encode()).hexdigest()
+        return fingerprint_of({k: f.sha256 for k, f in self.files.items()})
 
 
 def _candidates(directory: Path, name: str) -> list[Path]:

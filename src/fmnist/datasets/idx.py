@@ -129,3 +129,11 @@ def idx_bytes(arr: np.ndarray) -> bytes:
 def content_sha256(arr: np.ndarray) -> str:
     """sha256 of `arr` as an IDX file: equal to the spec's hash when the pixels are the same."""
     return hashlib.sha256(idx_bytes(arr)).hexdigest()
+
+
+def fingerprint_of(hashes: dict[str, str]) -> str:
+    """sha256 over "<key> <sha256>" lines ("train-images", "train-labels", "test-images",
+    "test-labels", in that order, those present): the fingerprint of every format."""
+    order = [f"{split}-{kind}" for split in ("train", "test") for kind in ("images", "labels")]
+    lines = "".join(f"{k} {hashes[k]}\n" for k in order if k in hashes)
+    return hashlib.sha256(lines.encode()).hexdigest()
