@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from fmnist.datasets import csvfile
+from fmnist.datasets import csvfile, folder
 from fmnist.datasets.cache import Digest
 from fmnist.datasets.finding import FoundFile, Location, idx_arrays, locate
 from fmnist.datasets.idx import content_sha256, idx_bytes, parse_idx, read_idx, read_payload
@@ -53,12 +53,12 @@ __all__ = [
     "DataFile", "DatasetSpec", "Digest", "FashionMNIST", "FoundFile", "Location", "ToTensor",
     "_IdxDataset", "cache_dir", "canonical_name", "class_names",
     "content_sha256", "dataset_fingerprint", "describe", "fetch", "get_spec", "idx_arrays",
-    "idx_bytes", "load_arrays", "locate", "parse_idx", "read_idx", "read_payload", "summary",
+    "idx_bytes", "load_arrays", "locate", "parse_idx", "read_idx", "read_payload", "summary", "title",
 ]  # fmt: skip
 
 # `--dataset PREFIX:PATH` -> the module reading that format. Each has the same four functions:
 # classes(path), load(path, split), fingerprint(path), describe(path).
-FORMATS: dict[str, ModuleType] = {"csv": csvfile}
+FORMATS: dict[str, ModuleType] = {"csv": csvfile, "folder": folder}
 
 
 def _format(name: str) -> tuple[ModuleType, Path] | None:
@@ -107,6 +107,11 @@ def load_arrays(
         return module.load(path, split)  # type: ignore[no-any-return]
     loc = locate(name, data_dir, download=download, keys=(f"{split}-images", f"{split}-labels"))
     return idx_arrays(loc, split)
+
+
+def title(name: str) -> str:
+    """How to name the data in a heading: "Fashion-MNIST", or the `--dataset` string."""
+    return name if _format(name) is not None else get_spec(name).display
 
 
 def class_names(name: str = DEFAULT_DATASET) -> list[str]:
