@@ -16,6 +16,7 @@ makes a new key, and an unchanged folder loads with one `np.load`.
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 from typing import Any
 
@@ -38,13 +39,22 @@ MAX_CLASSES = 256  # labels are stored as bytes, as in the IDX files
 # ---- the layout ----------------------------------------------------------------------------
 
 
+def _entries(folder: Path, dirs: bool) -> list[Path]:
+    # scandir knows each entry's type from the listing: no stat per file in a big folder
+    with os.scandir(folder) as it:
+        return sorted(
+            folder / e.name for e in it
+            if not e.name.startswith(".") and (e.is_dir() if dirs else e.is_file())
+            and (dirs or os.path.splitext(e.name)[1].lower() in IMAGE_SUFFIXES)
+        )
+
+
 def _subfolders(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    return _entries(folder, dirs=True)
 
 
 def _images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES
-                  and not p.name.startswith(".") and p.is_file())
+    return _entries(folder, dirs=False)
 
 
 def _class_folders(root: Path) -> dict[str, Path]:
