@@ -113,13 +113,17 @@ GOOD = ["3", *(["0"] * 784)]
          r"has 'x7' at line 3, column 11 \(pixel10\), not a whole number from 0 to 255"),
         ([_row([*GOOD[:5], "1.5", *GOOD[6:]])], r"has '1.5' at line 2, column 6 \(pixel5\)"),
         ([_row([*GOOD[:5], "", *GOOD[6:]])], r"has an empty value at line 2, column 6"),
-        ([_row(GOOD), "", _row(GOOD)], r"has an empty line 3"),
+        ([_row(GOOD), "", _row([*GOOD[:-1], "300"])],
+         r"has pixel value 300 at line 4, column 785 \(pixel784\), outside 0 to 255"),
+        ([_row([*GOOD[:3], "-1", *GOOD[4:]])], r"has pixel value -1 at line 2, column 4 \(pixel3\), outside 0 to 255"),
+        ([_row([*GOOD[:3], '"7"', *GOOD[4:]])], r"has '\"7\"' at line 2, column 4"),
         ([_row(GOOD), _row(["10", *GOOD[1:]])],
          r"has label 10 at line 3, out of range for 10 classes \(0 to 9\)"),
         ([_row([*GOOD[:-1], "256"])], r"has pixel value 256 at line 2, column 785 \(pixel784\)"),
+        ([_row(GOOD[:-1]), _row(GOOD[:-1])], r"has 784 values on line 2, expected 785"),
     ],
-    ids=["short-row", "non-numeric", "decimal", "empty-value", "empty-line", "label-range",
-         "pixel-range"],
+    ids=["short-row", "non-numeric", "decimal", "empty-value", "blank-line-then-range",
+         "negative", "quoted", "label-range", "pixel-range", "all-rows-short"],
 )
 def test_a_bad_line_is_named_and_nothing_is_cached(tmp_path, lines, message):
     path = tmp_path / "fashion-mnist_train.csv"
