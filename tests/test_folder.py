@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -128,6 +129,12 @@ def test_the_second_load_is_cached_and_a_changed_folder_is_seen(tmp_path, monkey
         np.testing.assert_array_equal(datasets.load_arrays(f"folder:{root}", "train")[0], first[0])
     draw(root / "b" / "new.png", 7)
     assert len(datasets.load_arrays(f"folder:{root}", "train")[1]) == len(first[1]) + 1
+    # an image replaced in place (same name) is seen too
+    path, _ = folder.layout(root)["train"][0]
+    before = datasets.load_arrays(f"folder:{root}", "train")[0][0]
+    draw(path, 12345, size=(64, 20))
+    os.utime(path, ns=(1, 1))  # even with an old mtime: the size changed
+    assert not np.array_equal(datasets.load_arrays(f"folder:{root}", "train")[0][0], before)
 
 
 def test_the_fingerprint_covers_pixels_and_class_names(tmp_path):
