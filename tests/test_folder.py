@@ -164,3 +164,8 @@ def test_train_predict_evaluate_info_on_a_folder(tmp_path, monkeypatch, capsys):
     assert main(["data", "info", "--dataset", f"folder:{root}"]) == 0
     out = capsys.readouterr().out
     assert "imgs (image folder)" in out and "left" in out and "test split (seed 0)" in out
+    # as many classes, other names: evaluating there would score the model on the wrong labels
+    other = make_folder(tmp_path / "other", {"left": 2, "up": 2})
+    assert main(["evaluate", str(tmp_path / "run"), "--dataset", f"folder:{other}"]) == 2
+    assert "has other classes than the model (label 1 is 'up' there, 'right' for the model)" in (
+        capsys.readouterr().err)

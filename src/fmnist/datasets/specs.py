@@ -145,7 +145,10 @@ def get_spec(name: str) -> DatasetSpec:
         return SPECS[name]
     except KeyError:
         valid = ", ".join(sorted(SPECS))
-        raise ConfigError(f"Unknown dataset {name!r}; valid names are: {valid}.") from None
+        raise ConfigError(
+            f"Unknown dataset {name!r}; valid names are: {valid}, or csv:PATH (Kaggle's CSV "
+            "files) and folder:DIR (a folder of images per class)."
+        ) from None
 
 
 def cache_dir() -> Path:
