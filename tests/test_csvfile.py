@@ -166,6 +166,10 @@ def test_cli_info_and_a_bad_file_exit_2(kaggle, capsys):
     out = capsys.readouterr().out
     assert "Fashion-MNIST (CSV)" in out and "found in csv" in out
     assert "train     12 images 28x28" in out
+    assert main(["data", "fetch", "--dataset", f"csv:{folder}"]) == 0
+    assert "ready (csv, decoded and cached)" in capsys.readouterr().out
+    with pytest.raises(ConfigError, match="Nothing to fetch"):
+        datasets.fetch(f"csv:{folder}")
     (folder / "fashion-mnist_test.csv").write_text(HEADER + "\n1,2\n")
     assert main(["data", "info", "--dataset", f"csv:{folder}"]) == 2
     err = capsys.readouterr().err
