@@ -156,6 +156,10 @@ def test_which_files(tmp_path):
     (tmp_path / "b_train.csv").write_text(csv_text(x, y))
     with pytest.raises(ConfigError, match="several train CSV files"):
         datasets.load_arrays(f"csv:{tmp_path}", "train")
+    both = tmp_path / "train_test_split.csv"
+    both.write_text(csv_text(x, y))
+    with pytest.raises(ConfigError, match="exactly one of 'train' and 'test' in its name"):
+        datasets.load_arrays(f"csv:{both}", "train")
     with pytest.raises(ConfigError, match="drop --data-dir"):
         datasets.load_arrays(f"csv:{tmp_path}", "train", tmp_path)
 

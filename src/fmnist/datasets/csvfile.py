@@ -48,7 +48,7 @@ def split_files(path: Path) -> dict[str, Path]:
     if path.is_dir():
         files: dict[str, Path] = {}
         for split in SPLITS:
-            found = sorted(p for p in path.iterdir() if p.is_file() and split in p.name.lower()
+            found = sorted(p for p in path.iterdir() if p.is_file() and _split_of(p.name) == split
                            and p.name.lower().endswith((".csv", ".csv.gz")))
             if len(found) > 1:
                 names = ", ".join(p.name for p in found)
@@ -63,17 +63,21 @@ def split_files(path: Path) -> dict[str, Path]:
         return files
     if not path.is_file():
         raise ConfigError(f"CSV path {path} does not exist: pass a CSV file or its folder.")
-    name = path.name.lower()
-    found_split = next((s for s in SPLITS if s in name), None)
-    if found_split is None:
+    named = _split_of(path.name)
+    if named is None:
         raise ConfigError(
-            f"CSV file {path} has neither 'train' nor 'test' in its name, so its split is "
-            "unknown: rename it (e.g. fashion-mnist_train.csv)."
+            f"CSV file {path} does not have exactly one of 'train' and 'test' in its name, so "
+            "its split is unknown: rename it (e.g. fashion-mnist_train.csv)."
         )
-    split = found_split
-    other = "test" if split == "train" else "train"
-    sibling = path.with_name(re.sub(split, other, path.name, count=1, flags=re.IGNORECASE))
-    return {split: path, **({other: sibling} if sibling.is_file() else {})}
+    other = "test" if named == "train" else "train"
+    sibling = path.with_name(re.sub(named, other, path.name, count=1, flags=re.IGNORECASE))
+    return {named: path, **({other: sibling} if sibling.is_file() else {})}
+
+
+def _split_of(name: str) -> str | None:
+    """"train" or "test" when the file name holds exactly one of them."""
+    named = [s for s in SPLITS if s in name.lower()]
+    return named[0] if len(named) == 1 else None
 
 
 def _file(path: Path, split: str) -> Path:
@@ -181,6 +185,7 @@ def _decoded(path: Path, spec: DatasetSpec) -> dict[str, Any]:
         raise _bad(path, digest.error or "cannot be read")
     cached = decoded_path(f"csv-{digest.sha256}", ".npz")
     entry = load_decoded(cached)
+    # the same bytes under another dataset's file name may have fewer classes: check again
     if entry is not None and int(entry["labels"].max(initial=0)) < len(spec.classes):
         return {k: (str(v) if v.ndim == 0 else v) for k, v in entry.items()}
     try:
