@@ -137,6 +137,22 @@ def test_the_second_load_is_cached_and_a_changed_folder_is_seen(tmp_path, monkey
     assert not np.array_equal(datasets.load_arrays(f"folder:{root}", "train")[0][0], before)
 
 
+def test_a_changed_preprocessing_decodes_the_folder_again(tmp_path, monkeypatch):
+    import fmnist.predict
+
+    root = make_folder(tmp_path / "imgs", {"a": 2, "b": 2})
+    datasets.load_arrays(f"folder:{root}", "train")
+    calls = []
+    monkeypatch.setattr(fmnist.predict, "open_image", lambda p: calls.append(p) or open_image(p))
+    datasets.load_arrays(f"folder:{root}", "train")
+    assert calls == []  # cached
+    edited = tmp_path / "predict.py"
+    edited.write_text(Path(fmnist.predict.__file__).read_text() + "\n# edited\n")
+    monkeypatch.setattr(fmnist.predict, "__file__", str(edited))
+    datasets.load_arrays(f"folder:{root}", "train")
+    assert len(calls) == 4
+
+
 def test_the_fingerprint_covers_pixels_and_class_names(tmp_path):
     root = make_folder(tmp_path / "imgs", {"a": 3, "b": 3})
     before = datasets.dataset_fingerprint(f"folder:{root}")

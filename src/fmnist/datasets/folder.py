@@ -125,8 +125,11 @@ def layout(path: Path) -> dict[str, list[tuple[Path, int]]]:
 
 
 def _listing_key(root: Path, files: dict[str, list[tuple[Path, int]]]) -> str:
-    """sha256 over every image's split, label, path, size and mtime."""
-    h = hashlib.sha256(f"folder v1 {TEST_FRACTION} {SPLIT_SEED}\n".encode())
+    """sha256 over every image's split, label, path, size and mtime, and the preprocessing's
+    code (predict.py): decoded images made by an older preprocessing are not reused."""
+    import fmnist.predict
+
+    h = hashlib.sha256(Path(fmnist.predict.__file__).read_bytes())
     for split, items in files.items():
         for p, label in items:
             st = p.stat()
