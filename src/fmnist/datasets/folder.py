@@ -40,26 +40,20 @@ MAX_CLASSES = 256  # labels are stored as bytes, as in the IDX files
 
 
 def _entries(folder: Path, dirs: bool) -> list[Path]:
-    # scandir knows each entry's type from the listing: no stat per file in a big folder
+    # scandir knows each entry's type from the listing (no stat per file in a big folder), and
+    # sorting names is much faster than sorting Path objects
     with os.scandir(folder) as it:
-        return sorted(
-            folder / e.name for e in it
+        names = sorted(
+            e.name for e in it
             if not e.name.startswith(".") and (e.is_dir() if dirs else e.is_file())
             and (dirs or os.path.splitext(e.name)[1].lower() in IMAGE_SUFFIXES)
         )
+    return [folder / name for name in names]
 
 
-def _subfolders(folder: Path) -> list[Path]:
-    return _entries(folder, dirs=True)
-
-
-def _images(folder: Path) -> list[Path]:
-    return _entries(folder, dirs=False)
-
-
-def _class_folders(root: Path) -> dict[str, Path]:
-    """{class name: folder} of `root`, checked: two or more classes, none of them empty."""
-    folders = _subfolders(root)
+def _class_images(root: Path) -> dict[str, list[Path]]:
+    """{class name: its image files} of `root`, checked: two or more classes, none empty."""
+    folders = _entries(root, dirs=True)
     if len(folders) < 2:
         has = f"one class folder ({folders[0].name})" if folders else "no class folders"
         raise DatasetError(
@@ -69,13 +63,14 @@ def _class_folders(root: Path) -> dict[str, Path]:
     if len(folders) > MAX_CLASSES:
         raise DatasetError(f"Image folder {root} has {len(folders)} class folders; at most "
                            f"{MAX_CLASSES} are supported.")
+    images = {folder.name: _entries(folder, dirs=False) for folder in folders}
     for folder in folders:
-        if not _images(folder):
+        if not images[folder.name]:
             raise DatasetError(
                 f"Class folder {folder} holds no images ({', '.join(IMAGE_SUFFIXES)}): add some "
                 "or remove the folder."
             )
-    return {f.name: f for f in folders}
+    return images
 
 
 def _root(path: Path) -> Path:
@@ -90,29 +85,29 @@ def _given_splits(root: Path) -> bool:
 
 def classes(path: Path) -> tuple[str, ...]:
     root = _root(path)
-    return tuple(_class_folders(root / "train" if _given_splits(root) else root))
+    folder = root / "train" if _given_splits(root) else root
+    return tuple(p.name for p in _entries(folder, dirs=True))
 
 
 def layout(path: Path) -> dict[str, list[tuple[Path, int]]]:
     """{split: [(image file, label), ...]} in a fixed order."""
     root = _root(path)
     if _given_splits(root):
-        train = _class_folders(root / "train")
-        test = _class_folders(root / "test")
+        train = _class_images(root / "train")
+        test = _class_images(root / "test")
         if extra := sorted(set(test) - set(train)):
             raise DatasetError(
                 f"Image folder {root / 'test'} has classes the training folder lacks "
                 f"({', '.join(extra)}): add them to {root / 'train'} or remove them."
             )
-        names = list(train)
+        label_of = {c: i for i, c in enumerate(train)}
         return {
-            split: [(p, names.index(c)) for c, folder in folders.items() for p in _images(folder)]
-            for split, folders in (("train", train), ("test", test))
+            split: [(p, label_of[c]) for c, files in images.items() for p in files]
+            for split, images in (("train", train), ("test", test))
         }
     out: dict[str, list[tuple[Path, int]]] = {"train": [], "test": []}
     rng = np.random.default_rng(SPLIT_SEED)
-    for label, folder in enumerate(_class_folders(root).values()):
-        files = _images(folder)
+    for label, files in enumerate(_class_images(root).values()):
         n_test = max(1, round(len(files) * TEST_FRACTION)) if len(files) > 1 else 0
         is_test = np.zeros(len(files), dtype=bool)
         is_test[rng.permutation(len(files))[:n_test]] = True
