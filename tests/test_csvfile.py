@@ -112,6 +112,8 @@ GOOD = ["3", *(["0"] * 784)]
         ([_row(GOOD), _row([*GOOD[:10], "x7", *GOOD[11:]])],
          r"has 'x7' at line 3, column 11 \(pixel10\), not a whole number from 0 to 255"),
         ([_row([*GOOD[:5], "1.5", *GOOD[6:]])], r"has '1.5' at line 2, column 6 \(pixel5\)"),
+        ([_row([*GOOD[:5], "99999999999", *GOOD[6:]])],
+         r"has '99999999999' at line 2, column 6 \(pixel5\), not a whole number from 0 to 255"),
         ([_row([*GOOD[:5], "", *GOOD[6:]])], r"has an empty value at line 2, column 6"),
         ([_row(GOOD), "", _row([*GOOD[:-1], "300"])],
          r"has pixel value 300 at line 4, column 785 \(pixel784\), outside 0 to 255"),
@@ -122,7 +124,7 @@ GOOD = ["3", *(["0"] * 784)]
         ([_row([*GOOD[:-1], "256"])], r"has pixel value 256 at line 2, column 785 \(pixel784\)"),
         ([_row(GOOD[:-1]), _row(GOOD[:-1])], r"has 784 values on line 2, expected 785"),
     ],
-    ids=["short-row", "non-numeric", "decimal", "empty-value", "blank-line-then-range",
+    ids=["short-row", "non-numeric", "decimal", "overflow", "empty-value", "blank-line-then-range",
          "negative", "quoted", "label-range", "pixel-range", "all-rows-short"],
 )
 def test_a_bad_line_is_named_and_nothing_is_cached(tmp_path, lines, message):

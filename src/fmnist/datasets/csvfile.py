@@ -149,8 +149,9 @@ def _data_lines(body: bytes) -> list[int]:
     return [i for i, line in enumerate(body.split(b"\n")) if line.strip()]
 
 
-# A well-formed data line: 785 whole numbers (range is checked on the parsed array).
-_GOOD_LINE = re.compile(rb"\s*\d+\s*(?:,\s*\d+\s*){%d}" % PIXELS)
+# A well-formed data line: 785 whole numbers of at most 3 digits (longer ones can overflow the
+# parser; the range 0-255 is checked on the parsed array).
+_GOOD_LINE = re.compile(rb"\s*\d{1,3}\s*(?:,\s*\d{1,3}\s*){%d}" % PIXELS)
 
 
 def _first_bad_line(body: bytes) -> str:
@@ -161,7 +162,7 @@ def _first_bad_line(body: bytes) -> str:
             continue
         number, values = i + 2, line.rstrip(b"\r").split(b",")
         for col, value in enumerate(values[: 1 + PIXELS], start=1):
-            if not value.strip().isdigit():
+            if not value.strip().isdigit() or len(value.strip()) > 3:
                 name = "label" if col == 1 else f"pixel{col - 1}"
                 what = f"{value.decode('utf-8', 'replace')!r}" if value else "an empty value"
                 return (f"has {what} at line {number}, column {col} ({name}), not a whole "
