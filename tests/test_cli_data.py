@@ -22,7 +22,7 @@ def synth(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A registered synthetic dataset in a data dir, with cache and Debian root isolated."""
     monkeypatch.setenv("FMNIST_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv("FMNIST_DATA_DIR", raising=False)
-    monkeypatch.setattr(datasets, "DEBIAN_ROOT", tmp_path / "debian_root")
+    monkeypatch.setattr(datasets.finding, "DEBIAN_ROOT", tmp_path / "debian_root")
     payloads = make_payloads(n_train=30, n_test=10)
     monkeypatch.setitem(datasets.SPECS, NAME, make_spec(NAME, payloads))
     write_files(tmp_path / "data", payloads)

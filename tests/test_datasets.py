@@ -36,12 +36,16 @@ NAME = "synth"
 
 @pytest.fixture
 def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
-    """Isolated cache, Debian root and no FMNIST_DATA_DIR; returns the folders."""
-    dirs = {k: tmp_path / k for k in ("cache", "debian_root", "data")}
-    dirs["data"].mkdir()
+    """Isolated cache, Debian root, home and working folder (where torchvision's and Keras's
+    copies are looked for), and no FMNIST_DATA_DIR; returns the folders."""
+    dirs = {k: tmp_path / k for k in ("cache", "debian_root", "data", "home", "cwd")}
+    for k in ("data", "home", "cwd"):
+        dirs[k].mkdir()
+    monkeypatch.setenv("HOME", str(dirs["home"]))
+    monkeypatch.chdir(dirs["cwd"])
     monkeypatch.setenv("FMNIST_CACHE_DIR", str(dirs["cache"]))
     monkeypatch.delenv("FMNIST_DATA_DIR", raising=False)
-    monkeypatch.setattr(datasets, "DEBIAN_ROOT", dirs["debian_root"])
+    monkeypatch.setattr(datasets.finding, "DEBIAN_ROOT", dirs["debian_root"])
     return dirs
 
 
@@ -230,6 +234,35 @@ def test_source_order_data_dir_then_cache_then_debian(env, payloads, register):
     assert loc.files["train-images"].path.parent == env["debian_root"] / NAME
 
 
+def test_copies_other_tools_downloaded_come_after_debian_and_before_a_download(
+    env, payloads, register, caplog
+):
+    import dataclasses
+    import logging
+
+    spec = register(payloads)
+    SPECS[NAME] = dataclasses.replace(spec, keras_folder="synth-keras")
+    torchvision_raw = env["cwd"] / "data" / "Synth" / "raw"  # the Quickstart's root="data"
+    keras = env["home"] / ".keras" / "datasets" / "synth-keras"
+    write_files(keras, payloads)
+    assert locate(NAME, download=False).source == "keras"
+    write_files(torchvision_raw, payloads, gz=False)
+    assert locate(NAME, download=False).source == "torchvision"
+    write_files(env["debian_root"] / NAME, payloads)
+    assert locate(NAME, download=False).source == "debian"
+    # a found copy passes the same hashes: a wrong one is skipped, said once per run
+    for p in (env["debian_root"] / NAME).iterdir():
+        p.unlink()
+    write_files(torchvision_raw, make_payloads(seed=1), gz=False, keys=("test-images",))
+    with caplog.at_level(logging.WARNING):
+        for _ in range(3):
+            x, _ = load_arrays(NAME, "test")
+    assert locate(NAME, download=False).files["test-images"].source == "keras"
+    skipped = [r for r in caplog.records if "skipped" in r.getMessage()]
+    assert len(skipped) == 1 and str(torchvision_raw) in skipped[0].getMessage()
+    assert datasets.describe(NAME)["source"] == "mixed (keras, torchvision)"
+
+
 def test_env_var_data_dir(env, payloads, register, monkeypatch):
     register(payloads)
     write_files(env["data"], payloads)
@@ -415,8 +448,7 @@ def test_decoded_cache_second_load_does_not_reparse(env, payloads, register, mon
     def boom(*a, **k):
         raise AssertionError("the warm path must not read or parse the IDX file")
 
-    monkeypatch.setattr(datasets, "read_payload", boom)
-    monkeypatch.setattr(datasets, "parse_idx", boom)
+    monkeypatch.setattr(datasets.finding, "read_idx", boom)
     second = load_arrays(NAME, "train", env["data"])
     assert all(np.array_equal(a, b) for a, b in zip(first, second, strict=True))
     assert second[0].flags.c_contiguous and second[1].dtype == np.int64

@@ -466,11 +466,11 @@ def test_samples_never_start_a_download(predictor: Predictor, monkeypatch: pytes
         downloads.append(args)
         return None, "no network in tests"
 
-    monkeypatch.setattr(fmnist.datasets, "_download", no_download)
+    monkeypatch.setattr(fmnist.datasets.finding, "_download", no_download)
     # no copy anywhere: no --data-dir, an empty cache, no Debian package
     monkeypatch.delenv("FMNIST_DATA_DIR", raising=False)
     monkeypatch.setenv("FMNIST_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr(fmnist.datasets, "DEBIAN_ROOT", tmp_path / "debian")
+    monkeypatch.setattr(fmnist.datasets.finding, "DEBIAN_ROOT", tmp_path / "debian")
     with TestClient(create_app(predictor, warmup=False)) as c:
         body = c.get("/v1/samples?n=3").json()
     assert body["samples"] == [] and "No test images" in body["error"]

@@ -172,7 +172,7 @@ def test_a_full_cache_disk_only_costs_the_cache(tmp_path, monkeypatch, disk_fill
     payloads = make_payloads()
     spec = make_spec("synthetic-full-cache", payloads)
     monkeypatch.setitem(datasets.SPECS, spec.name, spec)
-    monkeypatch.setattr(datasets, "DEBIAN_ROOT", tmp_path / "no-debian")
+    monkeypatch.setattr(datasets.finding, "DEBIAN_ROOT", tmp_path / "no-debian")
     write_files(tmp_path / "data", payloads)
     images, labels = datasets.load_arrays(spec.name, "test", tmp_path / "data")
     assert images.shape == (10, 28, 28) and len(labels) == 10
@@ -186,7 +186,7 @@ def test_a_download_onto_a_full_disk_says_so_and_tries_no_other_mirror(tmp_path,
     from idx_helpers import make_payloads, make_spec
 
     monkeypatch.setenv("FMNIST_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr(datasets, "DEBIAN_ROOT", tmp_path / "no-debian")
+    monkeypatch.setattr(datasets.finding, "DEBIAN_ROOT", tmp_path / "no-debian")
     spec = make_spec("synthetic-download", make_payloads(),
                      mirrors=("http://127.0.0.1:9/a/", "http://127.0.0.1:9/b/"))
     monkeypatch.setitem(datasets.SPECS, spec.name, spec)

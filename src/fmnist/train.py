@@ -202,11 +202,11 @@ class Data:
 def load_data(recipe: Recipe, data_dir: str | Path | None = None) -> Data:
     from fmnist import datasets
 
-    spec = datasets.get_spec(recipe.dataset)
+    classes = datasets.class_names(recipe.dataset)  # a folder's own, or the spec's
     xs, ys = datasets.load_arrays(recipe.dataset, "train", data_dir)
     xt, yt = datasets.load_arrays(recipe.dataset, "test", data_dir)
     return Data(torch.from_numpy(xs), torch.from_numpy(ys), torch.from_numpy(xt),
-                torch.from_numpy(yt), list(spec.classes),
+                torch.from_numpy(yt), classes,
                 fingerprint=datasets.dataset_fingerprint(recipe.dataset, data_dir))
 
 
@@ -533,6 +533,10 @@ def fit(
         distributed.check_resume(resumed.world_size, info, resume)
     recipe = recipe or get_recipe("default")
     validate(recipe)
+    # csv:/folder: paths made absolute, so the checkpoint finds its data from anywhere
+    from fmnist import datasets
+
+    recipe = replace(recipe, dataset=datasets.canonical_name(recipe.dataset))
     seconds = None if time_budget is None else budget.parse_duration(time_budget)
     if seconds is not None and (resume is not None or info.enabled):
         raise ConfigError("A time budget plans a new run in one process: it cannot be combined "

@@ -43,14 +43,23 @@ def load_checkpoint(path: str, model: str | None) -> tuple[Any, dict[str, Any]]:
 
 def dataset_for(meta: dict[str, Any], requested: str | None) -> str:
     """The dataset to draw images from: --dataset, else the one the checkpoint was trained on,
-    checked to have as many classes as the model."""
-    from fmnist.datasets import get_spec
+    checked to have the model's classes (a folder's classes are sorted by name: the same count
+    in another order would score a good model as a bad one)."""
+    from fmnist.datasets import class_names
 
     name = requested or meta.get("dataset") or "fashion-mnist"
-    spec = get_spec(name)  # ConfigError listing the valid names
-    if len(spec.classes) != len(meta["classes"]):
+    classes = class_names(name)  # ConfigError listing the valid names
+    if len(classes) != len(meta["classes"]):
         raise ConfigError(
-            f"Dataset '{name}' has {len(spec.classes)} classes but the model predicts "
+            f"Dataset '{name}' has {len(classes)} classes but the model predicts "
             f"{len(meta['classes'])}: pass the --dataset it was trained on."
+        )
+    if list(classes) != list(meta["classes"]):
+        differ = next(i for i, (a, b) in enumerate(zip(classes, meta["classes"], strict=True))
+                      if a != b)
+        raise ConfigError(
+            f"Dataset '{name}' has other classes than the model (label {differ} is "
+            f"'{classes[differ]}' there, '{meta['classes'][differ]}' for the model): pass the "
+            "--dataset it was trained on."
         )
     return name

@@ -52,7 +52,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument(
         "--dataset", default=DEFAULT_DATASET, metavar="NAME",
-        help=f"one of: {', '.join(SPECS)} (default {DEFAULT_DATASET})",
+        help=f"one of: {', '.join(SPECS)} (default {DEFAULT_DATASET}); or csv:PATH for Kaggle's "
+             "CSV files, folder:DIR for a folder of images per class",
     )  # fmt: skip
     parser.add_argument(
         "--data-dir", default=None, metavar="DIR",
@@ -63,6 +64,10 @@ def _common(parser: argparse.ArgumentParser) -> None:
 def cmd_fetch(args: argparse.Namespace) -> int:
     from fmnist import datasets
 
+    if args.dataset.partition(":")[0] in datasets.FORMATS:  # csv:/folder: files are on disk
+        info = datasets.describe(args.dataset, args.data_dir)
+        print(f"{info['title']} ready ({info['source']}, decoded and cached)")
+        return 0
     loc = datasets.fetch(args.dataset, args.data_dir)
     folders = sorted({str(f.path.parent) for f in loc.files.values()})
     print(f"{loc.spec.display} ready ({loc.source}: {', '.join(folders)})")
@@ -77,7 +82,8 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(json.dumps(info, indent=2))
         return 0
     # Skipped copies (wrong hash, corrupt) were already logged as warnings by the data layer.
-    folders = sorted({os.path.dirname(f["path"]) for f in info["files"].values()})
+    folders = sorted({f["path"] if os.path.isdir(f["path"]) else os.path.dirname(f["path"])
+                      for f in info["files"].values()})
     print(f"{info['title']} ({info['dataset']}), found in {info['source']}: {', '.join(folders)}")
     for split, s in info["splits"].items():
         h, w = s["shape"][1:]
@@ -88,10 +94,15 @@ def cmd_info(args: argparse.Namespace) -> int:
     for i, c in enumerate(info["classes"]):
         train, test = (info["splits"][split]["class_counts"][c] for split in ("train", "test"))
         print(f"  {c:<{width}}  {train:>6,}  {test:>6,}   [{i}]")
-    print("  files (sha256 of the decompressed bytes):")
+    print("  files (sha256 of the decompressed bytes; for csv: and folder: of the decoded arrays "
+          "as IDX files):")
     for key, f in info["files"].items():
-        status = "verified" if f["verified"] else "UNVERIFIED (no published hash for this form)"
+        status = "verified" if f["verified"] else (
+            "your data (no published hash)" if f["source"] in datasets.FORMATS
+            else "UNVERIFIED (no published hash for this form)")
         print(f"    {key:<13} {f['sha256']}  {status}  {f['path']}")
+    for note in info["notes"]:
+        print(f"  note: {note}")
     print(f"  fingerprint: {info['fingerprint']}")
     return 0
 
@@ -109,7 +120,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     from fmnist import datasets, plots
 
     images, labels = datasets.load_arrays(args.dataset, args.split, args.data_dir)
-    classes = datasets.get_spec(args.dataset).classes
+    classes = datasets.class_names(args.dataset)
     # The first N of each class: deterministic, so two runs give the same picture.
     picked = [np.flatnonzero(labels == c)[: args.per_class] for c in range(len(classes))]
     grid = np.zeros((len(classes) * args.per_class, *images.shape[1:]), dtype=np.uint8)
@@ -118,10 +129,9 @@ def cmd_show(args: argparse.Namespace) -> int:
         for j, i in enumerate(idx):
             grid[c * args.per_class + j] = images[i]
             titles[c * args.per_class + j] = classes[c]
-    spec = datasets.get_spec(args.dataset)
     path = plots.save_image_grid(
         grid, titles, args.out, ncols=args.per_class,
-        suptitle=f"{spec.display} {args.split}: first {args.per_class} images of each class",
+        suptitle=f"{datasets.title(args.dataset)} {args.split}: first {args.per_class} images of each class",
     )  # fmt: skip
     print(f"wrote {path}")
     return 0

@@ -20,7 +20,7 @@ from fmnist.cli.common import add_command, add_model_arguments, dataset_for, loa
 def add_parser(sub: Any) -> None:
     p = add_command(sub, "evaluate", "report a model's accuracy, per-class metrics and errors")
     add_model_arguments(p)
-    p.add_argument("--dataset", metavar="NAME", help="dataset (default: the model's)")
+    p.add_argument("--dataset", metavar="NAME", help="dataset, csv:PATH or folder:DIR (default: the model's)")
     p.add_argument("--data-dir", metavar="DIR", help="folder holding the dataset files")
     p.add_argument("--split", default="test", choices=("test", "train"), help="(default test)")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,

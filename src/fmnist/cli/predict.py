@@ -32,7 +32,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--index", type=int, metavar="N", help="predict image N of the dataset split")
     p.add_argument("--split", default="test", choices=("test", "train"),
                    help="split for --index (default test)")
-    p.add_argument("--dataset", metavar="NAME", help="dataset for --index (default: the model's)")
+    p.add_argument("--dataset", metavar="NAME", help="dataset, csv:PATH or folder:DIR for --index (default: the model's)")
     p.add_argument("--data-dir", metavar="DIR", help="folder holding the dataset files")
     p.add_argument("--top-k", type=int, default=3, metavar="K",
                    help="classes to show per file (default 3)")

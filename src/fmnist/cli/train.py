@@ -46,6 +46,8 @@ def add_parser(sub: Any) -> None:
     for f in recipe_flags():
         flag = f"--{f.name.replace('_', '-')}"
         text = HELP.get(f.name) or (f"one of: {', '.join(choices[f.name])}" if f.name in choices else None)
+        if f.name == "dataset":
+            text = f"{text}; or csv:PATH (Kaggle's CSV), folder:DIR (images per class)"
         if f.type in (bool, "bool"):
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
         else:
