@@ -90,7 +90,7 @@ def save_lr_finder(lrs: Sequence[float], losses: Sequence[float], smoothed: Sequ
     """The learning-rate range test: loss against lr (log scale), the suggestion marked."""
     fig, ax = plt.subplots(figsize=(6.4, 4))
     ax.plot(lrs, losses, color="C0", alpha=0.3, lw=1, label="loss per step")
-    ax.plot(lrs, smoothed, color="C0", lw=2, label="smoothed")
+    ax.plot(lrs, smoothed, color="C0", lw=2, label="smoothed (centred mean)")
     if suggestion is not None:
         ax.axvline(suggestion, color="C3", ls="--", label=f"suggested lr {suggestion:.3g}")
     finite = [v for v in smoothed if np.isfinite(v)]
