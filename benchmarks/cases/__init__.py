@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from benchmarks.cases import best, data, inference, seed, time_to_accuracy
+from benchmarks.cases import best, data, inference, seed, tensorboard, time_to_accuracy
 
 # --only name -> module, in the order they run; a case's result is saved under its module's name
 CASES: dict[str, ModuleType] = {
@@ -15,6 +15,7 @@ CASES: dict[str, ModuleType] = {
     "best": best,
     "inference": inference,
     "data": data,
+    "tensorboard": tensorboard,
 }
 # Keys of results saved before a case was renamed ("tta" meant time to accuracy, while
 # everywhere else TTA is test-time augmentation) -> the key today
