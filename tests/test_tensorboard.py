@@ -151,3 +151,13 @@ def test_the_tensorboard_command_refuses_a_missing_folder(tmp_path, capsys):
     assert main(["tensorboard", str(tmp_path / "nowhere")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("fmnist: error: Runs folder") and err.count("\n") == 1
+
+
+def test_tensorboard_is_not_shown_the_latest_link_as_a_run(tmp_path):
+    from fmnist.cli.tensorboard import logdir_args
+
+    assert logdir_args(tmp_path) == ["--logdir", str(tmp_path)]
+    (tmp_path / "b").mkdir()
+    (tmp_path / "a").mkdir()
+    (tmp_path / "latest").symlink_to("b")
+    assert logdir_args(tmp_path) == ["--logdir_spec", f"a:{tmp_path / 'a'},b:{tmp_path / 'b'}"]

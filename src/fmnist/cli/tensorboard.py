@@ -32,5 +32,17 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("TensorBoard is not installed: pip install 'fmnist[tensorboard]' "
                           "(or `make setup`).")
     print(f"TensorBoard on http://{args.host}:{args.port}/ (Ctrl-C stops it)", flush=True)
-    return subprocess.call([sys.executable, "-m", "tensorboard.main", "--logdir", args.runs_dir,
+    return subprocess.call([sys.executable, "-m", "tensorboard.main",
+                            *logdir_args(Path(args.runs_dir)),
                             "--host", args.host, "--port", str(args.port)])
+
+
+def logdir_args(root: Path) -> list[str]:
+    """`--logdir ROOT`; but TensorBoard follows the `runs/latest` link and would show that run
+    twice, so where it exists, each run folder by name (runs started later then need a
+    restart to appear)."""
+    if not (root / "latest").is_symlink():
+        return ["--logdir", str(root)]
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.is_symlink()
+                     and not p.name.startswith("."))
+    return ["--logdir_spec", ",".join(f"{p.name}:{p}" for p in folders)]
