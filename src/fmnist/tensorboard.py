@@ -2,12 +2,13 @@
 `tensorboard --logdir runs` (or `fmnist tensorboard`) compares every run.
 
 What it writes:
-- at the start: a grid of training inputs (images/train_inputs) and the model's graph;
+- at the start: a grid of training inputs (images/train_inputs);
 - every `every` steps: the training loss and learning rate (train/loss, train/lr);
 - every epoch: test/loss, test/accuracy (holdout/... with a holdout), train/epoch_loss and
   train/images_per_s;
-- at the end: the confusion matrix as a figure, per-class precision-recall curves on the test
-  set, and the recipe as hyper-parameters with the final metrics (the HParams tab).
+- at the end: the model's graph, the confusion matrix as a figure, per-class precision-recall
+  curves on the test set, and the recipe as hyper-parameters with the final metrics (the
+  HParams tab).
 
 Only rank 0 runs callbacks, and this one writes nothing without a run folder. TensorBoard is
 an optional dependency (the `tensorboard` extra): `available()` says whether it is installed.
@@ -64,8 +65,6 @@ class TensorBoardLog(Callback):
         self.writer = SummaryWriter(log_dir=str(state.run_dir), purge_step=start or None)
         if start == 0:
             self._inputs(state)
-            if self.graph:
-                self._graph(state)
 
     def on_step(self, state: RunState, step: int, loss: torch.Tensor, batch: int) -> None:
         if self.writer is None or step % self.every:
@@ -96,6 +95,11 @@ class TensorBoardLog(Callback):
             return
         assert state.setup is not None and state.parts is not None
         step = len(state.rows) * state.steps_per_epoch
+        if self.graph:
+            # At the end, not the start: tracing before the first training step (torch.jit)
+            # slowed the default recipe's training by ~20 % in a fresh process (measured,
+            # `python -m benchmarks --only tensorboard`); the graph is the same either way.
+            self._graph(state)
         self._test_set_figures(state, step)
         self._hparams(state)
         self.writer.close()
