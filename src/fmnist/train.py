@@ -2,7 +2,8 @@
 the run folder. Progress, logging, metrics and checkpoints are callbacks hung off the loop.
 
 Run folder: config.json (effective recipe), metrics.jsonl (one line per epoch), curves.png,
-model.safetensors + model.json, resume.pt (everything needed to continue exactly).
+model.safetensors + model.json, resume.pt (everything needed to continue exactly), status.json
+(running / finished / interrupted / failed: see fmnist.runs).
 """
 
 from __future__ import annotations
