@@ -16,11 +16,12 @@ FULL_STAMP := $(VENV)/.installed-full
 setup: $(RUN_STAMP) data
 
 # torch first, pinned: this resolves to the CPU build on local disk here; an unpinned
-# torch pulled in by a dependency would be a multi-GB CUDA download.
+# torch pulled in by a dependency would be a multi-GB CUDA download. TensorBoard (an optional
+# extra: training logs to it when it is installed) comes with every setup.
 $(RUN_STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) torch==2.13.0 uv
-	$(UV) -e .
+	$(UV) -e '.[tensorboard]'
 	touch $@
 
 # The server, ONNX export and the test tools: only `make test` (and `make setup-full`) need them.

@@ -12,6 +12,7 @@ module fixtures shared by several tests.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -35,7 +36,7 @@ from fmnist.predict import Predictor
 N_TRAIN, N_TEST = 200, 101  # 101: an odd test set, split 51/50 over two ranks
 B = 16  # per process; the single-process reference uses 2B
 RUN_FILES = {"config.json", "metrics.jsonl", "model.safetensors", "model.json", "resume.pt",
-             "curves.png"}
+             "curves.png", "status.json"}
 # The synthetic classes are mirror images of each other: no flips. Tiny widths keep CPU runs short.
 MLP = {"model": "mlp", "epochs": 2, "flip": False, "tta_flip": False, "bf16": "off",
        "channels_last": False}
@@ -186,7 +187,11 @@ def test_two_processes_at_b_match_one_process_at_2b(mlp_runs):
 @pytest.mark.slow
 def test_rank0_writes_the_run_folder_once_and_it_loads_in_one_process(mlp_runs, work, test_set):
     one, two, proc = mlp_runs
-    assert {p.name for p in two.iterdir()} == RUN_FILES  # no temp files, nothing per rank
+    files = {p.name for p in two.iterdir()}
+    events = {f for f in files if f.startswith("events.out.tfevents.")}
+    assert files - events == RUN_FILES  # no temp files, nothing per rank
+    assert len(events) == (1 if importlib.util.find_spec("tensorboard") else 0)  # rank 0's only
+    assert json.loads((two / "status.json").read_text())["status"] == "finished"
     rows = metrics(two)
     assert [r["epoch"] for r in rows] == [1, 2]
     assert json.loads((two / "config.json").read_text())["model"] == "mlp"

@@ -6,7 +6,16 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from benchmarks.cases import best, budget, data, data_csv, inference, seed, time_to_accuracy
+from benchmarks.cases import (
+    best,
+    budget,
+    data,
+    data_csv,
+    inference,
+    seed,
+    tensorboard,
+    time_to_accuracy,
+)
 
 # --only name -> module, in the order they run; a case's result is saved under its module's name
 CASES: dict[str, ModuleType] = {
@@ -16,6 +25,7 @@ CASES: dict[str, ModuleType] = {
     "inference": inference,
     "data": data,
     "data-csv": data_csv,
+    "tensorboard": tensorboard,
     "budget": budget,
 }
 # Keys of results saved before a case was renamed ("tta" meant time to accuracy, while

@@ -4,7 +4,7 @@ matplotlib with the Agg backend (no display needed); every PNG is written atomic
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,18 +47,37 @@ def save_image_grid(
 
 def save_training_curves(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
     """Loss (train and test) and test accuracy per epoch, from metrics.jsonl rows."""
-    epochs = [r["epoch"] for r in rows]
+    return save_curves({"": rows}, path)
+
+
+def save_curves(runs: Mapping[str, Sequence[dict[str, Any]]], path: str | Path) -> Path:
+    """The curves of one run, or of several in one picture (`fmnist runs compare`): one colour
+    per run, training loss dashed, labels prefixed with the run's name."""
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.8))
-    # the training loss includes label smoothing, so it sits above the test loss
-    ax_loss.plot(epochs, [r["train_loss"] for r in rows], "o-", label="train (as optimised)")
-    ax_loss.plot(epochs, [r["test_loss"] for r in rows], "o-", label="test")
+    several = len(runs) > 1
+    holdout = False
+    for i, (name, rows) in enumerate(runs.items()):
+        def colour(alone: str, i: int = i) -> str:
+            return f"C{i}" if several else alone
+
+        label = f"{name}: " if several else ""
+        epochs = [r["epoch"] for r in rows]
+        # the training loss includes label smoothing, so it sits above the test loss
+        ax_loss.plot(epochs, [r["train_loss"] for r in rows], "o--" if several else "o-",
+                     color=colour("C0"), label=f"{label}train (as optimised)")
+        ax_loss.plot(epochs, [r["test_loss"] for r in rows], "o-", color=colour("C1"),
+                     label=f"{label}test")
+        ax_acc.plot(epochs, [100 * r["test_accuracy"] for r in rows], "o-", color=colour("C2"),
+                    label=f"{label}test")
+        if rows and "holdout_accuracy" in rows[0]:
+            holdout = True
+            ax_acc.plot(epochs, [100 * r["holdout_accuracy"] for r in rows],
+                        "o:" if several else "o-", color=colour("C1"),
+                        label=f"{label}held-out train slice")
     ax_loss.set(xlabel="epoch", ylabel="loss", title="Loss")
-    ax_loss.legend()
-    ax_acc.plot(epochs, [100 * r["test_accuracy"] for r in rows], "o-", color="C2", label="test")
-    if rows and "holdout_accuracy" in rows[0]:
-        ax_acc.plot(epochs, [100 * r["holdout_accuracy"] for r in rows], "o-", color="C1",
-                    label="held-out train slice")
-        ax_acc.legend()
+    ax_loss.legend(fontsize=8 if several else None)
+    if holdout or several:
+        ax_acc.legend(fontsize=8 if several else None)
     ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="Test accuracy")
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
@@ -66,8 +85,33 @@ def save_training_curves(rows: Sequence[dict[str, Any]], path: str | Path) -> Pa
     return _save(fig, path)
 
 
+def save_lr_finder(lrs: Sequence[float], losses: Sequence[float], smoothed: Sequence[float],
+                   suggestion: float | None, path: str | Path, title: str = "") -> Path:
+    """The learning-rate range test: loss against lr (log scale), the suggestion marked."""
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    ax.plot(lrs, losses, color="C0", alpha=0.3, lw=1, label="loss per step")
+    ax.plot(lrs, smoothed, color="C0", lw=2, label="smoothed (centred mean)")
+    if suggestion is not None:
+        ax.axvline(suggestion, color="C3", ls="--", label=f"suggested lr {suggestion:.3g}")
+    finite = [v for v in smoothed if np.isfinite(v)]
+    if finite:  # the divergence at the end would squash the interesting part
+        low, first = min(finite), finite[0]
+        ax.set_ylim(low - 0.1 * (first - low + 1e-9), max(first, low) * 1.5 + 1e-9)
+    ax.set_xscale("log")
+    ax.set(xlabel="learning rate", ylabel="training loss",
+           title=f"Learning-rate range test{': ' + title if title else ''}")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend()
+    return _save(fig, path)
+
+
 def save_confusion_matrix(matrix: np.ndarray, classes: Sequence[str], path: str | Path) -> Path:
     """Counts (true x predicted) as a heat map with the numbers written in."""
+    return _save(confusion_figure(matrix, classes), path)
+
+
+def confusion_figure(matrix: np.ndarray, classes: Sequence[str]) -> Any:
+    """The confusion-matrix figure itself (TensorBoard takes the figure, not a file)."""
     n = len(classes)
     fig, ax = plt.subplots(figsize=(1.0 + 0.7 * n, 0.6 + 0.6 * n))
     ax.imshow(matrix, cmap="Blues")
@@ -79,4 +123,4 @@ def save_confusion_matrix(matrix: np.ndarray, classes: Sequence[str], path: str 
         for j in range(n):
             ax.text(j, i, str(int(matrix[i, j])), ha="center", va="center", fontsize=7,
                     color="white" if matrix[i, j] > top / 2 else "black")
-    return _save(fig, path)
+    return fig

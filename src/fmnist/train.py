@@ -2,11 +2,13 @@
 the run folder. Progress, logging, metrics and checkpoints are callbacks hung off the loop.
 
 Run folder: config.json (effective recipe), metrics.jsonl (one line per epoch), curves.png,
-model.safetensors + model.json, resume.pt (everything needed to continue exactly).
+model.safetensors + model.json, resume.pt (everything needed to continue exactly), status.json
+(running / finished / interrupted / failed: see fmnist.runs).
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import math
@@ -21,7 +23,7 @@ from typing import Any, cast
 import torch
 from torch import nn
 
-from fmnist import budget, checkpoint, distributed, hardware
+from fmnist import budget, checkpoint, distributed, hardware, runs
 from fmnist.atomic import write_text
 from fmnist.checkpoint import ResumeState
 from fmnist.errors import ConfigError, WriteError
@@ -99,6 +101,14 @@ class RunState:
     epochs: int  # how many the run takes
     epoch: int = 0  # 1-based, the epoch being trained or just finished
     rows: list[dict[str, Any]] = field(default_factory=list)
+    # What a logger samples from (lr, the model's graph, test predictions): read, never change.
+    setup: Setup | None = None
+    parts: Parts | None = None
+
+    @property
+    def global_step(self) -> int:
+        """Optimiser steps finished before the current epoch's (0-based) step 0."""
+        return (self.epoch - 1) * self.steps_per_epoch
 
 
 class Callback:
@@ -178,6 +188,40 @@ class Curves(Callback):
             from fmnist.plots import save_training_curves
 
             save_training_curves(state.rows, state.run_dir / "curves.png")
+
+
+class Status(Callback):
+    """status.json: running / finished (interrupted and failed are written by `fit`), with the
+    machine the run trains on, so `fmnist runs` can tell runs apart."""
+
+    def on_fit_start(self, state: RunState) -> None:
+        if state.run_dir is not None and state.setup is not None:
+            note_status(state.run_dir, "running", epoch=len(state.rows), epochs=state.epochs,
+                        device=str(state.setup.device),
+                        hardware=hardware_name(state.setup.device),
+                        world_size=state.setup.info.world_size)
+
+    def on_epoch_end(self, state: RunState, row: dict[str, Any]) -> None:
+        if state.run_dir is not None:
+            note_status(state.run_dir, "running", epoch=row["epoch"])
+
+    def on_fit_end(self, state: RunState) -> None:
+        if state.run_dir is not None:
+            note_status(state.run_dir, "finished", epoch=len(state.rows))
+
+
+def note_status(run_dir: Path, status: str, **fields: Any) -> None:
+    """Update status.json, best effort: it only describes the run, and a disk that cannot take
+    it fails the checkpoint next, with the message that says how to resume."""
+    with contextlib.suppress(WriteError, OSError):
+        runs.write_status(run_dir, status, **fields)
+
+
+def hardware_name(device: torch.device) -> str:
+    """`NVIDIA H100 80GB HBM3` or `AMD EPYC (avx2)`: what a run's speed is comparable with."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return hardware.describe() if device.type == "cpu" else device.type
 
 
 def display_callback(recipe: Recipe) -> Callback:
@@ -487,11 +531,21 @@ def start_run_dir(recipe: Recipe, out: str | Path | None) -> Path:
     return run_dir
 
 
-def _resume_hint(run_dir: Path, saved_epoch: int) -> str:
+def _resume_hint(run_dir: Path, saved_epoch: int, interrupted: bool = False) -> str:
     if saved_epoch == 0:
+        if interrupted:
+            return f"No epoch was finished, so {run_dir} holds nothing to resume."
         return f"No epoch was saved yet; start again once {run_dir} can be written."
+    if interrupted:
+        return (f"Epoch {saved_epoch} is the last saved in {run_dir}; continue with "
+                f"`fmnist train --resume {run_dir}`.")
     return (f"The last complete checkpoint is epoch {saved_epoch} in {run_dir}: free space (or fix "
             f"the folder), then continue with `fmnist train --resume {run_dir}`.")
+
+
+def _mark_stopped(run_dir: Path, status: str, saved_epoch: int, error: str | None = None) -> None:
+    """status.json says why the run stopped (best effort: the disk may be what failed)."""
+    note_status(run_dir, status, epoch=saved_epoch, **({"error": error[:500]} if error else {}))
 
 
 @distributed.clear_errors
@@ -556,9 +610,10 @@ def fit(
         saved_epoch = rows[-1]["epoch"] if rows else 0
         state = RunState(recipe, run_dir, info.is_main, len(parts.batches),
                          len(parts.batches.images) if info.world_size == 1
-                         else parts.batches.samples_per_rank, parts.epochs, rows=rows)
+                         else parts.batches.samples_per_rank, parts.epochs, rows=rows,
+                         setup=setup, parts=parts)
         shown = [display_callback(recipe)] if display else []
-        cbs = [*shown, *callbacks, MetricsLog(), Curves()] if info.is_main else []
+        cbs = [*shown, *callbacks, MetricsLog(), Curves(), Status()] if info.is_main else []
         for cb in cbs:
             cb.on_fit_start(state)
         if resumed is not None:
@@ -585,7 +640,18 @@ def fit(
         except WriteError as e:
             if run_dir is None:  # a callback's own file, outside any run folder
                 raise
+            _mark_stopped(run_dir, "failed", saved_epoch, str(e))
             raise WriteError(f"{e} {_resume_hint(run_dir, saved_epoch)}") from e
+        except KeyboardInterrupt:
+            if run_dir is not None:  # Ctrl-C: the folder says so, and how to go on
+                _mark_stopped(run_dir, "interrupted", saved_epoch)
+                print(f"\nInterrupted. {_resume_hint(run_dir, saved_epoch, interrupted=True)}",
+                      file=sys.stderr, flush=True)
+            raise
+        except Exception as e:
+            if run_dir is not None:
+                _mark_stopped(run_dir, "failed", saved_epoch, f"{type(e).__name__}: {e}")
+            raise
         # Finish together: a rank that tears gloo down while rank 0 is still writing the run
         # folder could abort at exit (seen here, about 1 run in 4, before this barrier).
         distributed.barrier(info)

@@ -16,15 +16,17 @@ from fmnist.errors import FmnistError
 
 
 def get_parser() -> argparse.ArgumentParser:
-    from fmnist.cli import data, evaluate, export, predict, run, serve, train
+    from fmnist.cli import data, evaluate, export, lr_find, predict, run, runs, serve, train
+    from fmnist.cli import tensorboard as tensorboard_cli
 
     parser = argparse.ArgumentParser(
         prog="fmnist",
-        description="Fashion-MNIST: get the data, train, evaluate, predict, serve.",
+        description="Fashion-MNIST: get the data, train, evaluate, predict, serve, compare runs.",
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (data, train, evaluate, predict, export, serve, run):
+    for module in (data, train, lr_find, evaluate, predict, export, serve, run, runs,
+                   tensorboard_cli):
         module.add_parser(sub)
     return parser
 

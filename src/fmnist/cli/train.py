@@ -35,15 +35,33 @@ def recipe_flags() -> list[Field]:
 
 
 def add_parser(sub: Any) -> None:
+    p = add_command(sub, "train", "train a model from a recipe; flags override recipe fields")
+    add_recipe_arguments(p)
+    p.add_argument("--time-budget", metavar="DURATION",
+                   help="e.g. 90s or 5m: measure this machine, then fit the epochs (and if need "
+                        "be the width) so the schedule ends when the budget does")
+    p.add_argument("--data-dir", metavar="DIR", help="folder holding the dataset files")
+    p.add_argument("--out", metavar="RUN_DIR", help="run folder (default: runs/<time>-<recipe>)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR exactly")
+    p.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=True,
+                   help="write TensorBoard events into the run folder (on when tensorboard is "
+                        "installed; --no-tensorboard skips them)")
+    p.set_defaults(func=run)
+
+
+def add_recipe_arguments(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
+    """--recipe, --config and a flag per recipe field but those in `skip` (`fmnist lr-find`
+    takes them too)."""
     from fmnist.datasets import SPECS
     from fmnist.models import MODELS
     from fmnist.recipes import CHOICES, RECIPES
 
     choices = {**CHOICES, "model": tuple(MODELS), "dataset": tuple(SPECS)}
-    p = add_command(sub, "train", "train a model from a recipe; flags override recipe fields")
     p.add_argument("--recipe", default="default", help=f"one of: {', '.join(RECIPES)} (default: default)")
     p.add_argument("--config", metavar="FILE", help="TOML or JSON file of recipe fields (flags win)")
     for f in recipe_flags():
+        if f.name in skip:
+            continue
         flag = f"--{f.name.replace('_', '-')}"
         text = HELP.get(f.name) or (f"one of: {', '.join(choices[f.name])}" if f.name in choices else None)
         if f.name == "dataset":
@@ -53,13 +71,6 @@ def add_parser(sub: Any) -> None:
         else:
             kind = {"int": int, "float": float, "str": str}.get(str(f.type), f.type)
             p.add_argument(flag, type=kind, help=text)  # type: ignore[arg-type]
-    p.add_argument("--time-budget", metavar="DURATION",
-                   help="e.g. 90s or 5m: measure this machine, then fit the epochs (and if need "
-                        "be the width) so the schedule ends when the budget does")
-    p.add_argument("--data-dir", metavar="DIR", help="folder holding the dataset files")
-    p.add_argument("--out", metavar="RUN_DIR", help="run folder (default: runs/<time>-<recipe>)")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR exactly")
-    p.set_defaults(func=run)
 
 
 def recipe_from_args(args: argparse.Namespace) -> Any:
@@ -69,12 +80,21 @@ def recipe_from_args(args: argparse.Namespace) -> Any:
     recipe = get_recipe(args.recipe)
     if args.config:
         recipe = apply_overrides(recipe, read_config_file(args.config))
-    flags = {f.name: getattr(args, f.name) for f in recipe_flags()}
+    flags = {f.name: getattr(args, f.name, None) for f in recipe_flags()}
     return apply_overrides(recipe, {k: v for k, v in flags.items() if v is not None})
+
+
+def tensorboard_callbacks(wanted: bool) -> list[Any]:
+    """The TensorBoard writer, when wanted and installed (it is an optional dependency)."""
+    from fmnist import tensorboard
+
+    return [tensorboard.TensorBoardLog()] if wanted and tensorboard.available() else []
 
 
 def run(args: argparse.Namespace) -> int:
     from fmnist.train import fit
+
+    callbacks = tensorboard_callbacks(args.tensorboard)
 
     if args.resume:
         given = [f for f in (*(f.name for f in recipe_flags()), "config", "out", "time_budget")
@@ -84,14 +104,16 @@ def run(args: argparse.Namespace) -> int:
                 "--resume continues a run with its saved config.json; drop "
                 f"{', '.join('--' + g.replace('_', '-') for g in given) or '--recipe'}."
             )
-        result = fit(resume=args.resume, data_dir=args.data_dir)
+        result = fit(resume=args.resume, data_dir=args.data_dir, callbacks=callbacks)
     else:
         if args.time_budget is not None and (args.epochs is not None or args.steps is not None):
             raise ConfigError("--time-budget chooses the length of the run: drop --epochs and "
                               "--steps.")
         result = fit(recipe_from_args(args), out=args.out, data_dir=args.data_dir,
-                     time_budget=args.time_budget)
+                     time_budget=args.time_budget, callbacks=callbacks)
     if result.run_dir is not None:
-        print(f"Saved run to {result.run_dir} (model.safetensors, metrics.jsonl, curves.png)")
+        events = ", TensorBoard events" if callbacks else ""
+        print(f"Saved run to {result.run_dir} (model.safetensors, metrics.jsonl, curves.png"
+              f"{events})")
     return 0
 
