@@ -587,16 +587,16 @@ def test_cli_serve_binds_loopback_with_a_warm_model(make_checkpoint, monkeypatch
 
 
 def test_cli_serve_workers_use_the_app_factory(make_checkpoint, monkeypatch) -> None:
-    import uvicorn
+    import fmnist.cli.serve
 
     seen: dict[str, Any] = {}
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(app=app, **kw))
+    monkeypatch.setattr(fmnist.cli.serve, "run_workers", lambda n, common: seen.update(workers=n, **common))
     monkeypatch.delenv(serve_app.SETTINGS_ENV, raising=False)
     ckpt = make_checkpoint("mlp")
     argv = ["serve", str(ckpt), "--workers", "2", "--max-upload-mb", "1", "--backend", "torch",
             "--batch-window-ms", "5", "--batch-size", "9", "--max-queue", "3"]  # fmt: skip
     assert cli_main(argv) == 0
-    assert seen["app"] == "fmnist.serve.app:app_from_env" and seen["factory"] and seen["workers"] == 2
+    assert seen["workers"] == 2 and seen["port"] == 8000
     with TestClient(app_from_env()) as c:  # what each worker process builds
         wait_ready(c)
         limits = c.get("/v1/model").json()["limits"]

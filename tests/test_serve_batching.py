@@ -433,3 +433,28 @@ def test_a_request_during_shutdown_gets_503_not_500(predictor: Predictor) -> Non
         app.state.engine.batcher.close()  # as when the lifespan ends with a request still coming
         r = client.post("/v1/predict", content=png(), headers={"Content-Type": "image/png"})
     assert r.status_code == 503 and "shutting down" in r.json()["error"] and r.headers["retry-after"] == "1"
+
+
+def test_worker_connections_turn_nagle_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With several workers uvicorn makes the listening socket itself, and asyncio would leave
+    Nagle's algorithm on for its connections: keep-alive clients waited ~40 ms an answer."""
+    import socket
+
+    import uvicorn.supervisors
+
+    from fmnist.cli.serve import run_workers
+
+    seen: dict[str, Any] = {}
+
+    class FakeSupervisor:
+        def __init__(self, config: Any, sockets: list[socket.socket], **kw: Any) -> None:
+            seen.update(config=config, nodelay=sockets[0].getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+
+        def run(self) -> None:
+            seen["ran"] = True
+
+    monkeypatch.setattr(uvicorn.supervisors, "Multiprocess", FakeSupervisor)
+    run_workers(3, {"host": "127.0.0.1", "port": 0, "log_level": "warning"})
+    assert seen["ran"] and seen["nodelay"] == 1
+    assert seen["config"].workers == 3 and seen["config"].factory
+    assert seen["config"].app == "fmnist.serve.app:app_from_env"

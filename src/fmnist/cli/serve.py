@@ -147,8 +147,34 @@ def run(args: argparse.Namespace) -> int:
             "app": options,
         })  # fmt: skip
         del predictor
-        uvicorn.run("fmnist.serve.app:app_from_env", factory=True, workers=workers, **common)
+        run_workers(workers, common)
     return 0
+
+
+def run_workers(workers: int, common: dict[str, Any]) -> None:
+    """`uvicorn.run(..., workers=N)`, with Nagle's algorithm off on the connections.
+
+    uvicorn makes the shared socket with protocol 0, so asyncio does not set TCP_NODELAY on the
+    connections it accepts (it does for the sockets it makes itself, with one worker): a
+    keep-alive client then waits for its own delayed ACK (~40 ms) on every answer's second
+    write. Measured with wrk, 1 client, 2 workers: 51 ms per request, 15 ms with a new
+    connection each time. Set on the listening socket, Linux passes it to every accepted one.
+    """
+    import inspect
+    import socket
+
+    import uvicorn
+    from uvicorn.supervisors import Multiprocess
+
+    config = uvicorn.Config("fmnist.serve.app:app_from_env", factory=True, workers=workers, **common)
+    sock = config.bind_socket()
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    # older uvicorn releases take the worker's entry point as `target`
+    target = {"target": uvicorn.Server(config).run} if "target" in inspect.signature(Multiprocess).parameters else {}
+    try:
+        Multiprocess(config, sockets=[sock], **target).run()
+    finally:
+        sock.close()
 
 
 def _is_loopback(host: str) -> bool:
