@@ -266,6 +266,7 @@ def test_past_the_queue_bound_a_request_gets_503_with_retry_after(predictor: Pre
         after = client.post("/v1/predict", content=png(seed=3), headers={"Content-Type": "image/png"})
         stats = client.get("/v1/stats").json()
     assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+    assert refused.headers["connection"] == "close"  # a client that retries at once reconnects
     assert "busy" in refused.json()["error"]
     assert results["a"].status_code == results["b"].status_code == after.status_code == 200
     assert stats["refused"] == 1 and stats["in_flight"] == 0

@@ -621,9 +621,11 @@ def create_app(
         # most max_queue bodies. The counter is only touched here, on the event loop.
         if engine.in_flight >= max_queue:
             engine.refused += 1
+            # Connection: close, so that a client that retries at once (ignoring Retry-After)
+            # pays a reconnect, instead of spinning the event loop on refusals
             return _error(
                 503, f"The server is busy ({max_queue} predictions in flight): retry shortly.",
-                headers={"Retry-After": "1"},
+                headers={"Retry-After": "1", "Connection": "close"},
             )
         engine.in_flight += 1
         try:
