@@ -9,7 +9,7 @@ posting one PNG each (raw image/png body), plus a batch of 32 images (multipart)
 p50/p99/p99.9 latency, status codes, wrk's socket errors and timeouts, the server's RSS (all its
 processes) and the forward-pass size histogram from /v1/stats. The ceiling: the same
 predictor in this process, no HTTP, decoding and predicting one image at a time and 64 at a
-time. wrk runs on the same cores as the server (2 here), so the server's figures are a lower
+time, 32 and 64 at a time (torch and onnxruntime). wrk runs on the same cores as the server (2 here), so the server's figures are a lower
 bound. Not a test: nothing asserts a timing; it exits 1 when a request got anything but a 200
 (or a 503 in the overload scenario). Results: a markdown table, and JSON under
 benchmarks/results/.
@@ -48,6 +48,7 @@ CONFIGS: dict[str, list[str]] = {
     "default (batching, auto workers, auto backend)": [],
 }
 CLIENTS = (1, 8, 32, 128)
+CEILING_BATCHES = (1, 32, 64)
 
 # wrk's Lua hooks: post the body file, count status codes per thread, print one JSON line.
 WRK_SCRIPT = r"""
@@ -203,7 +204,7 @@ def ceiling(checkpoint: str, backend: str, png: bytes, seconds: float) -> dict[s
     predictor = load_predictor(checkpoint, backend=backend)
     predictor.warmup()
     out = {}
-    for n in (1, 64):
+    for n in CEILING_BATCHES:
         files = [png] * n
         count, t0 = 0, time.perf_counter()
         while time.perf_counter() - t0 < seconds:
@@ -335,8 +336,8 @@ def report(rows: list[dict[str, Any]], ceilings: dict[str, dict[str, float]], in
                   f"{ok_per_s(row) / base[row['scenario']]:.2f}x")  # fmt: skip
     print("\nCeiling, the same predictor in-process (decode + predict, no HTTP), images/s:")
     for backend, c in ceilings.items():
-        print(f"- {backend}: one at a time {c['batch_1_images_per_s']:,.0f}, "
-              f"64 at a time {c['batch_64_images_per_s']:,.0f}")  # fmt: skip
+        print(f"- {backend}: " + ", ".join(
+            f"{n} at a time {c[f'batch_{n}_images_per_s']:,.0f}" for n in CEILING_BATCHES))
     return failed
 
 
