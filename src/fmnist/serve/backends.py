@@ -1,8 +1,9 @@
 """Where the server's forward passes run: eager PyTorch, or ONNX Runtime.
 
-ONNX Runtime runs the default cnn 3.5x faster than eager PyTorch at batch 1 and 1.4x at
-batch 32 on 2 cores (`python -m benchmarks.serve_load` measures both in one run; the README has
-the table). Served from a run folder with `--backend onnxruntime`, the checkpoint is exported
+Measured on 2 cores (AMD EPYC, class avx512; `python -m benchmarks.serve_load`'s in-process
+ceiling, decode + predict with flip TTA): onnxruntime 2.4-2.8x eager PyTorch one image at a
+time, 0.8x at 32 images, about equal at 64. The server's passes are small, so it answered 723 vs
+291 requests/s at 8 clients (README, "Serve it"). Served from a run folder with `--backend onnxruntime`, the checkpoint is exported
 in memory at start-up; an exported `model.onnx` (`fmnist export --format onnx`) serves as is.
 """
 
@@ -26,9 +27,12 @@ class OnnxPredictor(Predictor):
     """A `Predictor` whose forward pass is an ONNX Runtime session of an fmnist ONNX file
     (input x/255, normalisation inside the graph; see fmnist.export)."""
 
-    def __init__(self, onnx_model: bytes, meta: dict[str, Any], *, tta: bool | None = None) -> None:
+    def __init__(
+        self, onnx_model: bytes, meta: dict[str, Any], *, tta: bool | None = None,
+        session: Any = None,
+    ) -> None:  # fmt: skip
         self.onnx_model = onnx_model
-        self.session = _session(onnx_model, str(meta.get("model")))
+        self.session = session or _session(onnx_model, str(meta.get("model")))
         self.device = torch.device("cpu")
         self.model = None  # type: ignore[assignment]
         self._set_meta(meta, tta)
@@ -41,7 +45,8 @@ class OnnxPredictor(Predictor):
             data = path.read_bytes()
         except OSError as e:
             raise CheckpointError(f"Cannot read {path}: {e.strerror}.") from None
-        props = _session(data, str(path)).get_modelmeta().custom_metadata_map
+        session = _session(data, str(path))
+        props = session.get_modelmeta().custom_metadata_map
         if "classes" not in props:
             raise CheckpointError(
                 f"{path} has no class names in its metadata: export it with "
@@ -55,7 +60,7 @@ class OnnxPredictor(Predictor):
                 "classes": json.loads(props["classes"]),
                 "normalize": json.loads(props.get("normalize", "null")),
             }  # fmt: skip
-        return cls(data, meta, tta=tta)
+        return cls(data, meta, tta=tta, session=session)
 
     def logits(self, images: torch.Tensor) -> torch.Tensor:
         x = images.unsqueeze(1).numpy().astype(np.float32) / 255.0
