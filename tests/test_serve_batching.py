@@ -151,6 +151,51 @@ def test_close_answers_what_is_queued_then_refuses_and_stops(forward: Forward) -
         batcher.submit(ids(3))
 
 
+def test_prepare_and_finish_run_per_request_and_fail_only_their_own(forward: Forward) -> None:
+    def prepare(payload: str) -> np.ndarray:
+        if payload == "bad":
+            raise ValueError("cannot decode 'bad'")
+        return ids(*(int(c) for c in payload))
+
+    def finish(payload: str, shared: Any) -> str:
+        if payload == "9":
+            raise KeyError("cannot answer '9'")
+        return f"{payload}:{shared.rows[:, 0].tolist()}:{shared.images[:, 0].tolist()}:{shared.pass_images}"
+
+    batcher = Batcher(forward, prepare=prepare, finish=finish, max_images=9, window_s=60)
+    try:
+        futures = [batcher.submit(p, count=len(p)) for p in ("12", "bad", "3", "9", "45")]
+        assert futures[0].result(timeout=10) == "12:[10.0, 20.0]:[1, 2]:6"
+        assert futures[2].result(timeout=10) == "3:[30.0]:[3]:6"
+        assert futures[4].result(timeout=10) == "45:[40.0, 50.0]:[4, 5]:6"
+        with pytest.raises(ValueError, match="decode 'bad'"):
+            futures[1].result(timeout=10)
+        with pytest.raises(KeyError, match="answer '9'"):
+            futures[3].result(timeout=10)
+    finally:
+        batcher.close()
+    # all 9 counted images filled the window; the bad request was left out of the pass
+    assert forward.passes == [[1, 2, 3, 9, 4, 5]]
+
+
+def test_requests_are_prepared_while_the_window_is_open(forward: Forward) -> None:
+    prepared = threading.Event()
+
+    def prepare(payload: np.ndarray) -> np.ndarray:
+        prepared.set()
+        return payload
+
+    batcher = Batcher(forward, prepare=prepare, max_images=2, window_s=3600)
+    try:
+        first = batcher.submit(ids(1))
+        # decoded now, an hour before its pass: the window is spent working, not only waiting
+        assert prepared.wait(10) and forward.passes == []
+        second = batcher.submit(ids(2))  # fills the pass: it runs at once
+        assert [first.result(timeout=10).rows[0, 0], second.result(timeout=10).rows[0, 0]] == [10, 20]
+    finally:
+        batcher.close()
+
+
 def test_bad_settings_are_refused(forward: Forward) -> None:
     with pytest.raises(ValueError):
         Batcher(forward, max_images=0)
@@ -222,7 +267,9 @@ def test_a_bad_image_fails_only_its_own_request(predictor: Predictor) -> None:
         assert spy.started.wait(10)
         workers += [post_async(client, results, k, data) for k, data in
                     (("good1", png(seed=2)), ("bad", b"\x89PNG broken"), ("good2", png(seed=3)))]  # fmt: skip
-        until(lambda: "bad" in results and app.state.engine.batcher.pending == 2, "the two good ones queued")
+        # the bad one queues with the others: the batcher's thread decodes it (and fails it) with
+        # the pass it would have joined
+        until(lambda: app.state.engine.batcher.pending == 3, "three requests queued")
         spy.release.set()
         for w in workers:
             w.join(10)
@@ -436,26 +483,84 @@ def test_a_request_during_shutdown_gets_503_not_500(predictor: Predictor) -> Non
     assert r.status_code == 503 and "shutting down" in r.json()["error"] and r.headers["retry-after"] == "1"
 
 
-def test_worker_connections_turn_nagle_off(monkeypatch: pytest.MonkeyPatch) -> None:
-    """With several workers uvicorn makes the listening socket itself, and asyncio would leave
-    Nagle's algorithm on for its connections: keep-alive clients waited ~40 ms an answer."""
+def test_every_worker_listens_on_a_socket_of_its_own_with_nagle_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One socket shared by the workers sent clients that connected together to one worker;
+    each worker re-creates the parent's socket as its own (SO_REUSEPORT). Nagle's algorithm
+    stays off: with it on, keep-alive clients waited ~40 ms an answer."""
     import socket
+    from multiprocessing.reduction import ForkingPickler
 
     import uvicorn.supervisors
 
-    from fmnist.cli.serve import run_workers
+    from fmnist.cli.serve import WorkerSocket, run_workers
 
     seen: dict[str, Any] = {}
 
     class FakeSupervisor:
         def __init__(self, config: Any, sockets: list[socket.socket], **kw: Any) -> None:
-            seen.update(config=config, nodelay=sockets[0].getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            seen.update(config=config, sockets=sockets)
+            # what a worker process gets: the socket, pickled as multiprocessing's spawn does
+            seen["worker_sockets"] = [ForkingPickler.loads(ForkingPickler.dumps(sockets[0])) for _ in range(2)]
 
         def run(self) -> None:
             seen["ran"] = True
 
     monkeypatch.setattr(uvicorn.supervisors, "Multiprocess", FakeSupervisor)
     run_workers(3, {"host": "127.0.0.1", "port": 0, "log_level": "warning"})
-    assert seen["ran"] and seen["nodelay"] == 1
-    assert seen["config"].workers == 3 and seen["config"].factory
+    assert seen["ran"] and seen["config"].workers == 3 and seen["config"].factory
     assert seen["config"].app == "fmnist.serve.app:app_from_env"
+    parent = seen["sockets"][0]
+    assert isinstance(parent, WorkerSocket) and parent.fileno() == -1  # closed once served
+    a, b = seen["worker_sockets"]
+    try:
+        assert a.fileno() != b.fileno() and a.getsockname() == b.getsockname()
+        assert a.getsockname()[1] != 0  # --port 0: the port picked once, in the parent
+        for sock in (a, b):
+            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT) == 1
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+            sock.listen()  # both listen on the one address
+        with socket.create_connection(a.getsockname(), timeout=5):
+            pass
+    finally:
+        a.close()
+        b.close()
+
+
+def test_without_so_reuseport_the_workers_share_uvicorns_socket(monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    import uvicorn.supervisors
+
+    from fmnist.cli.serve import WorkerSocket, run_workers
+
+    seen: list[socket.socket] = []
+    monkeypatch.delattr(socket, "SO_REUSEPORT")  # as on Windows
+    monkeypatch.setattr(uvicorn.supervisors, "Multiprocess",
+                        lambda config, sockets, **kw: seen.extend(sockets) or type("S", (), {"run": lambda self: None})())  # fmt: skip
+    run_workers(2, {"host": "127.0.0.1", "port": 0, "log_level": "warning"})
+    assert len(seen) == 1 and type(seen[0]) is socket.socket and not isinstance(seen[0], WorkerSocket)
+
+
+def test_a_busy_port_is_one_sentence_even_for_another_fmnist_serve() -> None:
+    import socket
+    from multiprocessing.reduction import ForkingPickler
+
+    from fmnist.cli.serve import bind_worker_socket
+
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        with pytest.raises(ConfigError, match=f"Cannot listen on 127.0.0.1:{port}"):
+            bind_worker_socket("127.0.0.1", port)
+    # a running multi-worker fmnist serve: its workers' sockets allow SO_REUSEPORT, so only the
+    # plain bind first keeps a second server from quietly sharing the port
+    first = bind_worker_socket("127.0.0.1", 0)
+    worker = ForkingPickler.loads(ForkingPickler.dumps(first))
+    try:
+        worker.listen()
+        with pytest.raises(ConfigError, match="Cannot listen on"):
+            bind_worker_socket("127.0.0.1", first.getsockname()[1])
+    finally:
+        worker.close()
+        first.close()

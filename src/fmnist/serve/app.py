@@ -14,11 +14,12 @@
 Every error is JSON {"error": "one sentence"}: 400 malformed JSON, 408 body not sent in time,
 413 too large (bytes or batch), 415 unknown content type, 422 not an image / corrupt / too many
 pixels / bad array / unknown field, 503 (with Retry-After) when `max_queue` predictions are
-already in flight. Only a bug gives a 500. Decoding and inference run in worker threads, never
+already in flight. Only a bug gives a 500. Decoding and inference run in other threads, never
 on the event loop, so health checks answer while predictions run.
 
-Requests are decoded one by one in threads, then share forward passes (`batching.Batcher`):
-those that arrive within `batch_window_ms` of each other go through the model together.
+Requests share forward passes (`batching.Batcher`): those that arrive within `batch_window_ms`
+of each other go through the model together. The batcher's thread also decodes each request
+(while the window is open) and formats its answer; the event loop only parses HTTP.
 """
 
 from __future__ import annotations
@@ -33,8 +34,9 @@ import os
 import threading
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import Future
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +54,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fmnist.errors import FmnistError, ImageError
 from fmnist.predict import MAX_PIXELS, SIZE, Predictor, open_image
-from fmnist.serve.batching import Batcher, BatcherClosed
+from fmnist.serve.batching import Batched, Batcher, BatcherClosed
 
 log = logging.getLogger("fmnist.serve")
 
@@ -162,6 +164,15 @@ class Item:
 
     name: str
     data: bytes | np.ndarray
+
+
+@dataclass
+class _Job:
+    """One request on its way through the batcher."""
+
+    items: list[Item]
+    fields: tuple[str, ...]
+    t0: float = field(default_factory=time.perf_counter)
 
 
 def _check_count(n: int, max_batch: int) -> None:
@@ -293,8 +304,8 @@ class Engine:
         # thread runs the passes, so they never overlap either.
         self.lock = threading.Lock()
         self.batcher = (
-            Batcher(predictor.predict_arrays, max_images=batching.max_images,
-                    window_s=batching.window_ms / 1e3)
+            Batcher(predictor.predict_arrays, prepare=self._decode_job, finish=self._answer_job,
+                    max_images=batching.max_images, window_s=batching.window_ms / 1e3)
             if batching.enabled else None
         )  # fmt: skip
         self.ready = threading.Event()
@@ -329,20 +340,38 @@ class Engine:
             arrays.append(self.predictor.preprocess(image))
         return np.stack(arrays)
 
-    def probabilities(self, batch: np.ndarray) -> tuple[np.ndarray, int]:
-        """(N, C) probabilities and the number of images in the forward pass that made them."""
+    def submit(self, items: list[Item], fields: tuple[str, ...] = FIELDS) -> Future[dict[str, Any]]:
+        """Batched: the answer, decoded, predicted with whatever else arrives, and formatted
+        on the batcher's thread (the caller awaits it without holding a thread)."""
         if self.batcher is None:
-            with self.lock:
-                return self.predictor.predict_arrays(batch), len(batch)
-        shared = self.batcher.submit(batch).result()
-        return shared.rows, shared.pass_images
+            raise RuntimeError("submit() needs batching; use predict()")
+        return self.batcher.submit(_Job(items, fields), len(items))
 
     def predict(self, items: list[Item], fields: tuple[str, ...] = FIELDS) -> dict[str, Any]:
+        """The answer to one request, in the calling thread (waiting for the batcher if on)."""
+        if self.batcher is not None:
+            return self.submit(items, fields).result()
         t0 = time.perf_counter()
         batch = self.decode(items)
         t1 = time.perf_counter()
-        probs, pass_images = self.probabilities(batch)
+        with self.lock:
+            probs = self.predictor.predict_arrays(batch)
         t2 = time.perf_counter()
+        return self.answer(items, fields, batch, probs, len(batch), t1 - t0, t2 - t1, t0)
+
+    def _decode_job(self, job: _Job) -> np.ndarray:
+        return self.decode(job.items)
+
+    def _answer_job(self, job: _Job, shared: Batched) -> dict[str, Any]:
+        # "model" for a batched request: from decoded to answered (the window, the pass)
+        model_s = time.perf_counter() - job.t0 - shared.prepare_s
+        return self.answer(job.items, job.fields, shared.images, shared.rows, shared.pass_images,
+                           shared.prepare_s, model_s, job.t0)  # fmt: skip
+
+    def answer(
+        self, items: list[Item], fields: tuple[str, ...], batch: np.ndarray, probs: np.ndarray,
+        pass_images: int, decode_s: float, model_s: float, t0: float,
+    ) -> dict[str, Any]:  # fmt: skip
         predictions = []
         for item, image, p in zip(items, batch, probs, strict=True):
             # the one prediction shape (fmnist.predict.Prediction.to_dict), plus what only we know
@@ -350,7 +379,6 @@ class Engine:
             if "input" in fields:  # encoding the PNG is the costliest part of an answer
                 full["input"] = png_data_url(image)
             predictions.append({f: full[f] for f in fields})
-        t3 = time.perf_counter()
         return {
             "model": self.predictor.meta.get("model"),
             "count": len(predictions),
@@ -358,9 +386,9 @@ class Engine:
             # how many images shared this request's forward pass (its own included)
             "pass_images": pass_images,
             "latency_ms": {
-                "decode": round((t1 - t0) * 1e3, 3),
-                "model": round((t2 - t1) * 1e3, 3),  # waiting for the pass, and the pass
-                "total": round((t3 - t0) * 1e3, 3),
+                "decode": round(decode_s * 1e3, 3),
+                "model": round(model_s * 1e3, 3),  # waiting for the pass, and the pass
+                "total": round((time.perf_counter() - t0) * 1e3, 3),
             },
         }
 
@@ -650,7 +678,11 @@ def create_app(
                 f"Unsupported Content-Type '{ctype or 'none'}': use multipart/form-data, "
                 "application/json or an image/* body.",
             )
-        result = await run_in_threadpool(engine.predict, items, fields)
+        if engine.batcher is not None:
+            # no thread is held while waiting: the batcher's thread decodes, predicts, answers
+            result = await asyncio.wrap_future(engine.submit(items, fields))
+        else:
+            result = await run_in_threadpool(engine.predict, items, fields)
         lat = result["latency_ms"]
         return JSONResponse(
             result, headers={"Server-Timing": f"model;dur={lat['model']}, total;dur={lat['total']}"}

@@ -6,13 +6,20 @@ Why: a forward pass has a fixed cost that batching shares (measured on 2 cores, 
 class avx512, the cnn 16,64,128: 0.86 ms at batch 1, 0.33 ms an image at batch 32), so eight
 clients queued one by one behind a lock pay eight fixed costs where one would do.
 
-`Batcher(forward)` owns one thread. `submit(images)` hands it a request's images and returns a
-`Future` of that request's rows of `forward`'s output (a `Batched`). The thread takes the oldest request,
-waits until `window_s` after it arrived (or until `max_images` are waiting), runs `forward`
-once on everything it took, and gives every request its own rows back, in order. A lone
-request waits at most the window; requests that queued while a pass was running go into the
-next pass without waiting again. A request is never split: one larger than `max_images` runs
-alone. `close()` answers what is queued, then stops the thread.
+`Batcher(forward)` owns one thread. `submit(payload, count)` hands it a request and returns a
+`Future` of that request's answer. The thread takes the oldest request, waits until `window_s`
+after it arrived (or until `max_images` are waiting), runs `forward` once on everything it took,
+and answers every request from its own rows, in order. A lone request waits at most the window;
+requests that queued while a pass was running go into the next pass without waiting again. A
+request is never split: one larger than `max_images` runs alone. `close()` answers what is
+queued, then stops the thread.
+
+The per-request work runs on the same thread: `prepare(payload)` makes a request's images
+(decoding, for the server) and `finish(payload, batched)` its answer. Why there and not in a
+thread pool: each request then crosses threads twice (in, and out with its answer) instead of
+four times, and the decoding happens while the window is open, when the thread would otherwise
+only wait. A request whose `prepare` or `finish` raises gets that error alone; the others in
+its pass are answered as usual.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from collections import Counter, deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -35,16 +43,30 @@ class BatcherClosed(RuntimeError):
 class Batched:
     """One request's share of a forward pass."""
 
+    images: np.ndarray  # what `prepare` made of the request: the model's input
     rows: np.ndarray  # forward's output for this request's images, in order
     pass_images: int  # images in the whole pass (this request's and the others')
     forward_s: float  # how long the pass took
+    prepare_s: float  # how long `prepare` took for this request
 
 
 @dataclass
 class _Request:
-    images: np.ndarray
-    future: Future[Batched]
+    payload: Any
+    count: int  # images the payload holds: known before it is prepared
+    future: Future[Any]
     arrived: float = field(default_factory=time.monotonic)
+    images: np.ndarray | None = None  # set by prepare; None until then or if it failed
+    prepare_s: float = 0.0
+    failed: bool = False  # prepare raised, or the caller cancelled: leave it out of the pass
+
+
+def _as_images(payload: Any) -> np.ndarray:
+    return np.asarray(payload)
+
+
+def _batched(payload: Any, batched: Batched) -> Batched:
+    return batched
 
 
 class Batcher:
@@ -52,12 +74,14 @@ class Batcher:
         self,
         forward: Callable[[np.ndarray], np.ndarray],
         *,
+        prepare: Callable[[Any], np.ndarray] = _as_images,
+        finish: Callable[[Any, Batched], Any] = _batched,
         max_images: int = 64,
         window_s: float = 0.002,
     ) -> None:
         if max_images < 1 or window_s < 0:
             raise ValueError("max_images must be >= 1 and window_s >= 0")
-        self.forward = forward
+        self.forward, self.prepare, self.finish = forward, prepare, finish
         self.max_images = max_images
         self.window_s = window_s
         self.passes = 0
@@ -69,14 +93,15 @@ class Batcher:
         self._thread = threading.Thread(target=self._run, name="fmnist-batcher", daemon=True)
         self._thread.start()
 
-    def submit(self, images: np.ndarray) -> Future[Batched]:
-        """Queue one request's images (N, ...); the future gets forward's N output rows."""
-        request = _Request(images, Future())
+    def submit(self, payload: Any, count: int | None = None) -> Future[Any]:
+        """Queue one request of `count` images (default len(payload)); the future gets
+        finish(payload, its Batched), by default the Batched itself."""
+        request = _Request(payload, len(payload) if count is None else count, Future())
         with self._cond:
             if self._closed:
                 raise BatcherClosed("The server is shutting down.")
             self._pending.append(request)
-            self._pending_images += len(images)
+            self._pending_images += request.count
             self._cond.notify()
         return request.future
 
@@ -91,36 +116,59 @@ class Batcher:
     def pending(self) -> int:
         return len(self._pending)
 
+    def _prepare(self, requests: list[_Request]) -> None:
+        for r in requests:
+            if r.images is not None or r.failed:
+                continue
+            # running from here on: a caller that cancelled before is dropped, one that
+            # cancels later gets its answer ignored
+            if not r.future.set_running_or_notify_cancel():
+                r.failed = True
+                continue
+            t0 = time.perf_counter()
+            try:
+                r.images = self.prepare(r.payload)
+            except BaseException as e:
+                r.failed = True
+                r.future.set_exception(e)
+            r.prepare_s = time.perf_counter() - t0
+
     def _take(self) -> list[_Request] | None:
-        """The next pass's requests, oldest first; None once closed and drained."""
+        """The next pass's requests, oldest first, prepared; None once closed and drained."""
         with self._cond:
             while not self._pending:
                 if self._closed:
                     return None
                 self._cond.wait()
             deadline = self._pending[0].arrived + self.window_s
-            while not self._closed and self._pending_images < self.max_images:
+        while True:
+            with self._cond:
+                waiting = list(self._pending)
+            self._prepare(waiting)  # outside the lock: submit() never waits for a decode
+            with self._cond:
+                if self._closed or self._pending_images >= self.max_images:
+                    break
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
-                self._cond.wait(remaining)
+                if len(self._pending) == len(waiting):  # nothing new arrived meanwhile
+                    self._cond.wait(remaining)
+        with self._cond:
             taken = [self._pending.popleft()]
-            count = len(taken[0].images)
-            while self._pending and count + len(self._pending[0].images) <= self.max_images:
+            count = taken[0].count
+            while self._pending and count + self._pending[0].count <= self.max_images:
                 taken.append(self._pending.popleft())
-                count += len(taken[-1].images)
+                count += taken[-1].count
             self._pending_images -= count
-        # a caller that gave up (cancelled its future) is dropped from the pass
-        return [r for r in taken if r.future.set_running_or_notify_cancel()]
+        self._prepare(taken)  # any that arrived as the window closed
+        return [r for r in taken if not r.failed]
 
     def _run(self) -> None:
         while (taken := self._take()) is not None:
             if not taken:
                 continue
-            if len(taken) == 1:
-                images = taken[0].images
-            else:
-                images = np.concatenate([r.images for r in taken])
+            parts = [r.images for r in taken if r.images is not None]
+            images = parts[0] if len(parts) == 1 else np.concatenate(parts)
             t0 = time.perf_counter()
             try:
                 out = self.forward(images)
@@ -132,6 +180,12 @@ class Batcher:
             self.passes += 1
             self.batch_sizes[len(images)] += 1
             start = 0
-            for r in taken:
-                r.future.set_result(Batched(out[start : start + len(r.images)], len(images), took))
-                start += len(r.images)
+            for r, part in zip(taken, parts, strict=True):
+                rows = out[start : start + len(part)]
+                start += len(part)
+                try:
+                    r.future.set_result(
+                        self.finish(r.payload, Batched(part, rows, len(images), took, r.prepare_s))
+                    )
+                except BaseException as e:
+                    r.future.set_exception(e)
