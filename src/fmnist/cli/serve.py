@@ -18,9 +18,9 @@ from fmnist.cli.common import add_command
 from fmnist.errors import ConfigError
 
 # One single-threaded worker per core: the GIL keeps one process's HTTP and decoding work on
-# one core. On 2 cores with torch, 2 workers x 1 thread answered 291-464 requests/s at 8
-# clients against 264-322 for 1 worker x 2 threads (README, "Serve it"; the spread is how the
-# kernel splits the connections). Capped because every worker holds its own copy of torch
+# one core. On 2 cores (AMD EPYC, avx512) with torch, 2 workers x 1 thread answered 757
+# requests/s at 8 clients against 391 for 1 worker x 2 threads, 1,432 vs 646 at 32 (README,
+# "Serve it"). Capped because every worker holds its own copy of torch
 # (about 270 MB RSS each, measured); more than 2 cores were not measured.
 MAX_AUTO_WORKERS = 4
 AUTO_WORKERS_TEXT = f"one per core, at most {MAX_AUTO_WORKERS}"
