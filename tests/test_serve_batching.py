@@ -483,7 +483,9 @@ def test_a_request_during_shutdown_gets_503_not_500(predictor: Predictor) -> Non
     assert r.status_code == 503 and "shutting down" in r.json()["error"] and r.headers["retry-after"] == "1"
 
 
-def test_every_worker_listens_on_a_socket_of_its_own_with_nagle_off(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_every_worker_listens_on_a_socket_of_its_own_with_nagle_off(
+    monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
     """One socket shared by the workers sent clients that connected together to one worker;
     each worker re-creates the parent's socket as its own (SO_REUSEPORT). Nagle's algorithm
     stays off: with it on, keep-alive clients waited ~40 ms an answer."""
@@ -506,7 +508,7 @@ def test_every_worker_listens_on_a_socket_of_its_own_with_nagle_off(monkeypatch:
             seen["ran"] = True
 
     monkeypatch.setattr(uvicorn.supervisors, "Multiprocess", FakeSupervisor)
-    run_workers(3, {"host": "127.0.0.1", "port": 0, "log_level": "warning"})
+    run_workers(3, {"host": "127.0.0.1", "port": 0, "log_level": "info"})
     assert seen["ran"] and seen["config"].workers == 3 and seen["config"].factory
     assert seen["config"].app == "fmnist.serve.app:app_from_env"
     parent = seen["sockets"][0]
@@ -515,6 +517,8 @@ def test_every_worker_listens_on_a_socket_of_its_own_with_nagle_off(monkeypatch:
     try:
         assert a.fileno() != b.fileno() and a.getsockname() == b.getsockname()
         assert a.getsockname()[1] != 0  # --port 0: the port picked once, in the parent
+        # the line uvicorn logs when it binds itself, with that port (scripts wait for it)
+        assert f"Uvicorn running on http://127.0.0.1:{a.getsockname()[1]} " in capfd.readouterr().err
         for sock in (a, b):
             assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT) == 1
             assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1

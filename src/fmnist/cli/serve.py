@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import json
+import logging
 import os
 import socket
 import sys
@@ -163,6 +164,10 @@ def run_workers(workers: int, common: dict[str, Any]) -> None:
     config = uvicorn.Config("fmnist.serve.app:app_from_env", factory=True, workers=workers, **common)
     if hasattr(socket, "SO_REUSEPORT"):
         sock: socket.socket = bind_worker_socket(common["host"], common["port"])
+        # the line uvicorn's own bind would log (with the port --port 0 got)
+        host, port = sock.getsockname()[:2]
+        shown = f"[{host}]" if ":" in host else host
+        logging.getLogger("uvicorn.error").info(f"Uvicorn running on http://{shown}:{port} (Press CTRL+C to quit)")
     else:  # Windows: one socket shared by the workers, as uvicorn makes it
         sock = config.bind_socket()
     # older uvicorn releases take the worker's entry point as `target`
