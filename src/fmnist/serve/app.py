@@ -348,9 +348,7 @@ class Engine:
         return self.batcher.submit(_Job(items, fields), len(items))
 
     def predict(self, items: list[Item], fields: tuple[str, ...] = FIELDS) -> dict[str, Any]:
-        """The answer to one request, in the calling thread (waiting for the batcher if on)."""
-        if self.batcher is not None:
-            return self.submit(items, fields).result()
+        """Unbatched: the answer to one request, in the calling thread, one pass at a time."""
         t0 = time.perf_counter()
         batch = self.decode(items)
         t1 = time.perf_counter()
