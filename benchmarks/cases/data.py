@@ -36,6 +36,12 @@ def timed_load(cmd: list[str], env: dict[str, str] | None = None) -> dict[str, f
     return {"wall_s": res["wall_s"], "load_s": float(res["stdout"].split("LOAD")[-1])}
 
 
+def summarize(runs: dict[str, list[dict[str, float]]]) -> dict[str, dict[str, float | None]]:
+    """Medians of load and wall time per side (cold, warm, reference)."""
+    return {k: {"load_s": med([r["load_s"] for r in v]), "wall_s": med([r["wall_s"] for r in v])}
+            for k, v in runs.items() if v}  # fmt: skip
+
+
 def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     from fmnist import datasets
 
@@ -56,9 +62,7 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                 "same dir again; reference: bare gunzip + frombuffer, no verification",
         "files": files,
         "runs": runs,
-        "summary": {k: {"load_s": med([r["load_s"] for r in v]),
-                        "wall_s": med([r["wall_s"] for r in v])}
-                    for k, v in runs.items() if v},
+        "summary": summarize(runs),
     }
 
 

@@ -10,7 +10,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import PY, med, ratio, run_child, sec
+from benchmarks.cases.data import summarize, timed_load
+from benchmarks.common import PY, ratio, sec
 
 FMNIST_SNIPPET = """
 import time, sys
@@ -48,11 +49,6 @@ def write_kaggle_csv(folder: Path) -> list[Path]:
     return paths
 
 
-def timed_load(cmd: list[str], env: dict[str, str] | None = None) -> dict[str, float]:
-    res = run_child(cmd, env=env)
-    return {"wall_s": res["wall_s"], "load_s": float(res["stdout"].split("LOAD")[-1])}
-
-
 def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     folder = tmp / "kaggle"
     folder.mkdir(exist_ok=True)
@@ -70,9 +66,7 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         "note": "cold: new cache dir (hash, parse, check, write .npz cache); warm: same dir "
                 "again; reference: bare np.loadtxt, no checks, no cache",
         "runs": runs,
-        "summary": {k: {"load_s": med([r["load_s"] for r in v]),
-                        "wall_s": med([r["wall_s"] for r in v])}
-                    for k, v in runs.items() if v},
+        "summary": summarize(runs),
     }
 
 
