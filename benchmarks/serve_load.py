@@ -198,7 +198,7 @@ def multipart(files: list[bytes], boundary: str = "fmnistbenchboundary") -> byte
 
 def ceiling(checkpoint: str, backend: str, png: bytes, seconds: float) -> dict[str, float]:
     """Images/s of the server's predictor in this process: no HTTP, no JSON."""
-    from fmnist.predict import open_image
+    from fmnist.images import open_image
     from fmnist.serve.backends import load_predictor
 
     predictor = load_predictor(checkpoint, backend=backend)

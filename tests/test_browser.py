@@ -190,7 +190,8 @@ def draw(pg, points: list[tuple[float, float]], *, steps: int = 6, pause_ms: int
 def pick_upload_image(trained: Path, test_set, tmp_path: Path) -> tuple[Path, str]:
     """A real test image (as a PNG file) that the trained model gets right with confidence,
     from a class other than the one the page shows first."""
-    from fmnist.predict import Predictor, open_image
+    from fmnist.images import open_image
+    from fmnist.predict import Predictor
 
     predictor = Predictor.from_checkpoint(trained)
     images, labels = test_set

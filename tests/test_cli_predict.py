@@ -129,7 +129,8 @@ def test_files_and_folders_as_json(make_checkpoint, tmp_path, capsys):
 
 
 def test_files_table_matches_the_predictor(make_checkpoint, tmp_path, capsys):
-    from fmnist.predict import Predictor, open_image
+    from fmnist.images import open_image
+    from fmnist.predict import Predictor
 
     ckpt = make_checkpoint("mlp")
     path = write_image(tmp_path / "shoe.png")

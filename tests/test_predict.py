@@ -11,8 +11,9 @@ from PIL import Image, ImageDraw, ImageOps
 
 from fmnist.errors import ImageError
 from fmnist.evaluate import evaluate
+from fmnist.images import MAX_PIXELS, open_image, preprocess
 from fmnist.models import build_model
-from fmnist.predict import MAX_PIXELS, Prediction, Predictor, open_image, preprocess
+from fmnist.predict import Prediction, Predictor
 
 
 def encode(img: Image.Image, fmt: str, **kwargs) -> bytes:

@@ -26,7 +26,8 @@ import fmnist.serve.app as serve_app
 from fmnist.checkpoint import load_model
 from fmnist.cli import main as cli_main
 from fmnist.errors import DatasetError
-from fmnist.predict import Predictor, open_image, preprocess
+from fmnist.images import open_image, preprocess
+from fmnist.predict import Predictor
 from fmnist.serve import create_app
 from fmnist.serve.app import STATIC_DIR, PredictionOut, app_from_env
 

@@ -18,7 +18,8 @@ from test_serve import Spy, png, wait_ready
 from fmnist.cli import main as cli_main
 from fmnist.cli.serve import MAX_AUTO_WORKERS, workers_and_threads
 from fmnist.errors import CheckpointError, ConfigError
-from fmnist.predict import Predictor, open_image, preprocess
+from fmnist.images import open_image, preprocess
+from fmnist.predict import Predictor
 from fmnist.serve import create_app
 from fmnist.serve.app import Batching
 from fmnist.serve.batching import Batcher, BatcherClosed

@@ -102,7 +102,7 @@ def expand_inputs(inputs: list[str]) -> list[tuple[str, str | None]]:
 
 
 def _predict_files(predictor: Any, args: argparse.Namespace) -> int:
-    from fmnist.predict import open_image
+    from fmnist.images import open_image
 
     entries = expand_inputs(args.inputs)
     arrays: list[np.ndarray] = []

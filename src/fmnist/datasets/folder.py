@@ -27,6 +27,7 @@ from fmnist.datasets.idx import content_sha256, fingerprint_of
 from fmnist.datasets.report import summary, warn_once
 from fmnist.datasets.specs import SPLITS
 from fmnist.errors import ConfigError, DatasetError, ImageError
+from fmnist.images import PREPROCESS_VERSION, open_image, preprocess
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp")
 # Without DIR/train and DIR/test, this share of each class (at least one image of a class with
@@ -121,10 +122,8 @@ def layout(path: Path) -> dict[str, list[tuple[Path, int]]]:
 
 def _listing_key(root: Path, files: dict[str, list[tuple[Path, int]]]) -> str:
     """sha256 over every image's split, label, path, size and mtime, and the preprocessing's
-    code (predict.py): decoded images made by an older preprocessing are not reused."""
-    import fmnist.predict
-
-    h = hashlib.sha256(Path(fmnist.predict.__file__).read_bytes())
+    version: decoded images made by an older preprocessing are not reused."""
+    h = hashlib.sha256(f"preprocess {PREPROCESS_VERSION}\n".encode())
     for split, items in files.items():
         for p, label in items:
             st = p.stat()
@@ -134,8 +133,6 @@ def _listing_key(root: Path, files: dict[str, list[tuple[Path, int]]]) -> str:
 
 
 def _decode_all(root: Path, files: dict[str, list[tuple[Path, int]]]) -> dict[str, np.ndarray]:
-    from fmnist.predict import open_image, preprocess  # the predictor's path for photos
-
     out: dict[str, np.ndarray] = {}
     skipped: list[str] = []
     total = sum(len(items) for items in files.values())

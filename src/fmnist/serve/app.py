@@ -53,7 +53,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fmnist.errors import FmnistError, ImageError
-from fmnist.predict import MAX_PIXELS, SIZE, Predictor, open_image
+from fmnist.images import MAX_PIXELS, SIZE, open_image
+from fmnist.predict import Predictor
 from fmnist.serve.batching import Batched, Batcher, BatcherClosed
 
 log = logging.getLogger("fmnist.serve")
