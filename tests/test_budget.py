@@ -14,7 +14,8 @@ from fmnist.budget import Measured, narrower, parse_duration, plan, steps_for
 from fmnist.cli import main
 from fmnist.errors import ConfigError
 from fmnist.recipes import Recipe, apply_overrides, get_recipe, read_config_file
-from fmnist.train import fit, lr_factor
+from fmnist.train import fit
+from fmnist.train.optim import lr_factor
 
 
 @pytest.mark.parametrize("text, seconds", [("90", 90), ("90s", 90), ("5m", 300), ("1.5min", 90),
@@ -82,18 +83,19 @@ def test_plan_says_when_nothing_fits():
 
 def test_measuring_trains_the_recipes_model_on_this_machine():
     from fmnist.distributed import DistInfo
-    from fmnist.train import measure, set_up
+    from fmnist.train.setup import set_up
+    from fmnist.train.throughput import measure
 
     m = measure(set_up(SMALL, DistInfo(), make_data(), None, None))
     assert m.train_images == 256 and m.images_per_s > 0 and m.eval_seconds > 0
 
 
 def test_a_planned_run_ends_its_schedule_and_its_config_repeats_it(tmp_path, capsys, monkeypatch):
-    import fmnist.train
+    import fmnist.train.throughput
 
     # A fixed measurement, so the plan does not depend on how busy the machine is:
     # 2,560 img/s = 0.1 s an epoch of 256 images, 0.05 s an evaluation -> 20 steps in 0.3 s.
-    monkeypatch.setattr(fmnist.train, "measure", lambda setup: Measured(2_560.0, 256, 0.05))
+    monkeypatch.setattr(fmnist.train.throughput, "measure", lambda setup: Measured(2_560.0, 256, 0.05))
     recipe = apply_overrides(SMALL, {"epochs": 1, "schedule": "onecycle"})
     planned = fit(recipe, data=make_data(), out=tmp_path / "planned", time_budget="0.3s")
     out = capsys.readouterr().out

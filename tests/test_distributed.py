@@ -3,7 +3,7 @@
 The data is small synthetic IDX files read as `--dataset mnist --data-dir DIR`: the MNIST spec
 carries only md5s of the official .gz files, so uncompressed copies load on their IDX structure
 alone — the real `fmnist train` command line, no test-only hooks. Fault injection needs one:
-run as a script (under torchrun), this file patches `train_one_epoch` to fail on one rank and
+run as a script (under torchrun), this file patches `train_epoch` to fail on one rank and
 then runs the `fmnist` command line (see the bottom of the file).
 
 Each torchrun start costs a few seconds (two processes importing torch), so the runs are
@@ -377,19 +377,19 @@ def test_clear_errors_names_the_rank(monkeypatch: pytest.MonkeyPatch):
 
 if __name__ == "__main__":
     # test_distributed.py FAIL_RANK FAIL_EPOCH raise|hang <fmnist arguments...>
-    import fmnist.train
+    import fmnist.train.loop
     from fmnist.cli import main
 
     fail_rank, fail_epoch, how = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
-    real_train_one_epoch = fmnist.train.train_one_epoch
+    real_train_epoch = fmnist.train.loop.train_epoch
 
-    def faulty(model, batches, *args, **kwargs):  # type: ignore[no-untyped-def]
-        loss = real_train_one_epoch(model, batches, *args, **kwargs)
-        if batches.rank == fail_rank and batches.epoch == fail_epoch:
+    def faulty(parts, setup, state, callbacks):  # type: ignore[no-untyped-def]
+        row = real_train_epoch(parts, setup, state, callbacks)
+        if setup.info.rank == fail_rank and state.epoch == fail_epoch:
             if how == "hang":
                 time.sleep(300)
             raise RuntimeError(f"injected failure on rank {fail_rank}")
-        return loss
+        return row
 
-    fmnist.train.train_one_epoch = faulty
+    fmnist.train.loop.train_epoch = faulty
     sys.exit(main(sys.argv[4:]))

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from fmnist import hardware
-from fmnist.train import use_bf16
+from fmnist.hardware import use_bf16
 
 AMX = {"avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}
 ZEN4 = {"avx2", "fma", "avx512f", "avx512_bf16"}

@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from synthetic import make_data
+from synthetic import make_data, write_csv
 
 from fmnist.cli import main
 from fmnist.lr_find import lr_find, range_test
@@ -69,12 +69,10 @@ def test_on_a_recipe_it_diverges_and_suggests_a_usable_lr():
     assert min(result.smoothed) < result.smoothed[0] * 0.9  # it did learn on the way
 
 
-def test_the_command_prints_a_suggestion_usable_as_lr_and_plots(tmp_path, monkeypatch, capsys):
-    import fmnist.train
-
-    monkeypatch.setattr(fmnist.train, "load_data", lambda recipe, data_dir=None: make_data())
+def test_the_command_prints_a_suggestion_usable_as_lr_and_plots(tmp_path, capsys):
+    dataset = write_csv(tmp_path / "data")
     config = tmp_path / "t.toml"
-    config.write_text('model = "cnn"\nbatch_size = 32\nbf16 = "off"\nchannels_last = false\n'
+    config.write_text(f'dataset = "{dataset}"\nmodel = "cnn"\nbatch_size = 32\nbf16 = "off"\nchannels_last = false\n'
                       'flip = false\n[model_config]\nwidths = [8, 8, 16]\n')
     plot = tmp_path / "lr.png"
     assert main(["lr-find", "--config", str(config), "--start", "1e-4", "--end", "1e4",

@@ -13,7 +13,8 @@ from synthetic import make_data
 
 from fmnist.cli import main
 from fmnist.recipes import Recipe, apply_overrides
-from fmnist.runs import read_run, write_status
+from fmnist.rundir import write_status
+from fmnist.runs import read_run
 from fmnist.train import Callback, fit
 
 SMALL = Recipe(name="t", model="cnn", model_config={"widths": [8, 8, 16]}, epochs=1,

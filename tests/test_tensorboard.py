@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import pytest
 import torch
-from synthetic import make_data
+from synthetic import make_data, write_csv
 
 from fmnist.cli import main
 from fmnist.recipes import Recipe, apply_overrides, to_dict
@@ -98,14 +98,12 @@ def test_nothing_is_written_without_a_run_folder_or_off_rank_0(tmp_path):
 def config(tmp_path):
     path = tmp_path / "recipe.json"
     path.write_text(json.dumps({k: v for k, v in to_dict(SMALL).items() if k != "name"}
-                               | {"epochs": 1, "device": "cpu"}))
+                               | {"epochs": 1, "device": "cpu",
+                                  "dataset": write_csv(tmp_path / "data")}))
     return str(path)
 
 
-def test_the_cli_logs_by_default_and_not_with_no_tensorboard(tmp_path, monkeypatch, capsys):
-    import fmnist.train
-
-    monkeypatch.setattr(fmnist.train, "load_data", lambda recipe, data_dir=None: make_data())
+def test_the_cli_logs_by_default_and_not_with_no_tensorboard(tmp_path, capsys):
     assert main(["train", "--config", config(tmp_path), "--out", str(tmp_path / "on")]) == 0
     assert main(["train", "--config", config(tmp_path), "--out", str(tmp_path / "off"),
                  "--no-tensorboard"]) == 0

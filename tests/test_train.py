@@ -9,7 +9,9 @@ from fmnist.checkpoint import load_model
 from fmnist.errors import ConfigError
 from fmnist.models import build_model
 from fmnist.recipes import Recipe, apply_overrides, get_recipe
-from fmnist.train import Callback, fit, lr_factor, new_run_dir
+from fmnist.rundir import new_run_dir
+from fmnist.train import Callback, fit
+from fmnist.train.optim import lr_factor
 
 # Small and fast: a tiny CNN (with BatchNorm, so buffers are covered) on synthetic data.
 SMALL = Recipe(name="t", model="cnn", model_config={"widths": [8, 8, 16]}, epochs=3,
@@ -88,7 +90,7 @@ def test_refuses_to_overwrite_an_existing_run(tmp_path):
     fit(apply_overrides(SMALL, {"epochs": 1}), data=make_data(), out=tmp_path / "r", display=False)
     before = (tmp_path / "r" / "model.safetensors").read_bytes()
     with pytest.raises(ConfigError, match="already holds a run"):
-        new_run_dir(tmp_path / "r", SMALL)
+        new_run_dir(tmp_path / "r", SMALL.name)
     assert (tmp_path / "r" / "model.safetensors").read_bytes() == before
 
 
@@ -111,6 +113,15 @@ def test_quickstart_log_lines(capsys):
                        re.M)
     assert len(tests) == 2
     assert out.endswith("Done!\n")
+
+
+@pytest.mark.parametrize("steps, warmup", [(7, 0.1), (33, 0.05), (10, 0.25), (30, 0.1)])
+@pytest.mark.parametrize("schedule", ["onecycle", "cosine"])
+def test_a_warm_up_of_a_fraction_of_a_step_never_overshoots_the_peak(schedule, steps, warmup):
+    f = [lr_factor(schedule, warmup, s, steps) for s in range(steps)]
+    assert max(f) <= 1.0
+    assert f == sorted(f[: f.index(max(f)) + 1]) + f[f.index(max(f)) + 1 :]  # up, then down
+    assert max(f) >= 0.5  # it does reach (or near) the peak
 
 
 @pytest.mark.parametrize("schedule", ["constant", "onecycle", "cosine"])
@@ -152,21 +163,21 @@ def test_out_must_be_new_or_empty_and_latest_is_never_clobbered(tmp_path):
     mine.mkdir()
     (mine / "config.json").write_text("my own notes")
     with pytest.raises(ConfigError, match="not an empty folder"):
-        new_run_dir(mine, SMALL)
+        new_run_dir(mine, SMALL.name)
     assert (mine / "config.json").read_text() == "my own notes"
     # a user's own file called `latest` beside runs is left alone
     runs = tmp_path / "runs"
     runs.mkdir()
     (runs / "latest").write_text("keep me")
-    new_run_dir(runs / "a", SMALL)
+    new_run_dir(runs / "a", SMALL.name)
     assert (runs / "latest").read_text() == "keep me"
     # outside a runs/ folder no `latest` appears at all
-    new_run_dir(tmp_path / "elsewhere" / "r", SMALL)
+    new_run_dir(tmp_path / "elsewhere" / "r", SMALL.name)
     assert not (tmp_path / "elsewhere" / "latest").exists()
 
 
 def test_holdout_images_are_not_trained_on():
-    from fmnist.train import split_holdout
+    from fmnist.train.data import split_holdout
 
     data = make_data(n_train=200)
     data.train_labels = torch.arange(200)  # labels as ids, to see which images went where
@@ -229,19 +240,26 @@ def test_resume_refuses_other_data(tmp_path):
     assert fit(resume=run, data=make_data(), display=False).rows[-1]["epoch"] == 1  # accepted
 
 
+def _claim_new(barrier, results):
+    barrier.wait()
+    results.put(str(new_run_dir(None, SMALL.name)))
+
+
 def test_two_runs_never_share_a_folder(tmp_path, monkeypatch):
-    """Two runs started in the same second: the folder is claimed by creating it, not by
-    looking first (another process can create it between a look and a mkdir)."""
-    import fmnist.train
+    """Runs started together (in the same second, so with the same name): the folder is
+    claimed by creating it, not by looking first, so each gets its own."""
+    import multiprocessing
 
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(fmnist.train, "_stamp", lambda: "20261127-050000")
-    taken = tmp_path / "runs" / "20261127-050000-t"
-    taken.mkdir(parents=True)
-    # the other process's folder appeared just after our look: a look cannot see it
-    monkeypatch.setattr(type(taken), "exists", lambda self, **kw: False)
-    got = new_run_dir(None, SMALL)
-    assert got.name == "20261127-050000-t-2"
+    ctx = multiprocessing.get_context("fork")
+    barrier, results = ctx.Barrier(4), ctx.Queue()
+    procs = [ctx.Process(target=_claim_new, args=(barrier, results)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(30)
+    got = {results.get(timeout=5) for _ in procs}
+    assert len(got) == 4 and all((tmp_path / g).is_dir() for g in got)
 
 
 def _claim(out, barrier, results):
@@ -249,7 +267,7 @@ def _claim(out, barrier, results):
 
     barrier.wait()
     try:
-        new_run_dir(out, SMALL)
+        new_run_dir(out, SMALL.name)
         results.put("won")
     except ConfigError:
         results.put("refused")
@@ -270,8 +288,7 @@ def test_two_processes_cannot_both_claim_one_out_folder(tmp_path):
     assert sorted(results.get(timeout=5) for _ in procs) == ["refused", "won"]
 
 
-def test_a_failure_before_training_still_leaves_the_process_group(monkeypatch):
-    import fmnist.train
+def test_a_failure_before_training_still_leaves_the_process_group(tmp_path, monkeypatch):
     from fmnist import distributed
     from fmnist.errors import DatasetError
 
@@ -280,13 +297,12 @@ def test_a_failure_before_training_still_leaves_the_process_group(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setattr(distributed, "init", lambda info, device: calls.append("init"))
     monkeypatch.setattr(distributed, "shutdown", lambda: calls.append("shutdown"))
-
-    def no_data(recipe, data_dir):
-        raise DatasetError("no data")
-
-    monkeypatch.setattr(fmnist.train, "load_data", no_data)
-    with pytest.raises(DatasetError, match="rank 0 of 2: no data"):
-        fit(SMALL, save=False, display=False)
+    broken = tmp_path / "data"  # the data fails to load after the process group is up
+    broken.mkdir()
+    for split in ("train", "test"):
+        (broken / f"fashion-mnist_{split}.csv").write_text("label,pixel1\n3,oops\n")
+    with pytest.raises(DatasetError, match=r"^rank 0 of 2: CSV file .*fashion-mnist_train\.csv"):
+        fit(apply_overrides(SMALL, {"dataset": f"csv:{broken}"}), save=False, display=False)
     assert calls == ["init", "shutdown"]
 
 
@@ -312,7 +328,8 @@ def test_test_loss_is_averaged_as_the_recipe_says():
     """`eval_loss`: mean over images (ours), or the mean of per-batch means (the Quickstart's);
     they differ when the last batch is short. The display setting (`log`) plays no part."""
     from fmnist.distributed import DistInfo
-    from fmnist.train import Setup, evaluate_split
+    from fmnist.train.evaluation import evaluate_split
+    from fmnist.train.setup import Setup
 
     torch.manual_seed(0)
     model = build_model("mlp").eval()
@@ -345,7 +362,7 @@ def test_a_trained_runs_metadata_names_its_data_recipe_and_tta(tmp_path):
 
 
 def test_pixel_stats():
-    from fmnist.train import pixel_stats
+    from fmnist.train.data import pixel_stats
 
     data = make_data()
     assert pixel_stats(apply_overrides(SMALL, {"normalize": False}), data) == (0.0, 1.0)
@@ -357,7 +374,7 @@ def test_pixel_stats():
 
 def test_same_data_check_tolerates_rounding_only():
     from fmnist.checkpoint import ResumeState
-    from fmnist.train import check_same_data
+    from fmnist.train.data import check_same_data
 
     data = make_data()
 
@@ -375,18 +392,18 @@ def test_out_folder_rules(tmp_path, monkeypatch):
     notes.mkdir()
     (notes / "notes.txt").write_text("mine")
     with pytest.raises(ConfigError, match="not an empty folder"):
-        new_run_dir(notes, SMALL)
+        new_run_dir(notes, SMALL.name)
     assert sorted(p.name for p in notes.iterdir()) == ["notes.txt"]
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert new_run_dir(empty, SMALL) == empty  # an existing empty folder is fine
+    assert new_run_dir(empty, SMALL.name) == empty  # an existing empty folder is fine
     half = tmp_path / "half"
     half.mkdir()
     (half / "model.safetensors").write_bytes(b"")
     with pytest.raises(ConfigError, match="already holds a run: use --resume"):
-        new_run_dir(half, SMALL)
+        new_run_dir(half, SMALL.name)
     # a run folder named inside a runs/ folder becomes runs/latest
-    run = new_run_dir(tmp_path / "runs" / "x", SMALL)
+    run = new_run_dir(tmp_path / "runs" / "x", SMALL.name)
     assert (tmp_path / "runs" / "latest").resolve() == run.resolve()
 
 

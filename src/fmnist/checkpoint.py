@@ -26,10 +26,7 @@ from fmnist.atomic import write_bytes, write_text
 from fmnist.datasets import SPECS
 from fmnist.errors import CheckpointError, ConfigError
 from fmnist.models import build_model, clean_state_dict, model_config, model_name, unwrap
-
-WEIGHTS = "model.safetensors"
-META = "model.json"
-RESUME = "resume.pt"
+from fmnist.rundir import META, RESUME, WEIGHTS
 
 # What a Quickstart `model.pth` was trained on: Fashion-MNIST through ToTensor() alone.
 FASHION_CLASSES = list(SPECS["fashion-mnist"].classes)

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from fmnist.checkpoint import normalization
-from fmnist.inference import predict_logits, prepare_for_inference
+from fmnist.inference import predict_logits, prepare_for_inference, score
 
 ECE_BINS = 15
 CONFIDENT_ERRORS = 20
@@ -145,7 +145,7 @@ def metrics_from_logits(
 
     probs = torch.softmax(logits_t, dim=1)
     confidence, pred = probs.max(dim=1)
-    loss = torch.nn.functional.cross_entropy(logits_t, labels_t).item() if n else math.nan
+    right, loss_sum, _, _ = score(logits_t, labels_t).tolist()
     correct = (pred == labels_t).numpy()
 
     cm = torch.bincount(labels_t * c + pred, minlength=c * c).reshape(c, c).numpy()
@@ -183,8 +183,8 @@ def metrics_from_logits(
     return Report(
         classes=list(classes),
         n=int(n),
-        accuracy=float(correct.mean()) if n else math.nan,
-        loss=float(loss),
+        accuracy=right / n if n else math.nan,
+        loss=loss_sum / n if n else math.nan,
         per_class=per_class,
         confusion_matrix=cm.astype(int).tolist(),
         ece=expected_calibration_error(conf_np, correct.astype(np.float64)),

@@ -1,4 +1,5 @@
-"""What machine we train on: the CPU's model and class, and which number format is fast on it.
+"""What machine we train on: the CPU's model and class, which number format is fast on it, and
+the torch device a run asks for.
 
 CPU classes, best first (from /proc/cpuinfo's flags):
 
@@ -20,6 +21,12 @@ import os
 import platform
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from fmnist.errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
 
 CLASSES = ("amx", "avx512", "avx2", "other")  # best first
 CAP_VARS = ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS")
@@ -94,3 +101,43 @@ def fast_bf16(flags: set[str] | None = None, env: dict[str, str] | None = None) 
 def describe() -> str:
     """`AMD EPYC (avx2)`: how every figure names its machine."""
     return f"{cpu_model()} ({cpu_class()})"
+
+
+# torch is imported inside the functions below: the CPU facts above serve commands that load no model.
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` (CUDA, then MPS, then CPU) or the device named, if this machine has it."""
+    import torch
+
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was asked for, but no CUDA GPU is available: use --device cpu.")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("--device mps was asked for, but MPS is not available: use --device cpu.")
+    return torch.device(name)
+
+
+def use_bf16(setting: str, device: torch.device) -> bool:
+    """The recipe's `bf16` (auto / on / off) decided for `device`."""
+    import torch
+
+    if setting != "auto":
+        return setting == "on"
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and fast_bf16()
+
+
+def device_name(device: torch.device) -> str:
+    """`NVIDIA H100 80GB HBM3` or `AMD EPYC (avx2)`: what a run's speed is comparable with."""
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return describe() if device.type == "cpu" else device.type

@@ -1,5 +1,5 @@
-"""Batched forward passes over uint8 images: the one path shared by training-time evaluation,
-`fmnist evaluate`, the predictor and the server."""
+"""Batched forward passes over uint8 images, and their score: the one path shared by
+training-time evaluation, `fmnist evaluate`, the predictor and the server."""
 
 from __future__ import annotations
 
@@ -75,3 +75,27 @@ def predict_logits(
     if len(out) == 1:  # the common case for a single request: no copy
         return out[0]
     return torch.cat(out) if out else torch.empty(0, 0)
+
+
+def score(logits: torch.Tensor, labels: torch.Tensor, *, loss_per_batch: int = 0) -> torch.Tensor:
+    """float64 [correct, loss sum, loss count, images] of `logits` against `labels`, on the CPU
+    (MPS has no float64): sums, so ranks can add theirs before dividing (accuracy = [0] / [3],
+    loss = [1] / [2]).
+
+    The loss is the mean over images, or with `loss_per_batch` the Quickstart's: the mean of the
+    per-batch mean losses over consecutive batches of that size, added up in float64 as its
+    Python loop does (a float32 sum moved the printed average's last digit).
+    """
+    labels = labels.to(logits.device)
+    if loss_per_batch:
+        b = loss_per_batch
+        means = [nn.functional.cross_entropy(logits[i : i + b], labels[i : i + b])
+                 for i in range(0, len(labels), b)]
+        loss_sum = torch.stack(means).cpu().double().sum() if means else torch.zeros((), dtype=torch.float64)
+        count = len(means)
+    else:
+        loss_sum = nn.functional.cross_entropy(logits, labels, reduction="sum").cpu().double()
+        count = len(labels)
+    correct = (logits.argmax(1) == labels).sum().cpu().double()
+    return torch.stack([correct, loss_sum, torch.tensor(float(count), dtype=torch.float64),
+                        torch.tensor(float(len(labels)), dtype=torch.float64)])

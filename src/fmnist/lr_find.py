@@ -12,12 +12,10 @@ largest lr that still descends reliably. For a schedule that warms up to its pea
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
-
-import torch
 
 if TYPE_CHECKING:
     from fmnist.recipes import Recipe
@@ -97,7 +95,7 @@ def lr_find(recipe: Recipe | None = None, *, data: Data | None = None, data_dir:
     from fmnist import distributed
     from fmnist.errors import ConfigError
     from fmnist.recipes import get_recipe, validate
-    from fmnist.train import build, set_up, train_step
+    from fmnist.train.setup import build, endless, set_up, train_step
 
     recipe = recipe or get_recipe("default")
     validate(recipe)
@@ -108,24 +106,14 @@ def lr_find(recipe: Recipe | None = None, *, data: Data | None = None, data_dir:
     setup = set_up(recipe, distributed.DistInfo(), data, data_dir, None)
     parts = build(setup, None)
     parts.train_model.train()
-
-    def stream() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        epoch = 0
-        while True:  # a small dataset may hold fewer batches than the test takes
-            epoch += 1
-            parts.batches.set_epoch(epoch)
-            yield from parts.batches
-
-    batches = stream()
+    batches = endless(parts.batches)
 
     def step(lr: float) -> float:
         for group in parts.optimizer.param_groups:
             group["lr"] = lr
-        x, y = next(batches)
         # train_step also steps the recipe's schedule; the lr set above is the one used
-        loss = train_step(parts.train_model, x, y, parts.optimizer, parts.scheduler,
-                          parts.loss_fn, setup.device, setup.bf16)
-        return loss.item()  # the divergence check needs every loss: one sync per step
+        # .item(): the divergence check needs every loss, so one sync per step
+        return train_step(parts, setup, *next(batches)).item()
 
     try:
         return range_test(step, start, end, steps,

@@ -1,7 +1,7 @@
 """Looking across runs: every run folder's status, recipe and results in one table
 (`fmnist runs`), and two runs side by side (`fmnist runs compare A B`).
 
-A run folder says how it ended in status.json (written atomically by `fit`): running,
+A run folder (its files: fmnist.rundir) says how it ended in status.json (written by `fit`): running,
 finished, interrupted (Ctrl-C) or failed, with the epoch last saved and the machine it ran on.
 A folder whose process vanished without a word (killed, power cut) still says "running"; its
 pid tells that apart from a run that is still going.
@@ -20,38 +20,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fmnist.atomic import write_text
 from fmnist.errors import FmnistError
-
-STATUS = "status.json"
-CONFIG = "config.json"
-METRICS = "metrics.jsonl"
-WEIGHTS = "model.safetensors"  # checkpoint.WEIGHTS; not imported, so listing runs needs no torch
-RESUME = "resume.pt"
+from fmnist.rundir import CONFIG, METRICS, RESUME, STATUS, WEIGHTS
 
 
 class RunError(FmnistError):
     """A runs folder or run folder that is missing or cannot be read."""
-
-
-# ---- status.json: written by fit ---------------------------------------------------------------
-
-
-def _now() -> str:
-    return _dt.datetime.now().astimezone().isoformat(timespec="seconds")
-
-
-def write_status(run_dir: str | Path, status: str, **fields: Any) -> Path:
-    """Set the run's status (and `fields`) in status.json, keeping what it said before
-    (when the run started, on what machine)."""
-    path = Path(run_dir) / STATUS
-    old = _read_json(path) if path.is_file() else {}
-    old = old if isinstance(old, dict) else {}
-    new = {"started": _now(), **old, **fields, "status": status, "updated": _now(),
-           "pid": os.getpid(), "host": socket.gethostname()}
-    if status != "failed":
-        new.pop("error", None)
-    return write_text(path, json.dumps(new, indent=2) + "\n", "run status")
 
 
 def _read_json(path: Path) -> Any:

@@ -1,0 +1,145 @@
+"""The run folder: what `fit` writes into it, how a new one is claimed, and its status.
+
+    config.json        the effective recipe (reusable as --config)
+    metrics.jsonl      one JSON line per finished epoch
+    curves.png         loss and accuracy per epoch
+    model.safetensors  the weights, with model.json beside them (fmnist.checkpoint)
+    resume.pt          everything needed to continue exactly
+    status.json        running / finished / interrupted / failed, the epoch last saved, the machine
+
+Every name a run folder holds is defined here, once; this module needs no torch, so listing
+runs (fmnist.runs) stays cheap.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import json
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+from fmnist.atomic import write_text
+from fmnist.errors import ConfigError, WriteError
+
+CONFIG = "config.json"
+METRICS = "metrics.jsonl"
+CURVES = "curves.png"
+WEIGHTS = "model.safetensors"
+META = "model.json"
+RESUME = "resume.pt"
+STATUS = "status.json"
+
+
+# ---- claiming a new folder ----------------------------------------------------------------------
+
+
+def new_run_dir(out: str | Path | None, name: str) -> Path:
+    """A fresh run folder, claimed atomically (two runs never share one): `out`, which must be
+    new or empty, or runs/<time>-<name>.
+
+    The claim is the creation of the folder (mkdir fails if it exists) or, for an empty `out`
+    that already exists, of its config.json (O_EXCL); `start` then writes the real config over it.
+    """
+    if out is None:
+        base = Path("runs") / f"{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}-{name}"
+        base.parent.mkdir(parents=True, exist_ok=True)
+        run_dir, n = base, 1
+        while True:
+            try:
+                run_dir.mkdir()
+                break
+            except FileExistsError:
+                n += 1
+                run_dir = base.with_name(f"{base.name}-{n}")
+        point_latest(run_dir)
+        return run_dir
+    run_dir = Path(out)
+    if (run_dir / WEIGHTS).exists() or (run_dir / RESUME).exists():
+        raise ConfigError(
+            f"Run folder {run_dir} already holds a run: use --resume {run_dir} to continue it, "
+            "or pick another --out."
+        )
+    taken = ConfigError(
+        f"--out {run_dir} exists and is not an empty folder: pick a new folder, so nothing in it "
+        "is overwritten."
+    )
+    try:
+        run_dir.mkdir(parents=True)
+    except FileExistsError:
+        if not run_dir.is_dir() or any(run_dir.iterdir()):
+            raise taken from None
+    try:
+        os.close(os.open(run_dir / CONFIG, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+    except FileExistsError:  # another run claimed it between our look and now
+        raise taken from None
+    if run_dir.resolve().parent.name == "runs":
+        point_latest(run_dir)
+    return run_dir
+
+
+def point_latest(run_dir: Path) -> None:
+    """runs/latest -> the newest run (a relative symlink, replaced atomically). Anything
+    called `latest` that is not our symlink is left alone."""
+    latest = run_dir.parent / "latest"
+    if latest.exists() and not latest.is_symlink():
+        return
+    tmp = run_dir.parent / f".latest.{os.getpid()}"
+    try:
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(run_dir.name)
+        os.replace(tmp, latest)
+    except OSError:  # symlinks unavailable (some filesystems): the run itself is unaffected
+        tmp.unlink(missing_ok=True)
+
+
+def start(out: str | Path | None, name: str, config: dict[str, Any]) -> Path:
+    """Claim a new run folder and write its config.json."""
+    run_dir = new_run_dir(out, name)
+    try:
+        write_text(run_dir / CONFIG, json.dumps(config, indent=2) + "\n", "run config")
+    except WriteError as e:
+        raise WriteError(f"{e} {resume_hint(run_dir, 0)}") from e
+    return run_dir
+
+
+def resume_hint(run_dir: Path, saved_epoch: int, interrupted: bool = False) -> str:
+    """The sentence that says what a stopped run left and how to go on."""
+    if saved_epoch == 0:
+        if interrupted:
+            return f"No epoch was finished, so {run_dir} holds nothing to resume."
+        return f"No epoch was saved yet; start again once {run_dir} can be written."
+    if interrupted:
+        return (f"Epoch {saved_epoch} is the last saved in {run_dir}; continue with "
+                f"`fmnist train --resume {run_dir}`.")
+    return (f"The last complete checkpoint is epoch {saved_epoch} in {run_dir}: free space (or fix "
+            f"the folder), then continue with `fmnist train --resume {run_dir}`.")
+
+
+# ---- status.json ----------------------------------------------------------------------------------
+
+
+def now() -> str:
+    return _dt.datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+def write_status(run_dir: str | Path, status: str, **fields: Any) -> Path:
+    """Set the run's status (and `fields`) in status.json, keeping what it said before
+    (when the run started, on what machine)."""
+    path = Path(run_dir) / STATUS
+    old = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    old = old if isinstance(old, dict) else {}
+    new = {"started": now(), **old, **fields, "status": status, "updated": now(),
+           "pid": os.getpid(), "host": socket.gethostname()}
+    if status != "failed":
+        new.pop("error", None)
+    return write_text(path, json.dumps(new, indent=2) + "\n", "run status")
+
+
+def note_status(run_dir: Path, status: str, **fields: Any) -> None:
+    """Update status.json, best effort: it only describes the run, and a disk that cannot take
+    it fails the checkpoint next, with the message that says how to resume."""
+    with contextlib.suppress(WriteError, OSError, ValueError):
+        write_status(run_dir, status, **fields)

@@ -1,0 +1,17 @@
+"""Training: `fit(recipe)` and what hangs off it.
+
+    data         the arrays a run trains on, the holdout, pixel statistics
+    optim        optimiser and lr schedule
+    setup        device, process group and data (set_up); model, optimiser, batches (build);
+                 the training step
+    evaluation   per-epoch test and holdout accuracy and loss (DDP-aware)
+    callbacks    the hooks and the built-in display, metrics, curves and status writers
+    throughput   what --time-budget plans with (planning itself: fmnist.budget)
+    loop         fit: the loop, saving each epoch, recording why a run stopped
+"""
+
+from fmnist.train.callbacks import Callback, RunState
+from fmnist.train.data import Data, load_data
+from fmnist.train.loop import FitResult, fit
+
+__all__ = ["Callback", "Data", "FitResult", "RunState", "fit", "load_data"]

@@ -1,0 +1,50 @@
+"""The optimiser and the lr schedule a recipe asks for."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from fmnist.recipes import Recipe
+
+
+def make_optimizer(recipe: Recipe, model: nn.Module, lr: float) -> torch.optim.Optimizer:
+    # No weight decay on biases and BatchNorm parameters: decaying them only hurts.
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    groups = [
+        {"params": decay, "weight_decay": recipe.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    if recipe.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=lr)
+    return torch.optim.SGD(groups, lr=lr, momentum=recipe.momentum, nesterov=recipe.nesterov)
+
+
+def lr_factor(schedule: str, warmup: float, step: int, total: int) -> float:
+    """Multiplier of the peak lr at `step` (0-based) of `total` steps; never above 1."""
+    if schedule == "constant":
+        return 1.0
+    t = step / max(1, total)
+    if schedule == "cosine":
+        # linear warm-up over the steps before `warmup * total`, reaching the peak on the last
+        # of them: a fraction of a step counts as a whole one, so the factor never overshoots
+        # (rounded first: 0.1 * 30 is 3.0000000000000004 in floating point, not 4 steps)
+        warm = math.ceil(round(warmup * total, 9))
+        if step < warm:
+            return (step + 1) / warm
+    elif t < warmup:
+        return t / warmup
+    rest = (t - warmup) / max(1e-12, 1 - warmup)
+    if schedule == "onecycle":  # linear up, linear down to zero
+        return max(0.0, 1.0 - rest)
+    return 0.5 * (1 + math.cos(math.pi * rest))  # cosine
+
+
+def make_scheduler(recipe: Recipe, optimizer: torch.optim.Optimizer,
+                   total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(recipe.schedule, recipe.warmup, step, total_steps)
+    )
