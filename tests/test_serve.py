@@ -22,14 +22,14 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 import fmnist.datasets
-import fmnist.serve.app as serve_app
 from fmnist.checkpoint import load_model
 from fmnist.cli import main as cli_main
 from fmnist.errors import DatasetError
 from fmnist.images import open_image, preprocess
 from fmnist.predict import Predictor
 from fmnist.serve import create_app
-from fmnist.serve.app import STATIC_DIR, PredictionOut, app_from_env
+from fmnist.serve.app import SETTINGS_ENV, STATIC_DIR, app_from_env
+from fmnist.serve.schemas import PredictionOut
 
 LIMITS = {"max_upload_bytes": 200_000, "max_batch": 4, "max_pixels": 1_000_000, "max_queue": 8,
           "request_timeout_s": 30.0}
@@ -364,24 +364,35 @@ def test_body_limit_counts_all_chunks_together(app: FastAPI, chunks: list[bytes]
     assert got == status and words in body["error"], body
 
 
-def test_json_is_decoded_off_the_event_loop(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Parsing and base64-decoding a JSON body of up to max_upload_bytes runs in a worker
-    thread, where there is no running event loop."""
-    on_loop: list[bool] = []
-    real = serve_app._items_from_json
+def test_healthz_answers_while_a_json_body_is_parsed(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Parsing and base64-decoding a JSON body of up to max_upload_bytes happens off the event
+    loop: the server answers while it is held open."""
+    parsing, release = threading.Event(), threading.Event()
+    real_loads = json.loads
 
-    def spy(body: bytes, max_batch: int) -> list[serve_app.Item]:
-        try:
-            asyncio.get_running_loop()
-            on_loop.append(True)
-        except RuntimeError:
-            on_loop.append(False)
-        return real(body, max_batch)
+    def held_loads(text: Any, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(text, bytes) and b"held-open" in text:  # only the request below
+            parsing.set()
+            assert release.wait(10), "test never released the parse"
+        return real_loads(text, *args, **kwargs)
 
-    monkeypatch.setattr(serve_app, "_items_from_json", spy)
-    r = client.post("/v1/predict", json={"images": [b64(png())]})
-    assert r.status_code == 200, r.text
-    assert on_loop == [False]
+    monkeypatch.setattr(json, "loads", held_loads)
+    body = json.dumps({"images": [b64(png())], "note": "held-open"}).encode()
+    result: dict[str, Any] = {}
+    worker = threading.Thread(target=lambda: result.update(
+        r=client.post("/v1/predict", content=body, headers={"Content-Type": "application/json"})))  # fmt: skip
+    worker.start()
+    try:
+        assert parsing.wait(10), "the server never parsed the JSON body"
+        answers: list[int] = []
+        probe = threading.Thread(target=lambda: answers.append(client.get("/healthz").status_code), daemon=True)
+        probe.start()
+        probe.join(5)
+        assert answers == [200] and "r" not in result  # answered while the parse was held
+    finally:
+        release.set()
+        worker.join(10)
+    assert result["r"].status_code == 200, result["r"].text
 
 
 def test_default_limits_reject_a_decompression_bomb(predictor: Predictor) -> None:
@@ -592,7 +603,7 @@ def test_cli_serve_workers_use_the_app_factory(make_checkpoint, monkeypatch) -> 
 
     seen: dict[str, Any] = {}
     monkeypatch.setattr(fmnist.cli.serve, "run_workers", lambda n, common: seen.update(workers=n, **common))
-    monkeypatch.delenv(serve_app.SETTINGS_ENV, raising=False)
+    monkeypatch.delenv(SETTINGS_ENV, raising=False)
     ckpt = make_checkpoint("mlp")
     argv = ["serve", str(ckpt), "--workers", "2", "--max-upload-mb", "1", "--backend", "torch",
             "--batch-window-ms", "5", "--batch-size", "9", "--max-queue", "3"]  # fmt: skip

@@ -21,8 +21,8 @@ from fmnist.errors import CheckpointError, ConfigError
 from fmnist.images import open_image, preprocess
 from fmnist.predict import Predictor
 from fmnist.serve import create_app
-from fmnist.serve.app import Batching
 from fmnist.serve.batching import Batcher, BatcherClosed
+from fmnist.serve.engine import Batching
 
 # ---- the batcher on its own ------------------------------------------------------------------
 
@@ -349,7 +349,7 @@ def test_a_slow_upload_gets_408_instead_of_holding_its_slot(predictor: Predictor
 
 
 def test_fields_return_only_what_was_asked(predictor: Predictor, monkeypatch: pytest.MonkeyPatch) -> None:
-    import fmnist.serve.app as serve_app
+    import fmnist.serve.answers
 
     with TestClient(create_app(predictor)) as client:
         wait_ready(client)
@@ -358,7 +358,7 @@ def test_fields_return_only_what_was_asked(predictor: Predictor, monkeypatch: py
         def no_png(image: np.ndarray) -> str:
             raise AssertionError("the PNG was encoded though nobody asked for it")
 
-        monkeypatch.setattr(serve_app, "png_data_url", no_png)
+        monkeypatch.setattr(fmnist.serve.answers, "png_data_url", no_png)
         lean = client.post("/v1/predict?fields=label,top", content=png(), headers={"Content-Type": "image/png"})
         unknown = client.post("/v1/predict?fields=label,colour", content=png(), headers={"Content-Type": "image/png"})
         empty = client.post("/v1/predict?fields=", content=png(), headers={"Content-Type": "image/png"})
