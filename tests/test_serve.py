@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.testclient import TestClient
 from PIL import Image
 
@@ -27,8 +27,11 @@ from fmnist.cli import main as cli_main
 from fmnist.errors import DatasetError
 from fmnist.images import open_image, preprocess
 from fmnist.predict import Predictor
-from fmnist.serve import create_app
+from fmnist.serve import create_app, routes
 from fmnist.serve.app import SETTINGS_ENV, STATIC_DIR, app_from_env
+from fmnist.serve.backends import as_backend
+from fmnist.serve.engine import Batching, Engine
+from fmnist.serve.limits import Limits
 from fmnist.serve.schemas import PredictionOut
 
 LIMITS = {"max_upload_bytes": 200_000, "max_batch": 4, "max_pixels": 1_000_000, "max_queue": 8,
@@ -210,6 +213,19 @@ def test_model_info_says_whether_predictions_use_flip_tta(make_checkpoint) -> No
         other = Predictor(net, meta, tta=not tta).predict_arrays(arr[None])[0]
         got = [p["probabilities"][c] for c in predictor.classes]
         assert got == pytest.approx(want, abs=1e-6) and got != pytest.approx(other, abs=1e-6)
+
+
+def test_routes_answer_alone_with_an_engine_of_their_own(predictor: Predictor) -> None:
+    """A route is a function of the request and an engine: no app, no HTTP."""
+    engine = Engine(as_backend(predictor), Limits(max_queue=0), Batching(enabled=False))
+    request = Request({"type": "http", "method": "POST", "path": "/v1/predict", "query_string": b"", "headers": []})
+    refused = asyncio.run(routes.predict(request, engine))
+    assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+    assert asyncio.run(routes.stats(engine))["refused"] == 1
+    assert asyncio.run(routes.readyz(engine)).status_code == 503
+    engine.warmup()
+    assert asyncio.run(routes.readyz(engine)).status_code == 200
+    assert asyncio.run(routes.model_info(engine))["limits"]["max_queue"] == 0
 
 
 # ---- predictions -----------------------------------------------------------------------------
@@ -471,22 +487,23 @@ def fake_test_split(n: int = 20) -> tuple[np.ndarray, np.ndarray]:
     return rng.integers(0, 256, (n, 28, 28), dtype=np.uint8), np.arange(n, dtype=np.int64) % 10
 
 
-def test_samples_never_start_a_download(predictor: Predictor, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    downloads: list[Any] = []
-
-    def no_download(*args: Any, **kwargs: Any) -> tuple[None, str]:
-        downloads.append(args)
-        return None, "no network in tests"
-
-    monkeypatch.setattr(fmnist.datasets.finding, "_download", no_download)
+def test_samples_never_start_a_download(
+    predictor: Predictor, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
     # no copy anywhere: no --data-dir, an empty cache, no Debian package
     monkeypatch.delenv("FMNIST_DATA_DIR", raising=False)
     monkeypatch.setenv("FMNIST_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setattr(fmnist.datasets.finding, "DEBIAN_ROOT", tmp_path / "debian")
+    for proxy in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):  # a download that
+        monkeypatch.setenv(proxy, "http://127.0.0.1:9")  # starts anyway fails at once, offline
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
     with TestClient(create_app(predictor, warmup=False)) as c:
         body = c.get("/v1/samples?n=3").json()
     assert body["samples"] == [] and "No test images" in body["error"]
-    assert downloads == [], "GET /v1/samples started a download"
+    # what a user sees when a download starts: its line on stderr, and its failure in the error
+    assert "downloading" not in capfd.readouterr().err, "GET /v1/samples started a download"
+    assert "download (not allowed here)" in body["error"], body["error"]
 
 
 def test_samples_appear_once_the_data_is_installed(predictor: Predictor, monkeypatch: pytest.MonkeyPatch) -> None:
