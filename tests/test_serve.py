@@ -17,19 +17,22 @@ from typing import Any
 
 import numpy as np
 import pytest
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.testclient import TestClient
 from PIL import Image
 
 import fmnist.datasets
-import fmnist.serve.app as serve_app
 from fmnist.checkpoint import load_model
 from fmnist.cli import main as cli_main
 from fmnist.errors import DatasetError
 from fmnist.images import open_image, preprocess
 from fmnist.predict import Predictor
-from fmnist.serve import create_app
-from fmnist.serve.app import STATIC_DIR, PredictionOut, app_from_env
+from fmnist.serve import create_app, routes
+from fmnist.serve.app import SETTINGS_ENV, STATIC_DIR, app_from_env
+from fmnist.serve.backends import as_backend
+from fmnist.serve.engine import Batching, Engine
+from fmnist.serve.limits import Limits
+from fmnist.serve.schemas import PredictionOut
 
 LIMITS = {"max_upload_bytes": 200_000, "max_batch": 4, "max_pixels": 1_000_000, "max_queue": 8,
           "request_timeout_s": 30.0}
@@ -212,6 +215,19 @@ def test_model_info_says_whether_predictions_use_flip_tta(make_checkpoint) -> No
         assert got == pytest.approx(want, abs=1e-6) and got != pytest.approx(other, abs=1e-6)
 
 
+def test_routes_answer_alone_with_an_engine_of_their_own(predictor: Predictor) -> None:
+    """A route is a function of the request and an engine: no app, no HTTP."""
+    engine = Engine(as_backend(predictor), Limits(max_queue=0), Batching(enabled=False))
+    request = Request({"type": "http", "method": "POST", "path": "/v1/predict", "query_string": b"", "headers": []})
+    refused = asyncio.run(routes.predict(request, engine))
+    assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+    assert asyncio.run(routes.stats(engine))["refused"] == 1
+    assert asyncio.run(routes.readyz(engine)).status_code == 503
+    engine.warmup()
+    assert asyncio.run(routes.readyz(engine)).status_code == 200
+    assert asyncio.run(routes.model_info(engine))["limits"]["max_queue"] == 0
+
+
 # ---- predictions -----------------------------------------------------------------------------
 
 
@@ -364,24 +380,35 @@ def test_body_limit_counts_all_chunks_together(app: FastAPI, chunks: list[bytes]
     assert got == status and words in body["error"], body
 
 
-def test_json_is_decoded_off_the_event_loop(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Parsing and base64-decoding a JSON body of up to max_upload_bytes runs in a worker
-    thread, where there is no running event loop."""
-    on_loop: list[bool] = []
-    real = serve_app._items_from_json
+def test_healthz_answers_while_a_json_body_is_parsed(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Parsing and base64-decoding a JSON body of up to max_upload_bytes happens off the event
+    loop: the server answers while it is held open."""
+    parsing, release = threading.Event(), threading.Event()
+    real_loads = json.loads
 
-    def spy(body: bytes, max_batch: int) -> list[serve_app.Item]:
-        try:
-            asyncio.get_running_loop()
-            on_loop.append(True)
-        except RuntimeError:
-            on_loop.append(False)
-        return real(body, max_batch)
+    def held_loads(text: Any, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(text, bytes) and b"held-open" in text:  # only the request below
+            parsing.set()
+            assert release.wait(10), "test never released the parse"
+        return real_loads(text, *args, **kwargs)
 
-    monkeypatch.setattr(serve_app, "_items_from_json", spy)
-    r = client.post("/v1/predict", json={"images": [b64(png())]})
-    assert r.status_code == 200, r.text
-    assert on_loop == [False]
+    monkeypatch.setattr(json, "loads", held_loads)
+    body = json.dumps({"images": [b64(png())], "note": "held-open"}).encode()
+    result: dict[str, Any] = {}
+    worker = threading.Thread(target=lambda: result.update(
+        r=client.post("/v1/predict", content=body, headers={"Content-Type": "application/json"})))  # fmt: skip
+    worker.start()
+    try:
+        assert parsing.wait(10), "the server never parsed the JSON body"
+        answers: list[int] = []
+        probe = threading.Thread(target=lambda: answers.append(client.get("/healthz").status_code), daemon=True)
+        probe.start()
+        probe.join(5)
+        assert answers == [200] and "r" not in result  # answered while the parse was held
+    finally:
+        release.set()
+        worker.join(10)
+    assert result["r"].status_code == 200, result["r"].text
 
 
 def test_default_limits_reject_a_decompression_bomb(predictor: Predictor) -> None:
@@ -460,22 +487,23 @@ def fake_test_split(n: int = 20) -> tuple[np.ndarray, np.ndarray]:
     return rng.integers(0, 256, (n, 28, 28), dtype=np.uint8), np.arange(n, dtype=np.int64) % 10
 
 
-def test_samples_never_start_a_download(predictor: Predictor, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    downloads: list[Any] = []
-
-    def no_download(*args: Any, **kwargs: Any) -> tuple[None, str]:
-        downloads.append(args)
-        return None, "no network in tests"
-
-    monkeypatch.setattr(fmnist.datasets.finding, "_download", no_download)
+def test_samples_never_start_a_download(
+    predictor: Predictor, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
     # no copy anywhere: no --data-dir, an empty cache, no Debian package
     monkeypatch.delenv("FMNIST_DATA_DIR", raising=False)
     monkeypatch.setenv("FMNIST_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setattr(fmnist.datasets.finding, "DEBIAN_ROOT", tmp_path / "debian")
+    for proxy in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):  # a download that
+        monkeypatch.setenv(proxy, "http://127.0.0.1:9")  # starts anyway fails at once, offline
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
     with TestClient(create_app(predictor, warmup=False)) as c:
         body = c.get("/v1/samples?n=3").json()
     assert body["samples"] == [] and "No test images" in body["error"]
-    assert downloads == [], "GET /v1/samples started a download"
+    # what a user sees when a download starts: its line on stderr, and its failure in the error
+    assert "downloading" not in capfd.readouterr().err, "GET /v1/samples started a download"
+    assert "download (not allowed here)" in body["error"], body["error"]
 
 
 def test_samples_appear_once_the_data_is_installed(predictor: Predictor, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -592,7 +620,7 @@ def test_cli_serve_workers_use_the_app_factory(make_checkpoint, monkeypatch) -> 
 
     seen: dict[str, Any] = {}
     monkeypatch.setattr(fmnist.cli.serve, "run_workers", lambda n, common: seen.update(workers=n, **common))
-    monkeypatch.delenv(serve_app.SETTINGS_ENV, raising=False)
+    monkeypatch.delenv(SETTINGS_ENV, raising=False)
     ckpt = make_checkpoint("mlp")
     argv = ["serve", str(ckpt), "--workers", "2", "--max-upload-mb", "1", "--backend", "torch",
             "--batch-window-ms", "5", "--batch-size", "9", "--max-queue", "3"]  # fmt: skip

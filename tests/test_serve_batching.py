@@ -21,8 +21,8 @@ from fmnist.errors import CheckpointError, ConfigError
 from fmnist.images import open_image, preprocess
 from fmnist.predict import Predictor
 from fmnist.serve import create_app
-from fmnist.serve.app import Batching
 from fmnist.serve.batching import Batcher, BatcherClosed
+from fmnist.serve.engine import Batching
 
 # ---- the batcher on its own ------------------------------------------------------------------
 
@@ -141,11 +141,18 @@ def test_a_cancelled_request_is_left_out_of_the_pass(forward: Forward) -> None:
     assert forward.passes == [[1], [3]]
 
 
+def started_threads(before: set[threading.Thread]) -> list[threading.Thread]:
+    """The threads alive now that were not in `before`."""
+    return [t for t in threading.enumerate() if t not in before]
+
+
 def test_close_answers_what_is_queued_then_refuses_and_stops(forward: Forward) -> None:
+    before = set(threading.enumerate())
     batcher = Batcher(forward, max_images=64, window_s=3600)
+    assert len(started_threads(before)) == 1  # the batcher's own thread
     queued = [batcher.submit(ids(1)), batcher.submit(ids(2))]  # waiting out a long window
     batcher.close()  # closing cuts the window short: they are answered, then the thread ends
-    assert not batcher._thread.is_alive()
+    assert started_threads(before) == []
     assert [f.result(timeout=0).rows[0, 0] for f in queued] == [10, 20]
     assert forward.passes == [[1, 2]]
     with pytest.raises(BatcherClosed):
@@ -349,7 +356,7 @@ def test_a_slow_upload_gets_408_instead_of_holding_its_slot(predictor: Predictor
 
 
 def test_fields_return_only_what_was_asked(predictor: Predictor, monkeypatch: pytest.MonkeyPatch) -> None:
-    import fmnist.serve.app as serve_app
+    import fmnist.serve.answers
 
     with TestClient(create_app(predictor)) as client:
         wait_ready(client)
@@ -358,7 +365,7 @@ def test_fields_return_only_what_was_asked(predictor: Predictor, monkeypatch: py
         def no_png(image: np.ndarray) -> str:
             raise AssertionError("the PNG was encoded though nobody asked for it")
 
-        monkeypatch.setattr(serve_app, "png_data_url", no_png)
+        monkeypatch.setattr(fmnist.serve.answers, "png_data_url", no_png)
         lean = client.post("/v1/predict?fields=label,top", content=png(), headers={"Content-Type": "image/png"})
         unknown = client.post("/v1/predict?fields=label,colour", content=png(), headers={"Content-Type": "image/png"})
         empty = client.post("/v1/predict?fields=", content=png(), headers={"Content-Type": "image/png"})
@@ -371,13 +378,14 @@ def test_fields_return_only_what_was_asked(predictor: Predictor, monkeypatch: py
 
 
 def test_shutting_the_app_down_stops_the_batcher(predictor: Predictor) -> None:
+    before = set(threading.enumerate())
     app = create_app(predictor)
     with TestClient(app) as client:
         wait_ready(client)
         assert client.post("/v1/predict", content=png(), headers={"Content-Type": "image/png"}).status_code == 200
-        thread = app.state.engine.batcher._thread
-        assert thread.is_alive()
-    assert not thread.is_alive()
+        assert started_threads(before)  # the batcher's (and the test client's)
+    # nothing the app started is left running (threads end a moment after they are told to)
+    until(lambda: started_threads(before) == [], "every thread the app started has ended")
 
 
 @pytest.mark.parametrize(("cpus", "want"), [(1, (1, 1)), (2, (2, 1)), (16, (MAX_AUTO_WORKERS, 16 // MAX_AUTO_WORKERS))])

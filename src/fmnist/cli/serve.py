@@ -91,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
         ) from None
     import torch
 
-    from fmnist.serve.backends import OnnxPredictor, load_predictor
+    from fmnist.serve.backends import OnnxPredictor, as_backend, load_predictor
 
     if not 0 <= args.port <= 65535:
         raise ConfigError(f"Invalid --port {args.port}: use 0-65535.")
@@ -112,8 +112,8 @@ def run(args: argparse.Namespace) -> int:
     # Load once here even with several workers: a bad checkpoint fails now, in one line.
     t0 = time.perf_counter()
     torch.set_num_threads(threads)
-    predictor = load_predictor(args.checkpoint, args.model, args.backend)
-    backend = "onnxruntime" if isinstance(predictor, OnnxPredictor) else "torch"
+    predictor = as_backend(load_predictor(args.checkpoint, args.model, args.backend))
+    backend = predictor.name
     predictor.warmup()
     meta = predictor.meta
     acc = (meta.get("metrics") or {}).get("test_accuracy")

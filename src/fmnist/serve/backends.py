@@ -5,6 +5,10 @@ ceiling, decode + predict with flip TTA): onnxruntime 2.4-2.8x eager PyTorch one
 time, 0.8x at 32 images, about equal at 64. The server's passes are small, so it answered 723 vs
 291 requests/s at 8 clients (README, "Serve it"). Served from a run folder with `--backend onnxruntime`, the checkpoint is exported
 in memory at start-up; an exported `model.onnx` (`fmnist export --format onnx`) serves as is.
+
+`Backend` is what the server needs of either: a `Predictor`'s methods, plus which runtime it is
+and how many parameters its model has. `OnnxPredictor` is one; any other `Predictor` (eager
+PyTorch) is served as a `TorchBackend`.
 """
 
 from __future__ import annotations
@@ -12,30 +16,132 @@ from __future__ import annotations
 import importlib.util
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
+from PIL import Image
+from torch import nn
 
 from fmnist.errors import CheckpointError, ConfigError
-from fmnist.predict import Predictor
+from fmnist.inference import to_input
+from fmnist.predict import Prediction, Predictor
 
 BACKENDS = ("auto", "torch", "onnxruntime")
 
 
+@runtime_checkable
+class Backend(Protocol):
+    """What the server needs of a model, whatever runs its forward passes."""
+
+    @property
+    def name(self) -> str: ...  # "torch" or "onnxruntime", as /v1/model and `fmnist serve` say
+
+    @property
+    def parameter_count(self) -> int | None: ...
+
+    @property
+    def meta(self) -> dict[str, Any]: ...
+
+    @property
+    def classes(self) -> list[str]: ...
+
+    @property
+    def tta(self) -> bool: ...
+
+    @property
+    def device(self) -> torch.device: ...
+
+    def preprocess(self, image: Image.Image) -> np.ndarray: ...
+
+    def predict_arrays(self, images: np.ndarray) -> np.ndarray: ...
+
+    def prediction(self, probs: np.ndarray) -> Prediction: ...
+
+    def warmup(self) -> None: ...
+
+
+class TorchBackend:
+    """A `Predictor`'s own PyTorch model. It wraps the predictor instead of being one, so that
+    any predictor, however it was made, is served as it is."""
+
+    name = "torch"
+
+    def __init__(self, predictor: Predictor) -> None:
+        self.predictor = predictor
+
+    @property
+    def parameter_count(self) -> int:
+        return sum(p.numel() for p in self.predictor.model.parameters())
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        return self.predictor.meta
+
+    @property
+    def classes(self) -> list[str]:
+        return self.predictor.classes
+
+    @property
+    def tta(self) -> bool:
+        return self.predictor.tta
+
+    @property
+    def device(self) -> torch.device:
+        return self.predictor.device
+
+    def preprocess(self, image: Image.Image) -> np.ndarray:
+        return self.predictor.preprocess(image)
+
+    def predict_arrays(self, images: np.ndarray) -> np.ndarray:
+        return self.predictor.predict_arrays(images)
+
+    def prediction(self, probs: np.ndarray) -> Prediction:
+        return self.predictor.prediction(probs)
+
+    def warmup(self) -> None:
+        self.predictor.warmup()
+
+
+def as_backend(predictor: Predictor | Backend) -> Backend:
+    """`predictor` itself when it says what it runs on (`OnnxPredictor`), else a `TorchBackend`."""
+    return predictor if isinstance(predictor, Backend) else TorchBackend(predictor)
+
+
+class OnnxModule(nn.Module):
+    """An ONNX Runtime session of an fmnist ONNX file as a module: float32 (N, 1, 28, 28) images
+    x/255 -> logits (N, C). The normalisation is inside the graph (see fmnist.export)."""
+
+    def __init__(self, session: Any) -> None:
+        super().__init__()
+        self.session = session
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.session.run(["logits"], {"image": x.numpy()})[0])
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> OnnxModule:
+        # Predictor makes an inference copy of its model; a session cannot be copied, and it
+        # is never changed after it is made, so the copy shares it
+        return self
+
+
 class OnnxPredictor(Predictor):
-    """A `Predictor` whose forward pass is an ONNX Runtime session of an fmnist ONNX file
-    (input x/255, normalisation inside the graph; see fmnist.export)."""
+    """A `Predictor` whose forward pass is an ONNX Runtime session (`OnnxModule`)."""
+
+    name = "onnxruntime"
 
     def __init__(
         self, onnx_model: bytes, meta: dict[str, Any], *, tta: bool | None = None,
         session: Any = None,
     ) -> None:  # fmt: skip
+        session = session or _session(onnx_model, str(meta.get("model")))
+        super().__init__(OnnxModule(session), meta, "cpu", tta=tta)
         self.onnx_model = onnx_model
-        self.session = session or _session(onnx_model, str(meta.get("model")))
-        self.device = torch.device("cpu")
-        self.model = None  # type: ignore[assignment]
-        self._set_meta(meta, tta)
+
+    @property
+    def parameter_count(self) -> int | None:
+        # the session does not say: fmnist.export writes the count in the metadata
+        return self.meta.get("parameters")
 
     @classmethod
     def from_file(cls, path: str | Path, *, tta: bool | None = None) -> OnnxPredictor:
@@ -63,12 +169,12 @@ class OnnxPredictor(Predictor):
         return cls(data, meta, tta=tta, session=session)
 
     def logits(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.unsqueeze(1).numpy().astype(np.float32) / 255.0
+        x = to_input(images, 0.0, 1.0)  # x/255 only: the graph normalises
         if not self.tta:
-            return torch.from_numpy(self.session.run(["logits"], {"image": x})[0])
+            return self.model(x)
         # the image and its mirror in one run: one call's overhead instead of two
-        both = self.session.run(["logits"], {"image": np.concatenate([x, x[..., ::-1]])})[0]
-        return torch.from_numpy((both[: len(x)] + both[len(x) :]) / 2)
+        both = self.model(torch.cat([x, x.flip(-1)]))
+        return (both[: len(x)] + both[len(x) :]) / 2
 
 
 def _installed(module: str) -> bool:

@@ -1,0 +1,78 @@
+"""Every error the server gives is JSON {"error": "one sentence"}; only a bug gives a 500.
+
+`ApiError` is a client error raised anywhere below the routes (limits, request parsing,
+decoding); `add_error_handlers` turns it, and FastAPI's and Starlette's own errors, into that
+shape.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from fmnist.errors import FmnistError
+from fmnist.serve.batching import BatcherClosed
+
+log = logging.getLogger("fmnist.serve")
+
+
+class ApiError(Exception):
+    """A client error with its HTTP status; becomes {"error": message}."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def error_response(status: int, message: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+async def api_error(request: Request, exc: ApiError) -> JSONResponse:
+    return error_response(exc.status, exc.message)
+
+
+async def shutting_down(request: Request, exc: BatcherClosed) -> JSONResponse:
+    return error_response(503, "The server is shutting down: retry shortly.", headers={"Retry-After": "1"})
+
+
+async def user_error(request: Request, exc: FmnistError) -> JSONResponse:
+    return error_response(422, str(exc))
+
+
+async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    message = str(exc.detail)
+    if exc.status_code == 404 and message == "Not Found":
+        message = f"Nothing at {request.method} {request.url.path} (the API is listed at /docs)."
+    elif exc.status_code == 405:
+        message = f"{request.method} is not allowed on {request.url.path} (see /docs)."
+    return error_response(exc.status_code, message, headers=exc.headers)
+
+
+async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    parts = [
+        f"{'.'.join(str(x) for x in e.get('loc', ())[1:]) or 'request'}: {e.get('msg')}"
+        for e in exc.errors()
+    ]
+    return error_response(422, "; ".join(parts) + ".")
+
+
+async def bug(request: Request, exc: Exception) -> JSONResponse:
+    request.app.state.engine.internal_errors += 1
+    log.error("Unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return error_response(500, "Internal server error: this is a bug in fmnist; the server log has details.")
+
+
+def add_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(ApiError, api_error)  # type: ignore[arg-type]
+    app.add_exception_handler(BatcherClosed, shutting_down)  # type: ignore[arg-type]
+    app.add_exception_handler(FmnistError, user_error)  # type: ignore[arg-type]
+    app.add_exception_handler(StarletteHTTPException, http_error)  # type: ignore[arg-type]
+    app.add_exception_handler(RequestValidationError, validation_error)  # type: ignore[arg-type]
+    app.add_exception_handler(Exception, bug)

@@ -1,0 +1,76 @@
+"""The OpenAPI description of the API. Responses are built as plain dicts; these models and
+dicts only describe them (at /openapi.json and on the /docs page)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+
+from fmnist.serve.requests import FIELDS
+
+
+class Top(BaseModel):
+    label: str
+    probability: float
+
+
+class PredictionOut(BaseModel):
+    name: str
+    index: int
+    label: str
+    probability: float
+    probabilities: dict[str, float]
+    top: list[Top]
+    input: str  # data:image/png;base64 of the 28x28 image the model saw
+
+
+class PredictResponse(BaseModel):
+    model: str | None
+    count: int
+    predictions: list[PredictionOut]  # only the ?fields= asked for, when given
+    pass_images: int  # images in the forward pass this request shared
+    latency_ms: dict[str, float]
+
+
+class ErrorOut(BaseModel):
+    error: str
+
+
+PREDICT_BODY = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "properties": {"file": {"type": "array", "items": {"type": "string", "format": "binary"}}},
+            },
+        },
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "properties": {
+                    "images": {"type": "array", "items": {"type": "string"},
+                               "description": "base64 image files (data: URLs accepted)"},
+                    "arrays": {"type": "array", "description": "28x28 arrays of numbers 0-255, light object on dark",
+                               "items": {"type": "array", "items": {"type": "array", "items": {"type": "number"}}}},
+                },
+            },
+        },
+        "image/*": {"schema": {"type": "string", "format": "binary"}},
+    },
+}  # fmt: skip
+
+FIELDS_PARAM = {
+    "name": "fields", "in": "query", "required": False, "schema": {"type": "string"},
+    "description": f"comma-separated prediction fields to return (default all): {', '.join(FIELDS)}",
+}  # fmt: skip
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorOut, "description": "Malformed JSON or form"},
+    413: {"model": ErrorOut, "description": "Body or batch too large"},
+    415: {"model": ErrorOut, "description": "Unsupported content type"},
+    408: {"model": ErrorOut, "description": "The body did not arrive in time"},
+    422: {"model": ErrorOut, "description": "Not an image, corrupt, too many pixels, bad array"},
+    503: {"model": ErrorOut, "description": "Too many predictions in flight: retry after Retry-After"},
+}
