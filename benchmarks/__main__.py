@@ -35,25 +35,66 @@ def describe_cases() -> str:
     )
 
 
-def table(results: dict[str, Any], info: dict[str, Any], argv: list[str]) -> str:
-    lines = [
-        machine_line(info),
-        f"Command: `{shlex.join(['python', '-m', 'benchmarks', *argv])}`",
-        "",
-        "| case | metric | fmnist | reference | ratio |",
-        "| --- | --- | --- | --- | --- |",
-    ]
+def case_table(results: dict[str, Any]) -> list[str]:
+    """The markdown table of `results` (case key -> saved result), each case's rows in turn."""
+    lines = ["| case | metric | fmnist | reference | ratio |", "| --- | --- | --- | --- | --- |"]
     for name, result in results.items():
         lines += ["| " + " | ".join(row) + " |" for row in BY_KEY[name].rows(result)]
-    commands = [f"    [{name}] {cmd}" for name, result in results.items()
-                for cmd in result.get("commands", [])]
-    return "\n".join(lines + (["", "Commands:", "", *commands] if commands else []))
+    return lines
 
 
-def show(path: str) -> str:
+def table(results: dict[str, Any], info: dict[str, Any], argv: list[str],
+          commands: bool = True) -> str:
+    lines = [machine_line(info),
+             f"Command: `{shlex.join(['python', '-m', 'benchmarks', *argv])}`", "",
+             *case_table(results)]
+    run = [f"    [{name}] {cmd}" for name, result in results.items()
+           for cmd in result.get("commands", [])]
+    return "\n".join(lines + (["", "Commands:", "", *run] if commands and run else []))
+
+
+def serve_table(saved: dict[str, Any]) -> str:
+    """A saved `python -m benchmarks.serve_load` run: its table and the in-process ceiling."""
+    import io
+
+    from benchmarks.serve_load import CEILING_BATCHES, print_row
+
+    rows = io.StringIO()
+    for row in saved["rows"]:  # JSON made the pass sizes' keys strings
+        print_row({**row, "pass_sizes": {int(k): v for k, v in row["pass_sizes"].items()}},
+                  file=rows)
+    ceiling = [f"- {backend}: " + ", ".join(
+        f"{n} at a time {c[f'batch_{n}_images_per_s']:,.0f}" for n in CEILING_BATCHES)
+        for backend, c in saved["ceiling"].items()]  # fmt: skip
+    return "\n".join([
+        machine_line(saved["machine"]),
+        f"Command: `python -m benchmarks.serve_load --seconds {saved['seconds']:g}`", "",
+        "| server | load | requests/s | images/s | p50 ms | p99 ms | p99.9 ms | statuses | "
+        "socket errors | RSS MB | mean pass |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: |",
+        *rows.getvalue().splitlines(), "",
+        "Ceiling, the same predictor in-process (decode + predict, no HTTP), images/s:", "",
+        *ceiling,
+    ])
+
+
+def show(path: str, cases: list[str] | None = None, commands: bool = True) -> str:
+    """The table of a saved results file (`python -m benchmarks` or `benchmarks.serve_load`),
+    only the cases named in `cases` when given."""
     saved = json.loads(Path(path).read_text())
+    if "cases" not in saved:
+        if {"rows", "ceiling"} <= saved.keys():
+            return serve_table(saved)
+        raise ValueError(f"{path} is not a results file of `python -m benchmarks` or "
+                         "`benchmarks.serve_load` (it has no 'cases'); read it as it is.")
     results = {OLD_KEYS.get(k, k): v for k, v in saved["cases"].items()}
-    return table(results, saved["machine"], saved["argv"])
+    if cases is not None:
+        missing = [c for c in cases if c not in results]
+        if missing:
+            raise ValueError(f"{path} has no case {', '.join(missing)}; it has "
+                             f"{', '.join(results)}.")
+        results = {k: results[k] for k in cases}
+    return table(results, saved["machine"], saved["argv"], commands)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -69,7 +110,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="training images held out in the extra time-to-accuracy run (0: skip)")
     p.add_argument("--out", help="results JSON (default benchmarks/results/<date>-<machine>"
                                  "[-<cases>].json)")
-    p.add_argument("--show", metavar="JSON", help="print the table of a saved results file")
+    p.add_argument("--show", metavar="JSON", help="print the table of a saved results file "
+                                                  "(also a benchmarks.serve_load one)")
     return p
 
 
@@ -96,7 +138,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = get_args_parser().parse_args(argv)
     if args.show:
-        print(show(args.show))
+        try:
+            print(show(args.show))
+        except (OSError, ValueError) as e:  # a missing or foreign file: one sentence
+            print(e, file=sys.stderr)
+            return 2
         return 0
     try:
         cases = pick_cases(args.only, args.best)

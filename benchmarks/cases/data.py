@@ -42,19 +42,40 @@ def summarize(runs: dict[str, list[dict[str, float]]]) -> dict[str, dict[str, fl
             for k, v in runs.items() if v}  # fmt: skip
 
 
+def measure(tmp: Path, reps: int, fmnist_cmd: list[str],
+            ref_cmd: list[str] | None) -> dict[str, list[dict[str, float]]]:
+    """`reps` rounds of: fmnist's load with a fresh cache dir (cold), the same dir again (warm),
+    and the reference (skipped when `ref_cmd` is None)."""
+    runs: dict[str, list[dict[str, float]]] = {"cold": [], "warm": [], "reference": []}
+    for i in range(reps):
+        env = {**os.environ, "FMNIST_CACHE_DIR": str(tmp / f"cache-{i}")}
+        for bucket in ("cold", "warm"):  # the same fresh cache dir twice
+            runs[bucket].append(timed_load(fmnist_cmd, env))
+        if ref_cmd:
+            runs["reference"].append(timed_load(ref_cmd))
+    return runs
+
+
+def cold_warm_rows(case: str, what: str, cache: str, ref_name: str,
+                   result: dict[str, Any]) -> list[tuple[str, ...]]:
+    """The cold and warm rows of a load case, each against the reference's median."""
+    s = result["summary"]
+    ref = s.get("reference", {}).get("load_s")
+    return [
+        (case, f"{what}, cold (fresh cache)", sec(s["cold"]["load_s"]),
+         f"{sec(ref)} ({ref_name} only)", f"{ratio(s['cold']['load_s'], ref)} the time"),
+        (case, f"{what}, warm ({cache} cache)", f"{s['warm']['load_s']:.3f} s", sec(ref),
+         f"{ratio(ref, s['warm']['load_s'])} faster"),
+    ]
+
+
 def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     from fmnist import datasets
 
     loc = datasets.fetch("fashion-mnist")
     files = [str(f.path) for f in loc.files.values()] if hasattr(loc, "files") else []
-    reps = 1 if args.quick else args.reps
-    runs: dict[str, list[dict[str, float]]] = {"cold": [], "warm": [], "reference": []}
-    for i in range(reps):
-        env = {**os.environ, "FMNIST_CACHE_DIR": str(tmp / f"cache-{i}")}
-        for bucket in ("cold", "warm"):  # the same fresh cache dir twice
-            runs[bucket].append(timed_load([PY, "-c", FMNIST_SNIPPET], env))
-        if files:
-            runs["reference"].append(timed_load([PY, "-c", REF_SNIPPET, *files]))
+    runs = measure(tmp, 1 if args.quick else args.reps, [PY, "-c", FMNIST_SNIPPET],
+                   [PY, "-c", REF_SNIPPET, *files] if files else None)
     return {
         "commands": [f"FMNIST_CACHE_DIR=FRESH {PY} -c '<load_arrays train+test>' (twice)",
                      f"{PY} -c '<gzip + np.frombuffer on the 4 .gz files>'"],
@@ -67,11 +88,4 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
 
 
 def rows(result: dict[str, Any]) -> list[tuple[str, ...]]:
-    s = result["summary"]
-    ref = s.get("reference", {}).get("load_s")
-    return [
-        ("data", "full dataset load, cold (fresh cache)", sec(s["cold"]["load_s"]),
-         f"{sec(ref)} (gunzip only)", f"{ratio(s['cold']['load_s'], ref)} the time"),
-        ("data", "full dataset load, warm (.npy cache)", f"{s['warm']['load_s']:.3f} s", sec(ref),
-         f"{ratio(ref, s['warm']['load_s'])} faster"),
-    ]
+    return cold_warm_rows("data", "full dataset load", ".npy", "gunzip", result)

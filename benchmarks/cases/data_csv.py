@@ -6,12 +6,11 @@ files first, so both sides read the real Fashion-MNIST."""
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 from typing import Any
 
-from benchmarks.cases.data import summarize, timed_load
-from benchmarks.common import PY, ratio, sec
+from benchmarks.cases.data import cold_warm_rows, measure, summarize
+from benchmarks.common import PY
 
 FMNIST_SNIPPET = """
 import time, sys
@@ -53,13 +52,8 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     folder = tmp / "kaggle"
     folder.mkdir(exist_ok=True)
     files = write_kaggle_csv(folder)
-    reps = 1 if args.quick else args.reps
-    runs: dict[str, list[dict[str, float]]] = {"cold": [], "warm": [], "reference": []}
-    for i in range(reps):
-        env = {**os.environ, "FMNIST_CACHE_DIR": str(tmp / f"csv-cache-{i}")}
-        for bucket in ("cold", "warm"):  # the same fresh cache dir twice
-            runs[bucket].append(timed_load([PY, "-c", FMNIST_SNIPPET, str(folder)], env))
-        runs["reference"].append(timed_load([PY, "-c", REF_SNIPPET, *map(str, files)]))
+    runs = measure(tmp, 1 if args.quick else args.reps, [PY, "-c", FMNIST_SNIPPET, str(folder)],
+                   [PY, "-c", REF_SNIPPET, *map(str, files)])
     return {
         "commands": [f"FMNIST_CACHE_DIR=FRESH {PY} -c '<load_arrays csv:DIR train+test>' (twice)",
                      f"{PY} -c '<np.loadtxt of the two CSV files>'"],
@@ -71,11 +65,4 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
 
 
 def rows(result: dict[str, Any]) -> list[tuple[str, ...]]:
-    s = result["summary"]
-    ref = s.get("reference", {}).get("load_s")
-    return [
-        ("data-csv", "70,000 CSV rows, cold (fresh cache)", sec(s["cold"]["load_s"]),
-         f"{sec(ref)} (np.loadtxt only)", f"{ratio(s['cold']['load_s'], ref)} the time"),
-        ("data-csv", "70,000 CSV rows, warm (.npz cache)", f"{s['warm']['load_s']:.3f} s",
-         sec(ref), f"{ratio(ref, s['warm']['load_s'])} faster"),
-    ]
+    return cold_warm_rows("data-csv", "70,000 CSV rows", ".npz", "np.loadtxt", result)

@@ -1,0 +1,135 @@
+"""The measured tables in README.md and docs/*.md, generated from the results files they cite,
+so that a table cannot drift from its file:
+
+    python -m benchmarks.docs_tables            # rewrite every table block in place
+    python -m benchmarks.docs_tables --check    # exit 1 naming each block that differs
+
+A block is whatever stands between its two markers:
+
+    <!-- table: benchmarks/results/FILE.json [cases=seed,data] -->
+    ... generated ...
+    <!-- end table -->
+
+FILE is a `python -m benchmarks` results file (its `--show` table; `cases=` keeps only those
+cases) or a `python -m benchmarks.serve_load` one. `<!-- table: headline -->` is the README's
+three-recipe table (HEADLINE below names its files). Prose around a block is not checked:
+it should read the table, not copy its figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+from pathlib import Path
+
+from benchmarks.__main__ import show
+
+ROOT = Path(__file__).resolve().parent.parent
+PAGES = ("README.md", "docs/*.md")
+# a marker stands alone on its line (a mention inside a sentence is not one)
+BLOCK = re.compile(r"^(<!-- table: (?P<spec>[^>]*?) -->\n)(?P<body>.*?)^(<!-- end table -->)$",
+                   re.S | re.M)
+
+RESULTS = "benchmarks/results/"
+# The README's table: quickstart and default from the seed case on the avx512 EPYC (the same run,
+# beside the Quickstart program itself); best from its own training run's metrics, whose file
+# records no machine: it ran on the 2-core Intel Xeon (class amx) of the earlier benchmarks.
+HEADLINE = {
+    "seed": RESULTS + "2026-11-27-amd-epyc-2c-seed-avx512.json",
+    "best": RESULTS + "2026-11-27-intel-xeon-2c-best-b128-metrics.jsonl",
+    "best_machine": "2-core Intel Xeon (CPU class amx)",
+}
+
+
+def link(target: str, page: Path) -> str:
+    """A markdown link to `target` (relative to the repository root) from `page`."""
+    rel = os.path.relpath(ROOT / target, (ROOT / page).parent)
+    return f"[`{Path(target).name}`]({rel})"
+
+
+def results_block(spec: list[str], page: Path) -> str:
+    path, options = spec[0], dict(o.split("=", 1) for o in spec[1:])
+    cases = options["cases"].split(",") if "cases" in options else None
+    lines = show(str(ROOT / path), cases=cases, commands=False).splitlines()
+    # the file's machine and command lines, as a list so they do not run into one paragraph
+    machine, command, rest = lines[0], lines[1], lines[2:]
+    return "\n".join([f"- {machine}", f"- {command}", f"- Results: {link(path, page)}", *rest])
+
+
+def headline_block(page: Path) -> str:
+    seed = json.loads((ROOT / HEADLINE["seed"]).read_text())
+    wall, acc = seed["cases"]["seed"]["summary"]["wall_s"], seed["cases"]["seed"]["summary"]["accuracy"]
+    m = seed["machine"]
+    seed_cpu = f"{m['cores']}-core {m['cpu']} (CPU class {m['cpu_class']})"
+    best = [json.loads(x) for x in (ROOT / HEADLINE["best"]).read_text().splitlines() if x.strip()]
+    last = best[-1]
+    rows = [
+        ("`quickstart`: the Quickstart's exact network and training",
+         f"{100 * acc['fmnist']:.2f} %",
+         f"{wall['fmnist']:.1f} s for the whole command (the Quickstart program: "
+         f"{wall['reference']:.1f} s)", seed_cpu),
+        ("`default`: a small cnn, 6 epochs", f"{100 * acc['default']:.2f} %",
+         f"{wall['default']:.1f} s for the whole command", seed_cpu),
+        (f"`best`: a wider cnn, {last['epoch']} epochs", f"{100 * last['test_accuracy']:.2f} %",
+         f"{last['train_seconds']:.0f} s of training (about {last['train_seconds'] / 60:.0f} min)",
+         HEADLINE["best_machine"]),
+    ]
+    return "\n".join([
+        "| recipe | test accuracy | time | measured on |",
+        "| --- | ---: | --- | --- |",
+        *("| " + " | ".join(r) + " |" for r in rows),
+        "",
+        f"From {link(HEADLINE['seed'], page)} and {link(HEADLINE['best'], page)}; one run "
+        "each (the seed case: median of 2).",
+    ])
+
+
+def render(spec: str, page: Path) -> str:
+    words = spec.split()
+    body = headline_block(page) if words == ["headline"] else results_block(words, page)
+    return body + "\n"
+
+
+def pages() -> list[Path]:
+    return sorted({p.relative_to(ROOT) for pattern in PAGES for p in ROOT.glob(pattern)})
+
+
+def update(page: Path) -> tuple[str, list[str]]:
+    """`page`'s text with every block regenerated, and the specs of the blocks that changed."""
+    text = (ROOT / page).read_text()
+    changed: list[str] = []
+
+    def fill(m: re.Match[str]) -> str:
+        body = render(m["spec"], page)
+        if body != m["body"]:
+            changed.append(m["spec"])
+        return m[1] + body + m[4]
+
+    return BLOCK.sub(fill, text), changed
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.docs_tables", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--check", action="store_true",
+                   help="change nothing; exit 1 if a table differs from its results file")
+    args = p.parse_args(argv)
+    stale = []
+    for page in pages():
+        text, changed = update(page)
+        stale += [f"{page}: the table of {spec}" for spec in changed]
+        if changed and not args.check:
+            (ROOT / page).write_text(text)
+    for line in stale:
+        print(("differs from its results file: " if args.check else "regenerated: ") + line)
+    if args.check and stale:
+        print("Run `python -m benchmarks.docs_tables` to regenerate them.", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
