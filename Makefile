@@ -11,7 +11,7 @@ UV     := $(VENV)/bin/uv pip install -q --python $(PY)
 RUN_STAMP  := $(VENV)/.installed-run
 FULL_STAMP := $(VENV)/.installed-full
 
-.PHONY: setup setup-full data run test lint bench bench-serve clean
+.PHONY: setup setup-full data run test lint lint-only bench bench-serve clean
 
 setup: $(RUN_STAMP) data
 
@@ -43,12 +43,16 @@ run: setup
 test: setup-full
 	bash scripts/ensure-browser.sh
 	$(PY) -m pytest -q
-	$(PY) -m ruff check src tests benchmarks
-	$(PY) -m mypy src
+	$(MAKE) --no-print-directory lint-only
 
-lint: setup-full
+lint: setup-full lint-only
+
+# ruff, mypy, and the layering (import-linter's contracts in pyproject.toml: a module importing
+# a higher layer, or an import circle, fails the build).
+lint-only:
 	$(PY) -m ruff check src tests benchmarks
 	$(PY) -m mypy src
+	$(VENV)/bin/lint-imports --no-cache
 
 bench: setup-full
 	$(PY) -m benchmarks

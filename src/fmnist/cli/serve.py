@@ -20,8 +20,8 @@ from fmnist.errors import ConfigError
 
 # One single-threaded worker per core: the GIL keeps one process's HTTP and decoding work on
 # one core. On 2 cores (AMD EPYC, avx512) with torch, 2 workers x 1 thread answered 757
-# requests/s at 8 clients against 391 for 1 worker x 2 threads, 1,432 vs 646 at 32 (README,
-# "Serve it"). Capped because every worker holds its own copy of torch
+# requests/s at 8 clients against 391 for 1 worker x 2 threads, 1,432 vs 646 at 32 (docs/serving.md).
+# Capped because every worker holds its own copy of torch
 # (about 270 MB RSS each, measured); more than 2 cores were not measured.
 MAX_AUTO_WORKERS = 4
 AUTO_WORKERS_TEXT = f"one per core, at most {MAX_AUTO_WORKERS}"

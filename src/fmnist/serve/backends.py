@@ -3,8 +3,9 @@
 Measured on 2 cores (AMD EPYC, class avx512; `python -m benchmarks.serve_load`'s in-process
 ceiling, decode + predict with flip TTA): onnxruntime 2.4-2.8x eager PyTorch one image at a
 time, 0.8x at 32 images, about equal at 64. The server's passes are small, so it answered 723 vs
-291 requests/s at 8 clients (README, "Serve it"). Served from a run folder with `--backend onnxruntime`, the checkpoint is exported
-in memory at start-up; an exported `model.onnx` (`fmnist export --format onnx`) serves as is.
+291 requests/s at 8 clients in that run (docs/serving.md has the current load table). Served
+from a run folder with `--backend onnxruntime`, the checkpoint is exported in memory at
+start-up; an exported `model.onnx` (`fmnist export --format onnx`) serves as is.
 
 `Backend` is what the server needs of either: a `Predictor`'s methods, plus which runtime it is
 and how many parameters its model has. `OnnxPredictor` is one; any other `Predictor` (eager
