@@ -25,5 +25,9 @@ class ConfigError(FmnistError):
     """An unknown recipe/model/dataset name or a bad option value."""
 
 
+class DivergedError(FmnistError):
+    """Training stopped learning: a non-finite loss, or one far above chance."""
+
+
 class WriteError(FmnistError):
     """A file could not be written: disk full, read-only, failing, or no permission."""

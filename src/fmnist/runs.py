@@ -144,7 +144,7 @@ def _status(status: dict[str, Any], run: Run) -> str:
     said = status.get("status")
     if said == "running" and not _alive(status.get("pid"), status.get("host")):
         return "failed"  # the process went away without saying why (killed, crashed)
-    if said in ("running", "finished", "interrupted", "failed"):
+    if said in ("running", "finished", "interrupted", "failed", "diverged"):
         return str(said)
     # a folder from before status.json: finished when it has all its epochs
     done = run.rows[-1]["epoch"] if run.rows else 0

@@ -23,6 +23,8 @@ HELP = {
     "tta_flip": "average with the mirrored image at evaluation and prediction",
     "normalize": "standardise inputs with the training set's mean and std (else just /255)",
     "eval_loss": "test loss as the mean over images, or of per-batch means (the Quickstart's)",
+    "min_steps": "on small data, shrink the batch (to 32) and add epochs until the run takes "
+                 "this many steps (0: off)",
     "steps": "total optimiser steps (0: epochs x steps per epoch; else the last epoch may stop "
              "part-way)",
 }

@@ -18,12 +18,13 @@ from torch import nn
 
 from fmnist import budget, checkpoint, datasets, distributed, rundir
 from fmnist.checkpoint import ResumeState
-from fmnist.errors import ConfigError, WriteError
+from fmnist.errors import ConfigError, DivergedError, WriteError
 from fmnist.models import unwrap
 from fmnist.recipes import Recipe, apply_overrides, get_recipe, to_dict, validate
 from fmnist.train.callbacks import Callback, Curves, MetricsLog, RunState, Status, display_callback
 from fmnist.train.data import Data
 from fmnist.train.evaluation import evaluate_epoch, reduce_device
+from fmnist.train.guard import check_learning
 from fmnist.train.setup import Parts, Setup, build, set_up, train_step
 from fmnist.train.throughput import plan_for
 
@@ -67,6 +68,8 @@ def fit(
     parts: Parts | None = None
     try:
         setup = set_up(recipe, info, data, data_dir, resumed)
+        if display and setup.recipe != recipe:
+            print(resized(recipe, setup.recipe, len(setup.data.train_images)), flush=True)
         if seconds is not None:
             setup = replace(setup, recipe=plan_for(setup, seconds, display))
         recipe, parts = setup.recipe, build(setup, resumed)
@@ -92,6 +95,7 @@ def fit(
                 for cb in cbs:
                     cb.on_epoch_start(state)
                 row = train_epoch(parts, setup, state, cbs) | evaluate_epoch(parts.model, setup)
+                check_learning(row, len(setup.data.classes), recipe, epoch == parts.epochs)
                 state.rows.append(row)
                 if save:
                     save_epoch(run_dir, setup, parts, state.rows)
@@ -149,6 +153,10 @@ def stops_recorded(state: RunState) -> Iterator[None]:
             raise
         mark_stopped(run_dir, "failed", state.saved_epoch, str(e))
         raise WriteError(f"{e} {rundir.resume_hint(run_dir, state.saved_epoch)}") from e
+    except DivergedError as e:
+        if run_dir is not None:
+            mark_stopped(run_dir, "diverged", state.saved_epoch, str(e))
+        raise
     except KeyboardInterrupt:
         if run_dir is not None:  # Ctrl-C: the folder says so, and how to go on
             mark_stopped(run_dir, "interrupted", state.saved_epoch)
@@ -231,3 +239,10 @@ def run_meta(setup: Setup, rows: list[dict[str, Any]]) -> dict[str, Any]:
         "epoch": rows[-1]["epoch"] if rows else 0,
         "metrics": rows[-1] if rows else {},
     }
+
+
+def resized(asked: Recipe, runs: Recipe, images: int) -> str:
+    """The line that says a small dataset changed the batch size and epochs (`--min-steps`)."""
+    return (f"{images:,} training images: batch {asked.batch_size} -> {runs.batch_size} (lr "
+            f"{asked.lr:g} -> {runs.lr:g}), epochs {asked.epochs} -> {runs.epochs}, so the run "
+            f"takes at least {runs.min_steps} optimiser steps (--min-steps 0 keeps the recipe's).")

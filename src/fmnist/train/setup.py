@@ -16,7 +16,7 @@ from fmnist.checkpoint import ResumeState
 from fmnist.inference import autocast_for
 from fmnist.loader import Augment, Batches
 from fmnist.models import build_model
-from fmnist.recipes import Recipe
+from fmnist.recipes import Recipe, sized_for
 from fmnist.train.data import Data, check_same_data, load_data, pixel_stats, split_holdout
 from fmnist.train.optim import make_optimizer, make_scheduler
 
@@ -63,6 +63,7 @@ def set_up(recipe: Recipe, info: distributed.DistInfo, data: Data | None,
     mean, std = pixel_stats(recipe, data)
     if resumed is not None:
         check_same_data(resumed, data, mean, std)
+    recipe = sized_for(recipe, len(data.train_images) // info.world_size)
     return Setup(recipe, info, device, hardware.use_bf16(recipe.bf16, device), data, mean, std)
 
 
