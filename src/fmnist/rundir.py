@@ -5,7 +5,8 @@
     curves.png         loss and accuracy per epoch
     model.safetensors  the weights, with model.json beside them (fmnist.checkpoint)
     resume.pt          everything needed to continue exactly
-    status.json        running / finished / interrupted / failed, the epoch last saved, the machine
+    status.json        running / finished / interrupted / failed / diverged, the epoch last saved
+    .claim             who trains in the folder now: an OS lock, and its owner's pid, host, start
 
 Every name a run folder holds is defined here, once; this module needs no torch, so listing
 runs (fmnist.runs) stays cheap.
@@ -15,9 +16,11 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import fcntl
 import json
 import os
 import socket
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +34,7 @@ WEIGHTS = "model.safetensors"
 META = "model.json"
 RESUME = "resume.pt"
 STATUS = "status.json"
+CLAIM = ".claim"
 
 
 # ---- claiming a new folder ----------------------------------------------------------------------
@@ -143,3 +147,73 @@ def note_status(run_dir: Path, status: str, **fields: Any) -> None:
     it fails the checkpoint next, with the message that says how to resume."""
     with contextlib.suppress(WriteError, OSError, ValueError):
         write_status(run_dir, status, **fields)
+
+
+# ---- the owner: one process trains in a folder at a time ----------------------------------------
+
+
+class Claim:
+    """This process's claim on a run folder: an exclusive flock on its .claim file, which the
+    kernel drops when the process ends however it ends (kill -9 included), with the owner's pid,
+    host and start time written inside so that others can name it. (flock holds between the
+    processes of one machine; over NFS from several machines it may not.)"""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = Path(run_dir) / CLAIM
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read_owner(self.fd)
+            os.close(self.fd)
+            raise ConfigError(
+                f"Run folder {run_dir} is being trained by {_who(holder)}: wait for it to end, "
+                "or stop it first."
+            ) from None
+        earlier = _read_owner(self.fd)
+        if earlier:  # its process ended without letting go: it was killed or crashed
+            print(f"Taking over run folder {run_dir} from {_who(earlier)}, which is no longer "
+                  "running.", file=sys.stderr, flush=True)
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "started": now()}
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, json.dumps(me).encode(), 0)
+
+    def release(self) -> None:
+        """Let go: empty the file (nothing to take over), then drop the lock."""
+        if self.fd < 0:
+            return
+        with contextlib.suppress(OSError):
+            os.ftruncate(self.fd, 0)
+        os.close(self.fd)  # closing the descriptor drops the flock
+        self.fd = -1
+
+
+def owner(run_dir: str | Path) -> dict[str, Any] | None:
+    """The live owner of `run_dir` (pid, host, started), or None when nobody trains in it."""
+    path = Path(run_dir) / CLAIM
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return _read_owner(fd) or {}
+    finally:
+        os.close(fd)  # also drops the shared lock, if it was taken
+    return None
+
+
+def _read_owner(fd: int) -> dict[str, Any]:
+    try:
+        found = json.loads(os.pread(fd, 4096, 0) or b"{}")
+    except ValueError:
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+def _who(holder: dict[str, Any]) -> str:
+    if not holder:
+        return "another process"
+    return (f"process {holder.get('pid')} on {holder.get('host')} (since "
+            f"{holder.get('started')})")

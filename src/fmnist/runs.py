@@ -4,7 +4,7 @@
 A run folder (its files: fmnist.rundir) says how it ended in status.json (written by `fit`): running,
 finished, interrupted (Ctrl-C) or failed, with the epoch last saved and the machine it ran on.
 A folder whose process vanished without a word (killed, power cut) still says "running"; its
-pid tells that apart from a run that is still going.
+claim (an OS lock the kernel drops with the process) tells that apart from a run still going.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from fmnist.errors import FmnistError
-from fmnist.rundir import CONFIG, METRICS, RESUME, STATUS, WEIGHTS
+from fmnist.rundir import CLAIM, CONFIG, METRICS, RESUME, STATUS, WEIGHTS, owner
 
 
 class RunError(FmnistError):
@@ -32,8 +32,12 @@ def _read_json(path: Path) -> Any:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def _alive(pid: Any, host: Any) -> bool:
-    """Whether `pid` on `host` still runs (only knowable on this host)."""
+def _alive(path: Path, status: dict[str, Any]) -> bool:
+    """Whether the process that trains in `path` still runs: its claim (an OS lock) is held,
+    or, for a folder from before claims, its pid still runs on this host."""
+    if (path / CLAIM).exists():
+        return owner(path) is not None
+    pid, host = status.get("pid"), status.get("host")
     if host != socket.gethostname() or not isinstance(pid, int):
         return False
     try:
@@ -123,7 +127,7 @@ def _fill(run: Run, path: Path) -> None:
     run.hardware = status.get("hardware")
     run.date = status.get("started") or _mtime(path / CONFIG)
     run.resumable = (path / RESUME).is_file()
-    run.status = _status(status, run)
+    run.status = _status(status, run, path)
     if status.get("status") == "failed":
         run.problem = status.get("error")
     run.parameters = _parameters(path / WEIGHTS)
@@ -140,9 +144,9 @@ def _fill(run: Run, path: Path) -> None:
         run.images_per_s = speeds[len(speeds) // 2] if speeds else None  # the median epoch
 
 
-def _status(status: dict[str, Any], run: Run) -> str:
+def _status(status: dict[str, Any], run: Run, path: Path) -> str:
     said = status.get("status")
-    if said == "running" and not _alive(status.get("pid"), status.get("host")):
+    if said == "running" and not _alive(path, status):
         return "failed"  # the process went away without saying why (killed, crashed)
     if said in ("running", "finished", "interrupted", "failed", "diverged"):
         return str(said)

@@ -66,7 +66,10 @@ def fit(
     info = distributed.from_env()
     recipe, resumed, seconds = checked_inputs(recipe, out, resume, time_budget, info)
     parts: Parts | None = None
+    claim: rundir.Claim | None = None
     try:
+        if save and info.is_main and resume is not None:  # before anything is written to it
+            claim = rundir.Claim(Path(resume))
         setup = set_up(recipe, info, data, data_dir, resumed)
         if display and setup.recipe != recipe:
             print(resized(recipe, setup.recipe, len(setup.data.train_images)), flush=True)
@@ -76,6 +79,7 @@ def fit(
         run_dir = None
         if save and info.is_main:  # a resumed run keeps its folder and config.json
             run_dir = Path(resume) if resume else rundir.start(out, recipe.name, to_dict(recipe))
+            claim = claim or rundir.Claim(run_dir)
         rows = list(resumed.rows) if resumed else []
         state = RunState(recipe, run_dir, info.is_main, len(parts.batches),
                          parts.batches.samples_per_rank, parts.epochs, rows=rows,
@@ -108,6 +112,8 @@ def fit(
         # folder could abort at exit (seen here, about 1 run in 4, before this barrier).
         distributed.barrier(info)
     finally:
+        if claim is not None:
+            claim.release()
         # DDP must be released before the process group goes, or the process can abort at exit.
         parts = None if parts is None else replace(parts, train_model=parts.model)
         distributed.shutdown()
