@@ -12,6 +12,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import torch
 from synthetic import make_data
 
 from fmnist import rundir
@@ -89,3 +90,83 @@ def test_a_folder_has_one_claim_even_within_a_process(tmp_path):
     finally:
         first.release()
     rundir.Claim(tmp_path).release()  # free again
+
+
+# ---- an epoch is committed whole ------------------------------------------------------------------
+
+
+class Crash(BaseException):
+    """A process dying at this point (BaseException: nothing in fmnist catches it)."""
+
+
+class CrashAt(Callback):
+    """From the start of epoch 2, count the filesystem changes (file creations, writes, fsyncs,
+    renames, links) and die at the `at`-th: every point a crash can hit while an epoch is saved."""
+
+    CALLS = ("open", "write", "fsync", "rename", "replace", "symlink", "mkdir")
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, at: int) -> None:
+        self.monkeypatch, self.at, self.count = monkeypatch, at, 0
+
+    def on_epoch_start(self, state):
+        if state.epoch != 2:
+            return
+        for name in self.CALLS:
+            real = getattr(os, name)
+
+            def counted(*args, _real=real, **kwargs):
+                self.count += 1
+                if self.count == self.at:
+                    raise Crash
+                return _real(*args, **kwargs)
+
+            self.monkeypatch.setattr(os, name, counted)
+
+
+class CtrlCAt(Callback):
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_epoch_start(self, state):
+        if state.epoch == self.epoch:
+            raise KeyboardInterrupt
+
+
+def saved_state(run: Path) -> tuple[int, int, int]:
+    """The epoch of the weights' metadata, of resume.pt, and metrics.jsonl's line count."""
+    from fmnist.checkpoint import ResumeState, load_model
+
+    _, meta = load_model(run)
+    rows = (run / "metrics.jsonl").read_text().splitlines()
+    return meta["epoch"], ResumeState.load(run).epoch, len(rows)
+
+
+def test_a_crash_anywhere_in_a_save_leaves_one_consistent_epoch(tmp_path, monkeypatch):
+    import shutil
+
+    data = make_data(n_train=64, n_test=32)
+    whole = fit(SMALL, data=data, out=tmp_path / "whole", display=False)
+    first = tmp_path / "first"  # the run stopped after epoch 1 (Ctrl-C), copied for each crash
+    with pytest.raises(KeyboardInterrupt):
+        fit(SMALL, data=data, out=first, display=False, callbacks=[CtrlCAt(2)])
+    points = 0
+    for at in range(1, 200):
+        run = tmp_path / f"crash-{at}"
+        shutil.copytree(first, run, symlinks=True)
+        with monkeypatch.context() as m:
+            try:
+                fit(resume=run, data=data, display=False, callbacks=[CrashAt(m, at)])
+            except Crash:
+                pass
+            else:  # the save of epoch 2 has fewer changes than `at`: every point was tried
+                points = at - 1
+                break
+        epoch = saved_state(run)[0]
+        assert saved_state(run) == (epoch, epoch, epoch)
+        assert epoch in (1, 2)
+        if epoch == 1:  # resumes from epoch 1 to the same weights as the run never stopped
+            resumed = fit(resume=run, data=data, display=False)
+            for k, v in whole.model.state_dict().items():
+                assert torch.equal(resumed.model.state_dict()[k], v), (at, k)
+            assert saved_state(run) == (2, 2, 2)
+    assert points >= 8  # the save did go through several changes

@@ -13,7 +13,7 @@ import torch
 from synthetic import make_data
 from test_train import SMALL, weights
 
-from fmnist import atomic, checkpoint, datasets, plots
+from fmnist import atomic, datasets, plots
 from fmnist.checkpoint import ResumeState, load_model, save_model
 from fmnist.cli import main
 from fmnist.errors import WriteError
@@ -126,8 +126,6 @@ def _model():
 META = {"classes": [f"c{i}" for i in range(10)], "normalize": {"mean": 0.0, "std": 1.0}}
 SITES = {
     "checkpoint": (lambda d: save_model(d, _model(), META), "model.safetensors"),
-    "resume state": (lambda d: ResumeState(1, [], {}, {}, {}, {}, checkpoint.rng_state()).save(d),
-                     "resume.pt"),
     "picture": (lambda d: plots.save_training_curves(
         [{"epoch": 1, "train_loss": 1.0, "test_loss": 1.0, "test_accuracy": 0.5}], d / "curves.png"),
         "curves.png"),

@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
-from fmnist.atomic import write_bytes, write_text
+from fmnist.atomic import write_bytes
 from fmnist.datasets import SPECS
 from fmnist.errors import CheckpointError, ConfigError
 from fmnist.models import build_model, clean_state_dict, model_config, model_name, unwrap
@@ -51,19 +51,22 @@ def model_meta(model: nn.Module, meta: dict[str, Any]) -> dict[str, Any]:
             "versions": versions()}
 
 
-def save_model(directory: str | Path, model: nn.Module, meta: dict[str, Any]) -> Path:
-    """Write `model.safetensors` + `model.json` into `directory`; returns the weights path.
-
-    `meta` should hold at least `classes` and `normalize` ({"mean", "std"}); the rest of
-    `model_meta` is added here.
-    """
-    directory = Path(directory)
+def model_files(model: nn.Module, meta: dict[str, Any]) -> dict[str, bytes]:
+    """`model.safetensors` and `model.json`, as bytes. `meta` should hold at least `classes`
+    and `normalize` ({"mean", "std"}); the rest of `model_meta` is added here. The weights file
+    carries the same metadata inside, so it alone is a whole checkpoint."""
     model = unwrap(model)
     full = model_meta(model, meta)
     state = {k: v.detach().cpu().contiguous() for k, v in clean_state_dict(model.state_dict()).items()}
-    weights = write_bytes(directory / WEIGHTS, safetensors_bytes(state, {"fmnist": json.dumps(full)}),
-                          "checkpoint")
-    write_text(directory / META, json.dumps(full, indent=2) + "\n", "checkpoint metadata")
+    return {WEIGHTS: safetensors_bytes(state, {"fmnist": json.dumps(full)}),
+            META: (json.dumps(full, indent=2) + "\n").encode()}
+
+
+def save_model(directory: str | Path, model: nn.Module, meta: dict[str, Any]) -> Path:
+    """Write `model.safetensors` + `model.json` into `directory`; returns the weights path."""
+    files = model_files(model, meta)
+    weights = write_bytes(Path(directory) / WEIGHTS, files[WEIGHTS], "checkpoint")
+    write_bytes(Path(directory) / META, files[META], "checkpoint metadata")
     return weights
 
 
@@ -241,10 +244,10 @@ class ResumeState:
     std: float | None = None
     fingerprint: str | None = None
 
-    def save(self, directory: str | Path) -> Path:
+    def to_bytes(self) -> bytes:
         buf = io.BytesIO()
         torch.save({f.name: getattr(self, f.name) for f in fields(self)}, buf)
-        return write_bytes(Path(directory) / RESUME, buf.getvalue(), "resume state")
+        return buf.getvalue()
 
     @classmethod
     def load(cls, directory: str | Path) -> ResumeState:

@@ -8,6 +8,11 @@
     status.json        running / finished / interrupted / failed / diverged, the epoch last saved
     .claim             who trains in the folder now: an OS lock, and its owner's pid, host, start
 
+The saved state (weights, model.json, resume.pt, metrics.jsonl) is committed whole: each save
+writes a new folder checkpoints/<label>/, then switches the `current` link to it with one atomic
+rename; the four names at the top are links through `current`. Whatever the crash point, the
+folder holds one consistent save: the new one or the one before (see `commit`).
+
 Every name a run folder holds is defined here, once; this module needs no torch, so listing
 runs (fmnist.runs) stays cheap.
 """
@@ -19,12 +24,14 @@ import datetime as _dt
 import fcntl
 import json
 import os
+import secrets
+import shutil
 import socket
 import sys
 from pathlib import Path
 from typing import Any
 
-from fmnist.atomic import write_text
+from fmnist.atomic import as_write_error, write_text
 from fmnist.errors import ConfigError, WriteError
 
 CONFIG = "config.json"
@@ -35,6 +42,8 @@ META = "model.json"
 RESUME = "resume.pt"
 STATUS = "status.json"
 CLAIM = ".claim"
+CHECKPOINTS = "checkpoints"
+CURRENT = "current"
 
 
 # ---- claiming a new folder ----------------------------------------------------------------------
@@ -120,6 +129,84 @@ def resume_hint(run_dir: Path, saved_epoch: int, interrupted: bool = False) -> s
                 f"`fmnist train --resume {run_dir}`.")
     return (f"The last complete checkpoint is epoch {saved_epoch} in {run_dir}: free space (or fix "
             f"the folder), then continue with `fmnist train --resume {run_dir}`.")
+
+
+# ---- committing a save whole ---------------------------------------------------------------------
+
+
+def commit(run_dir: Path, files: dict[str, bytes], label: str) -> Path:
+    """Save `files` (name -> bytes) as the run folder's state, all or nothing.
+
+    They go into a fresh checkpoints/<label>/ (each file fsync'd, then the folder), which the
+    `current` link is switched to by a rename, and the folder fsync'd: a crash before that rename
+    leaves the previous save in place, after it the new one. The top-level names link through
+    `current`; the previous save's folder is kept (a reader may have just resolved it), older
+    ones are deleted. Returns the new folder.
+    """
+    store = run_dir / CHECKPOINTS
+    tmp = store / f".{label}.{secrets.token_hex(4)}.tmp"
+    where = run_dir  # what an error names: the file being written, else the folder
+    try:
+        tmp.mkdir(parents=True)
+        for name, data in files.items():
+            where = run_dir / name
+            fd = os.open(tmp / name, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+            try:
+                _write_all(fd, data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(tmp)
+        where = run_dir
+        final = store / label
+        n = 1
+        while final.exists():  # the same epoch saved again (a resumed run): keep both apart
+            n += 1
+            final = store / f"{label}-{n}"
+        os.rename(tmp, final)
+        _fsync_dir(store)
+        previous = (run_dir / CURRENT).resolve() if (run_dir / CURRENT).is_symlink() else None
+        _link(run_dir / CURRENT, f"{CHECKPOINTS}/{final.name}")
+        for name in files:  # once per folder (and over the plain files of older versions)
+            link = run_dir / name
+            if not (link.is_symlink() and os.readlink(link) == f"{CURRENT}/{name}"):
+                _link(link, f"{CURRENT}/{name}")
+        _fsync_dir(run_dir)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        error = as_write_error(e, "checkpoint", where)
+        if error is not None:
+            raise error from e
+        raise
+    for old in store.iterdir():  # the owner's claim means no other save is under way
+        if old != final and old.resolve() != previous:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)  # os.write may write less than it was given
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _link(path: Path, target: str) -> None:
+    """Point the symlink `path` at `target`, atomically (replacing a file of the same name)."""
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.link"
+    os.symlink(target, tmp)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 # ---- status.json ----------------------------------------------------------------------------------

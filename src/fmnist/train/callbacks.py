@@ -1,9 +1,8 @@
 """What hangs off the loop: the `Callback` hooks, the state they read, and the built-in ones
-(the on-screen display, metrics.jsonl, curves.png, status.json)."""
+(the on-screen display, curves.png, status.json; metrics.jsonl is saved with each epoch)."""
 
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,7 +11,6 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from fmnist import hardware, rundir
-from fmnist.atomic import write_text
 from fmnist.recipes import Recipe
 
 if TYPE_CHECKING:
@@ -102,15 +100,6 @@ class ProgressBar(Callback):
             f"{row['seconds']:.1f}s  {row['images_per_s']:,.0f} img/s",
             flush=True,
         )
-
-
-class MetricsLog(Callback):
-    """metrics.jsonl, one JSON line per epoch, rewritten atomically (so resume can trust it)."""
-
-    def on_epoch_end(self, state: RunState, row: dict[str, Any]) -> None:
-        if state.run_dir is not None:
-            lines = "".join(json.dumps(r) + "\n" for r in state.rows)
-            write_text(state.run_dir / rundir.METRICS, lines, "metrics log")
 
 
 class Curves(Callback):

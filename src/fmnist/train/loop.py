@@ -6,6 +6,7 @@ the loop (fmnist.train.callbacks); setting up and building what it trains is fmn
 from __future__ import annotations
 
 import contextlib
+import json
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -21,7 +22,7 @@ from fmnist.checkpoint import ResumeState
 from fmnist.errors import ConfigError, DivergedError, WriteError
 from fmnist.models import unwrap
 from fmnist.recipes import Recipe, apply_overrides, get_recipe, to_dict, validate
-from fmnist.train.callbacks import Callback, Curves, MetricsLog, RunState, Status, display_callback
+from fmnist.train.callbacks import Callback, Curves, RunState, Status, display_callback
 from fmnist.train.data import Data
 from fmnist.train.evaluation import evaluate_epoch, reduce_device
 from fmnist.train.guard import check_learning
@@ -85,7 +86,7 @@ def fit(
                          parts.batches.samples_per_rank, parts.epochs, rows=rows,
                          saved_epoch=rows[-1]["epoch"] if rows else 0, setup=setup, parts=parts)
         shown = [display_callback(recipe)] if display else []
-        cbs = [*shown, *callbacks, MetricsLog(), Curves(), Status()] if info.is_main else []
+        cbs = [*shown, *callbacks, Curves(), Status()] if info.is_main else []
         for cb in cbs:
             cb.on_fit_start(state)
         if resumed is not None:
@@ -216,20 +217,24 @@ def train_epoch(parts: Parts, setup: Setup, state: RunState, callbacks: Sequence
 
 
 def save_epoch(run_dir: Path | None, setup: Setup, parts: Parts, rows: list[dict[str, Any]]) -> None:
-    """The checkpoint and the resume state of the epoch just finished (rank 0 writes)."""
+    """Commit the epoch just finished (rank 0 writes): weights, model.json, resume state and
+    metrics.jsonl together, so a crash leaves this epoch or the one before, never a mix."""
     # Every rank's RNG state, for exact resume of per-rank randomness: a collective, so every
     # rank takes part whether or not it writes.
     rng = checkpoint.rng_state()
     rngs = distributed.gather_objects(rng, setup.info)
     if run_dir is None:
         return
-    checkpoint.save_model(run_dir, parts.model, run_meta(setup, rows))
-    ResumeState(
+    resume = ResumeState(
         epoch=rows[-1]["epoch"], rows=rows, recipe=to_dict(setup.recipe), model=parts.model.state_dict(),
         optimizer=parts.optimizer.state_dict(), scheduler=parts.scheduler.state_dict(),
         rng=rng, rng_ranks=rngs, world_size=setup.info.world_size,
         mean=setup.mean, std=setup.std, fingerprint=setup.data.fingerprint,
-    ).save(run_dir)
+    )
+    metrics = "".join(json.dumps(r) + "\n" for r in rows).encode()
+    files = checkpoint.model_files(parts.model, run_meta(setup, rows))
+    files |= {rundir.RESUME: resume.to_bytes(), rundir.METRICS: metrics}
+    rundir.commit(run_dir, files, f"epoch-{rows[-1]['epoch']:04d}")
 
 
 def run_meta(setup: Setup, rows: list[dict[str, Any]]) -> dict[str, Any]:
