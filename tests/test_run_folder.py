@@ -170,3 +170,96 @@ def test_a_crash_anywhere_in_a_save_leaves_one_consistent_epoch(tmp_path, monkey
                 assert torch.equal(resumed.model.state_dict()[k], v), (at, k)
             assert saved_state(run) == (2, 2, 2)
     assert points >= 8  # the save did go through several changes
+
+
+# ---- stopped by a signal, resumed exactly ---------------------------------------------------------
+
+
+class Draws(Callback):
+    """Draws from the global RNG at every step, as dropout would: a resume that did not restore
+    the RNG state would draw other numbers."""
+
+    def __init__(self) -> None:
+        self.draws: list[float] = []
+
+    def on_step(self, state, step, loss, batch):
+        self.draws.append(torch.rand(1).item())
+
+
+class SignalAt(Callback):
+    def __init__(self, epoch: int, step: int, signum: int = signal.SIGTERM) -> None:
+        self.at, self.signum = (epoch, step), signum
+
+    def on_step(self, state, step, loss, batch):
+        if (state.epoch, step) == self.at:
+            os.kill(os.getpid(), self.signum)  # delivered to this process, as `kill` would
+
+
+@pytest.mark.parametrize("epoch, step", [(1, 0), (1, 2), (1, 3), (2, 1), (2, 3)])
+def test_a_signal_saves_the_step_and_the_resume_is_exact(tmp_path, epoch, step, capsys):
+    from fmnist.train.stops import Interrupted
+
+    data = make_data(n_train=128, n_test=32)  # 4 steps an epoch, 2 epochs
+    whole_draws = Draws()
+    whole = fit(SMALL, data=data, out=tmp_path / "whole", display=False, callbacks=[whole_draws])
+    after_whole = torch.rand(3)
+
+    run, draws = tmp_path / "stopped", Draws()
+    with pytest.raises(Interrupted):
+        fit(SMALL, data=data, out=run, display=False, callbacks=[draws, SignalAt(epoch, step)])
+    status = json.loads((run / "status.json").read_text())
+    assert status["status"] == "interrupted"
+    assert f"`fmnist train --resume {run}`" in capsys.readouterr().err
+    resumed = fit(resume=run, data=data, display=False, callbacks=[draws])
+    after_resumed = torch.rand(3)
+
+    for k, v in whole.model.state_dict().items():
+        assert torch.equal(resumed.model.state_dict()[k], v), k
+    assert draws.draws == whole_draws.draws  # the global RNG went on where it stopped
+    assert torch.equal(after_resumed, after_whole)
+    strip = ("seconds", "train_seconds", "images_per_s")
+    assert [{k: v for k, v in r.items() if k not in strip} for r in resumed.rows] == \
+        [{k: v for k, v in r.items() if k not in strip} for r in whole.rows]
+
+
+def test_sigterm_ends_the_command_with_its_resume_line(tmp_path):
+    from synthetic import write_csv
+
+    config = tmp_path / "r.json"
+    config.write_text(json.dumps({"model": "cnn", "model_config": {"widths": [8, 8, 16]},
+                                  "epochs": 200, "batch_size": 32, "bf16": "off",
+                                  "channels_last": False, "flip": False, "tta_flip": False,
+                                  "dataset": write_csv(tmp_path / "data")}))
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "fmnist", "train", "--config", str(config),
+                             "--out", str(run), "--no-tensorboard"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    for line in proc.stdout:  # the first epoch's line: training is under way
+        if line.startswith("epoch   1/200"):
+            break
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert "Stopped by SIGTERM" in err and f"fmnist train --resume {run}" in err
+    assert json.loads((run / "status.json").read_text())["status"] == "interrupted"
+    assert rundir.owner(run) is None
+
+
+def test_checkpoint_every_saves_part_way_without_stopping(tmp_path):
+    seen = []
+
+    class Watch(Callback):
+        def on_step(self, state, step, loss, batch):
+            if (state.run_dir / "resume.pt").exists():
+                from fmnist.checkpoint import ResumeState
+
+                r = ResumeState.load(state.run_dir)
+                seen.append((r.epoch, r.step))
+
+    data = make_data(n_train=128, n_test=32)
+    result = fit(SMALL, data=data, out=tmp_path / "run", display=False, callbacks=[Watch()],
+                 checkpoint_every=1e-9)  # due after every step
+    assert len(result.rows) == 2  # it did not stop
+    assert (0, 1) in seen and (1, 2) in seen  # saved part-way through epochs 1 and 2
+    assert len(list((tmp_path / "run" / "checkpoints").iterdir())) <= 2  # older saves deleted

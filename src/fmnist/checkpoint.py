@@ -224,7 +224,8 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 @dataclass
 class ResumeState:
-    """Everything needed to continue a run exactly, saved as `resume.pt` after every epoch.
+    """Everything needed to continue a run exactly, saved as `resume.pt` with every epoch (and
+    part-way through one when the run is stopped by a signal or saves on a timer).
 
     `rng_ranks` holds every rank's RNG states under torchrun (`rng` is this process's); `mean`,
     `std` and `fingerprint` say which data the run was trained on, so a resume on other data is
@@ -243,6 +244,10 @@ class ResumeState:
     mean: float | None = None  # None: written before these were saved
     std: float | None = None
     fingerprint: str | None = None
+    # Saved part-way through epoch `epoch + 1` (a signal, --checkpoint-every): the steps done
+    # in it, and its running totals (loss_sum, images, seconds) so its row comes out the same.
+    step: int = 0
+    partial: dict[str, float] | None = None
 
     def to_bytes(self) -> bytes:
         buf = io.BytesIO()

@@ -60,13 +60,16 @@ class Batches:
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.channels_last = channels_last
         self.epoch = 0
+        self.start = 0  # the first batch an epoch yields (a run resumed part-way through one)
         if augment.shift:
             # Pad once, up front: each batch then crops with one gather instead of padding.
             s = augment.shift
             self.padded = torch.nn.functional.pad(images, (s, s, s, s))
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Batches of `epoch` from its batch `start` on: the same batches an uninterrupted
+        epoch yields there, as every random draw is made for the whole epoch first."""
+        self.epoch, self.start = epoch, start
 
     @property
     def samples_per_rank(self) -> int:
@@ -93,7 +96,7 @@ class Batches:
             flips = torch.rand(n, generator=g) < 0.5
         positions = torch.arange(self.rank, self.samples_per_rank * self.world_size, self.world_size)
         device = self.images.device
-        for i in range(len(self)):
+        for i in range(self.start, len(self)):
             pos = positions[i * self.batch_size : (i + 1) * self.batch_size]
             idx = order[pos].to(device)
             if shifts is not None:

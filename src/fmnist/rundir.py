@@ -28,6 +28,7 @@ import secrets
 import shutil
 import socket
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -134,8 +135,10 @@ def resume_hint(run_dir: Path, saved_epoch: int, interrupted: bool = False) -> s
 # ---- committing a save whole ---------------------------------------------------------------------
 
 
-def commit(run_dir: Path, files: dict[str, bytes], label: str) -> Path:
-    """Save `files` (name -> bytes) as the run folder's state, all or nothing.
+def commit(run_dir: Path, files: dict[str, bytes], label: str,
+           keep: Sequence[str] = ()) -> Path:
+    """Save `files` (name -> bytes), and the current save's files named in `keep` (hard links,
+    where they exist), as the run folder's state, all or nothing.
 
     They go into a fresh checkpoints/<label>/ (each file fsync'd, then the folder), which the
     `current` link is switched to by a rename, and the folder fsync'd: a crash before that rename
@@ -156,6 +159,9 @@ def commit(run_dir: Path, files: dict[str, bytes], label: str) -> Path:
                 os.fsync(fd)
             finally:
                 os.close(fd)
+        for name in keep:
+            if (run_dir / name).exists():
+                os.link((run_dir / name).resolve(), tmp / name)
         _fsync_dir(tmp)
         where = run_dir
         final = store / label
@@ -167,7 +173,7 @@ def commit(run_dir: Path, files: dict[str, bytes], label: str) -> Path:
         _fsync_dir(store)
         previous = (run_dir / CURRENT).resolve() if (run_dir / CURRENT).is_symlink() else None
         _link(run_dir / CURRENT, f"{CHECKPOINTS}/{final.name}")
-        for name in files:  # once per folder (and over the plain files of older versions)
+        for name in [*files, *keep]:  # once per folder (and over the plain files of older versions)
             link = run_dir / name
             if not (link.is_symlink() and os.readlink(link) == f"{CURRENT}/{name}"):
                 _link(link, f"{CURRENT}/{name}")

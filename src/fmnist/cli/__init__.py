@@ -60,6 +60,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         where = f": {e.filename}" if e.filename else ""
         print(f"fmnist: error: {e.strerror or e}{where}.", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("fmnist: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:  # Ctrl-C, or a run stopped by a signal (it said where)
+        signum = getattr(e, "signum", None)
+        if signum is None:
+            print("fmnist: interrupted", file=sys.stderr)
+        return 128 + (signum or 2)  # the shell's convention: 130 for SIGINT, 143 for SIGTERM

@@ -42,6 +42,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--time-budget", metavar="DURATION",
                    help="e.g. 90s or 5m: measure this machine, then fit the epochs (and if need "
                         "be the width) so the schedule ends when the budget does")
+    p.add_argument("--checkpoint-every", metavar="DURATION",
+                   help="e.g. 10m: also save the state part-way through an epoch this often, so "
+                        "a kill -9 loses at most that much (SIGTERM/SIGINT/SIGHUP always save)")
     p.add_argument("--data-dir", metavar="DIR", help="folder holding the dataset files")
     p.add_argument("--out", metavar="RUN_DIR", help="run folder (default: runs/<time>-<recipe>)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR exactly")
@@ -106,13 +109,15 @@ def run(args: argparse.Namespace) -> int:
                 "--resume continues a run with its saved config.json; drop "
                 f"{', '.join('--' + g.replace('_', '-') for g in given) or '--recipe'}."
             )
-        result = fit(resume=args.resume, data_dir=args.data_dir, callbacks=callbacks)
+        result = fit(resume=args.resume, data_dir=args.data_dir, callbacks=callbacks,
+                     checkpoint_every=args.checkpoint_every)
     else:
         if args.time_budget is not None and (args.epochs is not None or args.steps is not None):
             raise ConfigError("--time-budget chooses the length of the run: drop --epochs and "
                               "--steps.")
         result = fit(recipe_from_args(args), out=args.out, data_dir=args.data_dir,
-                     time_budget=args.time_budget, callbacks=callbacks)
+                     time_budget=args.time_budget, callbacks=callbacks,
+                     checkpoint_every=args.checkpoint_every)
     if result.run_dir is not None:
         events = ", TensorBoard events" if callbacks else ""
         print(f"Saved run to {result.run_dir} (model.safetensors, metrics.jsonl, curves.png"

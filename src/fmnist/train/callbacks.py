@@ -18,6 +18,17 @@ if TYPE_CHECKING:
 
 
 @dataclass
+class EpochProgress:
+    """How far the current epoch is: steps and images done, and its running loss and time
+    (saved with a mid-epoch checkpoint, so a resumed epoch reports what an unbroken one would)."""
+
+    step: int = 0
+    images: int = 0
+    loss_sum: float = 0.0
+    seconds: float = 0.0
+
+
+@dataclass
 class RunState:
     """What callbacks may read: the recipe, progress, and where the run is written."""
 
@@ -30,6 +41,7 @@ class RunState:
     epoch: int = 0  # 1-based, the epoch being trained or just finished
     rows: list[dict[str, Any]] = field(default_factory=list)
     saved_epoch: int = 0  # the last epoch whose checkpoint is in run_dir
+    progress: EpochProgress = field(default_factory=EpochProgress)
     # What a logger samples from (lr, the model's graph, test predictions): read, never change.
     setup: Setup | None = None
     parts: Parts | None = None
@@ -54,12 +66,11 @@ class QuickstartLog(Callback):
 
     def on_epoch_start(self, state: RunState) -> None:
         print(f"Epoch {state.epoch}\n-------------------------------")
-        self.seen = 0
 
     def on_step(self, state: RunState, step: int, loss: torch.Tensor, batch: int) -> None:
-        self.seen += batch
         if step % 100 == 0:
-            print(f"loss: {loss.item():>7f}  [{self.seen:>5d}/{state.samples_per_epoch:>5d}]")
+            seen = state.progress.images
+            print(f"loss: {loss.item():>7f}  [{seen:>5d}/{state.samples_per_epoch:>5d}]")
 
     def on_epoch_end(self, state: RunState, row: dict[str, Any]) -> None:
         acc, loss = 100 * row["test_accuracy"], row["test_loss"]
@@ -81,7 +92,8 @@ class ProgressBar(Callback):
         if sys.stderr.isatty():
             from tqdm import tqdm
 
-            self.bar = tqdm(total=state.samples_per_epoch, unit="img", unit_scale=True,
+            self.bar = tqdm(total=state.samples_per_epoch, initial=state.progress.images,
+                            unit="img", unit_scale=True,
                             desc=f"epoch {state.epoch}/{state.epochs}", leave=False)
 
     def on_step(self, state: RunState, step: int, loss: torch.Tensor, batch: int) -> None:

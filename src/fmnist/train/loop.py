@@ -10,7 +10,7 @@ import json
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +22,19 @@ from fmnist.checkpoint import ResumeState
 from fmnist.errors import ConfigError, DivergedError, WriteError
 from fmnist.models import unwrap
 from fmnist.recipes import Recipe, apply_overrides, get_recipe, to_dict, validate
-from fmnist.train.callbacks import Callback, Curves, RunState, Status, display_callback
+from fmnist.train.callbacks import (
+    Callback,
+    Curves,
+    EpochProgress,
+    RunState,
+    Status,
+    display_callback,
+)
 from fmnist.train.data import Data
 from fmnist.train.evaluation import evaluate_epoch, reduce_device
 from fmnist.train.guard import check_learning
 from fmnist.train.setup import Parts, Setup, build, set_up, train_step
+from fmnist.train.stops import Interrupted, Stops
 from fmnist.train.throughput import plan_for
 
 
@@ -50,11 +58,12 @@ def fit(
     display: bool = True,
     save: bool = True,
     time_budget: float | str | None = None,
+    checkpoint_every: float | str | None = None,
 ) -> FitResult:
     """Train `recipe` (default: the `default` recipe); returns the trained model, its checkpoint
     metadata and per-epoch metrics.
 
-    `resume` continues the run in that folder from its last finished epoch, exactly: model,
+    `resume` continues the run in that folder from where it was saved, exactly: model,
     optimiser, schedule and RNG states come from its resume.pt, the recipe from it too (so
     `recipe` and `out` must not be given). `callbacks` are added to the on-screen display (a
     progress bar, or the Quickstart's lines; `display=False` hides it) and the run-folder
@@ -63,9 +72,16 @@ def fit(
     `time_budget` (seconds, or "90s", "5m") replaces the recipe's epochs (and, if one epoch does
     not fit, its cnn widths) by a plan measured on this machine (see fmnist.budget); the run
     folder's config.json holds the planned recipe, which reproduces the run without planning.
+
+    SIGTERM, SIGINT and SIGHUP save the state of the current step and end the run as
+    interrupted (`Interrupted`); `checkpoint_every` (seconds, or "10m") saves it on a timer too.
     """
     info = distributed.from_env()
     recipe, resumed, seconds = checked_inputs(recipe, out, resume, time_budget, info)
+    every = None if checkpoint_every is None else budget.parse_duration(checkpoint_every)
+    if every is not None and info.enabled:
+        raise ConfigError("--checkpoint-every saves part-way through an epoch in one process; "
+                          "under torchrun each epoch is saved as it ends.")
     parts: Parts | None = None
     claim: rundir.Claim | None = None
     try:
@@ -81,34 +97,14 @@ def fit(
         if save and info.is_main:  # a resumed run keeps its folder and config.json
             run_dir = Path(resume) if resume else rundir.start(out, recipe.name, to_dict(recipe))
             claim = claim or rundir.Claim(run_dir)
-        rows = list(resumed.rows) if resumed else []
         state = RunState(recipe, run_dir, info.is_main, len(parts.batches),
-                         parts.batches.samples_per_rank, parts.epochs, rows=rows,
-                         saved_epoch=rows[-1]["epoch"] if rows else 0, setup=setup, parts=parts)
+                         parts.batches.samples_per_rank, parts.epochs, setup=setup, parts=parts)
+        restore(state, resumed, info)
         shown = [display_callback(recipe)] if display else []
         cbs = [*shown, *callbacks, Curves(), Status()] if info.is_main else []
-        for cb in cbs:
-            cb.on_fit_start(state)
-        if resumed is not None:
-            checkpoint.set_rng_state(distributed.rank_rng_state(resumed, info))
-        else:
-            torch.manual_seed(recipe.seed + info.rank)  # dropout etc. differ per rank; data does not
-        with stops_recorded(state):
-            for epoch in range(state.saved_epoch + 1, parts.epochs + 1):
-                state.epoch = epoch
-                parts.batches.set_epoch(epoch)
-                for cb in cbs:
-                    cb.on_epoch_start(state)
-                row = train_epoch(parts, setup, state, cbs) | evaluate_epoch(parts.model, setup)
-                check_learning(row, len(setup.data.classes), recipe, epoch == parts.epochs)
-                state.rows.append(row)
-                if save:
-                    save_epoch(run_dir, setup, parts, state.rows)
-                    state.saved_epoch = epoch
-                for cb in cbs:
-                    cb.on_epoch_end(state, row)
-            for cb in cbs:
-                cb.on_fit_end(state)
+        # under torchrun every rank would have to stop at the same step: signals end it as before
+        with stops_recorded(state), Stops(every, enabled=not info.enabled) as stops:
+            run_epochs(state, cbs, stops, save)
         # Finish together: a rank that tears gloo down while rank 0 is still writing the run
         # folder could abort at exit (seen here, about 1 run in 4, before this barrier).
         distributed.barrier(info)
@@ -119,7 +115,49 @@ def fit(
         parts = None if parts is None else replace(parts, train_model=parts.model)
         distributed.shutdown()
     model = unwrap(parts.model).eval()
-    return FitResult(model, checkpoint.model_meta(model, run_meta(setup, rows)), rows, run_dir)
+    return FitResult(model, checkpoint.model_meta(model, run_meta(setup, state.rows)), state.rows,
+                     run_dir)
+
+
+def restore(state: RunState, resumed: ResumeState | None, info: distributed.DistInfo) -> None:
+    """Where a resumed run stopped (its rows, the epoch part-done) and its RNG states; a new
+    run seeds the global RNG instead."""
+    if resumed is None:
+        torch.manual_seed(state.recipe.seed + info.rank)  # dropout etc. differ per rank; data does not
+        return
+    state.rows = list(resumed.rows)
+    state.saved_epoch = resumed.epoch
+    if resumed.step and resumed.partial:
+        done = resumed.partial
+        state.progress = EpochProgress(resumed.step, int(done["images"]), done["loss_sum"],
+                                       done["seconds"])
+    checkpoint.set_rng_state(distributed.rank_rng_state(resumed, info))
+
+
+def run_epochs(state: RunState, callbacks: Sequence[Callback], stops: Stops, save: bool) -> None:
+    """The loop: train, evaluate, check and save each epoch left, calling the callbacks."""
+    setup, parts = state.setup, state.parts
+    assert setup is not None and parts is not None
+    for cb in callbacks:
+        cb.on_fit_start(state)
+    for epoch in range(state.saved_epoch + 1, parts.epochs + 1):
+        state.epoch = epoch
+        parts.batches.set_epoch(epoch, start=state.progress.step)
+        for cb in callbacks:
+            cb.on_epoch_start(state)
+        row = train_epoch(state, callbacks, stops, save) | evaluate_epoch(parts.model, setup)
+        check_learning(row, len(setup.data.classes), state.recipe, epoch == parts.epochs)
+        state.rows.append(row)
+        state.progress = EpochProgress()
+        if save:
+            save_state(state)
+            state.saved_epoch = epoch
+        for cb in callbacks:
+            cb.on_epoch_end(state, row)
+        if stops.signum is not None:  # it came during the evaluation: the epoch is saved
+            stops.saved()
+    for cb in callbacks:
+        cb.on_fit_end(state)
 
 
 def checked_inputs(
@@ -164,8 +202,16 @@ def stops_recorded(state: RunState) -> Iterator[None]:
         if run_dir is not None:
             mark_stopped(run_dir, "diverged", state.saved_epoch, str(e))
         raise
+    except Interrupted as e:  # a signal: the state of this step is saved
+        if run_dir is not None:
+            step = state.progress.step
+            mark_stopped(run_dir, "interrupted", state.saved_epoch, step=step)
+            where = f"epoch {state.epoch}, step {step}" if step else f"epoch {state.saved_epoch}"
+            print(f"\nStopped by {e}: saved at {where} in {run_dir}; continue with "
+                  f"`fmnist train --resume {run_dir}`.", file=sys.stderr, flush=True)
+        raise
     except KeyboardInterrupt:
-        if run_dir is not None:  # Ctrl-C: the folder says so, and how to go on
+        if run_dir is not None:  # Ctrl-C twice: the folder says so, and how to go on
             mark_stopped(run_dir, "interrupted", state.saved_epoch)
             hint = rundir.resume_hint(run_dir, state.saved_epoch, interrupted=True)
             print(f"\nInterrupted. {hint}", file=sys.stderr, flush=True)
@@ -176,29 +222,38 @@ def stops_recorded(state: RunState) -> Iterator[None]:
         raise
 
 
-def mark_stopped(run_dir: Path, status: str, saved_epoch: int, error: str | None = None) -> None:
+def mark_stopped(run_dir: Path, status: str, saved_epoch: int, error: str | None = None,
+                 step: int = 0) -> None:
     """status.json says why the run stopped (best effort: the disk may be what failed)."""
-    rundir.note_status(run_dir, status, epoch=saved_epoch,
+    rundir.note_status(run_dir, status, epoch=saved_epoch, step=step,
                        **({"error": error[:500]} if error else {}))
 
 
-def train_epoch(parts: Parts, setup: Setup, state: RunState, callbacks: Sequence[Callback]) -> dict[str, Any]:
-    """One pass over the batches (the first few, when the recipe's steps end part-way): the
-    row's training figures (mean loss over batches, lr, time, images/s)."""
-    t0 = time.perf_counter()
+def train_epoch(state: RunState, callbacks: Sequence[Callback], stops: Stops,
+                save: bool) -> dict[str, Any]:
+    """One pass over the batches (from where a resumed epoch stopped, to where the recipe's
+    steps end): the row's training figures (mean loss over batches, lr, time, images/s).
+    Saves part-way when `stops` asks, then stops if that was for a signal."""
+    setup, parts, progress = state.setup, state.parts, state.progress
+    assert setup is not None and parts is not None
+    t0 = time.perf_counter() - progress.seconds
     steps = min(len(parts.batches), parts.total_steps - (state.epoch - 1) * len(parts.batches))
     parts.train_model.train()
-    total = torch.zeros((), device=setup.device)
-    done = images = 0
-    for step, (x, y) in enumerate(parts.batches):
+    total = torch.tensor(progress.loss_sum, device=setup.device)
+    for step, (x, y) in enumerate(parts.batches, start=progress.step):
         if step == steps:
             break
         loss = train_step(parts, setup, x, y)
         total += loss.detach()
-        done, images = done + 1, images + len(y)
+        progress.step, progress.images = step + 1, progress.images + len(y)
         for cb in callbacks:
             cb.on_step(state, step, loss, len(y))
-    mean_loss = (total / max(1, done)).item()  # waits for the last step
+        if stops.due():
+            progress.loss_sum, progress.seconds = total.item(), time.perf_counter() - t0
+            if save:
+                save_state(state)
+            stops.saved()
+    mean_loss = (total / max(1, progress.step)).item()  # waits for the last step
     if setup.device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
@@ -212,29 +267,40 @@ def train_epoch(parts: Parts, setup: Setup, state: RunState, callbacks: Sequence
         "lr": parts.scheduler.get_last_lr()[0],
         "seconds": seconds,
         "train_seconds": previous + seconds,
-        "images_per_s": images * info.world_size / seconds,
+        "images_per_s": progress.images * info.world_size / seconds,
     }
 
 
-def save_epoch(run_dir: Path | None, setup: Setup, parts: Parts, rows: list[dict[str, Any]]) -> None:
-    """Commit the epoch just finished (rank 0 writes): weights, model.json, resume state and
-    metrics.jsonl together, so a crash leaves this epoch or the one before, never a mix."""
+def save_state(state: RunState) -> None:
+    """Commit the run's state (rank 0 writes): at the end of an epoch, its weights, model.json,
+    resume state and metrics.jsonl together; part-way through one, the resume state of that
+    step beside the last finished epoch's weights. A crash leaves this save or the one before."""
+    setup, parts, rows, progress = state.setup, state.parts, state.rows, state.progress
+    assert setup is not None and parts is not None
     # Every rank's RNG state, for exact resume of per-rank randomness: a collective, so every
     # rank takes part whether or not it writes.
     rng = checkpoint.rng_state()
     rngs = distributed.gather_objects(rng, setup.info)
-    if run_dir is None:
+    if state.run_dir is None:
         return
+    epoch = rows[-1]["epoch"] if rows else 0
     resume = ResumeState(
-        epoch=rows[-1]["epoch"], rows=rows, recipe=to_dict(setup.recipe), model=parts.model.state_dict(),
+        epoch=epoch, rows=rows, recipe=to_dict(setup.recipe), model=parts.model.state_dict(),
         optimizer=parts.optimizer.state_dict(), scheduler=parts.scheduler.state_dict(),
         rng=rng, rng_ranks=rngs, world_size=setup.info.world_size,
         mean=setup.mean, std=setup.std, fingerprint=setup.data.fingerprint,
+        step=progress.step,
+        partial={k: v for k, v in asdict(progress).items() if k != "step"} if progress.step else None,
     )
     metrics = "".join(json.dumps(r) + "\n" for r in rows).encode()
-    files = checkpoint.model_files(parts.model, run_meta(setup, rows))
-    files |= {rundir.RESUME: resume.to_bytes(), rundir.METRICS: metrics}
-    rundir.commit(run_dir, files, f"epoch-{rows[-1]['epoch']:04d}")
+    files = {rundir.RESUME: resume.to_bytes(), rundir.METRICS: metrics}
+    keep: tuple[str, ...] = ()
+    if progress.step:  # the weights stay those of the last finished epoch
+        label, keep = f"epoch-{epoch + 1:04d}-step-{progress.step:06d}", (rundir.WEIGHTS, rundir.META)
+    else:
+        label = f"epoch-{epoch:04d}"
+        files |= checkpoint.model_files(parts.model, run_meta(setup, rows))
+    rundir.commit(state.run_dir, files, label, keep=keep)
 
 
 def run_meta(setup: Setup, rows: list[dict[str, Any]]) -> dict[str, Any]:

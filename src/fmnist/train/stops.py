@@ -1,0 +1,66 @@
+"""Stopping a run gracefully: SIGTERM (Slurm, Kubernetes, `docker stop`, systemd, spot VMs),
+SIGINT (Ctrl-C) and SIGHUP become a request that the loop answers after its current step, by
+saving the state of that step and ending as an interrupted run. A second Ctrl-C does not wait.
+
+The same check saves the state every `checkpoint_every` seconds without stopping, so even a
+kill -9 loses at most that much.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from types import FrameType
+from typing import Any
+
+SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+class Interrupted(KeyboardInterrupt):
+    """The run stopped on a signal after saving its state; `signum` says which."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+class Stops:
+    """While entered (in the main thread), the signals above set `signum` instead of ending the
+    process; `due()` says whether the loop should save now."""
+
+    def __init__(self, checkpoint_every: float | None = None, enabled: bool = True) -> None:
+        self.checkpoint_every = checkpoint_every
+        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+        self.signum: int | None = None
+        self.last_save = time.monotonic()
+        self.previous: dict[int, Any] = {}
+
+    def __enter__(self) -> Stops:
+        if self.enabled:
+            for s in SIGNALS:
+                self.previous[s] = signal.signal(s, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+        self.previous.clear()
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.signum == signal.SIGINT and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # Ctrl-C twice: stop now, at the last saved epoch
+        self.signum = signum
+
+    def due(self) -> bool:
+        """A stop was asked for, or a timed checkpoint is due."""
+        if self.signum is not None:
+            return True
+        every = self.checkpoint_every
+        return every is not None and time.monotonic() - self.last_save >= every
+
+    def saved(self) -> None:
+        """The state was saved: raise Interrupted if that was for a signal, else restart the timer."""
+        if self.signum is not None:
+            raise Interrupted(self.signum)
+        self.last_save = time.monotonic()
