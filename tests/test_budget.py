@@ -4,6 +4,7 @@ planned run on synthetic data whose config.json repeats it exactly."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -12,10 +13,10 @@ from test_train import SMALL, weights
 
 from fmnist.budget import Measured, narrower, parse_duration, plan, steps_for
 from fmnist.cli import main
+from fmnist.distributed import DistInfo
 from fmnist.errors import ConfigError
 from fmnist.recipes import Recipe, apply_overrides, get_recipe, read_config_file
 from fmnist.train import fit
-from fmnist.train.optim import lr_factor
 
 
 @pytest.mark.parametrize("text, seconds", [("90", 90), ("90s", 90), ("5m", 300), ("1.5min", 90),
@@ -90,11 +91,11 @@ def test_measuring_trains_the_recipes_model_on_this_machine():
     assert m.train_images == 256 and m.images_per_s > 0 and m.eval_seconds > 0
 
 
-def test_a_planned_run_ends_its_schedule_and_its_config_repeats_it(tmp_path, capsys, monkeypatch):
+def test_a_planned_run_ends_its_schedule_and_its_config_records_it(tmp_path, capsys, monkeypatch):
     import fmnist.train.throughput
 
-    # A fixed measurement, so the plan does not depend on how busy the machine is:
-    # 2,560 img/s = 0.1 s an epoch of 256 images, 0.05 s an evaluation -> 20 steps in 0.3 s.
+    # A fixed measurement: 2,560 img/s = 0.1 s an epoch of 256 images, 0.05 s an evaluation ->
+    # 20 steps in 0.3 s. This machine is slower, so the run re-plans as it goes.
     monkeypatch.setattr(fmnist.train.throughput, "measure", lambda setup: Measured(2_560.0, 256, 0.05))
     recipe = apply_overrides(SMALL, {"epochs": 1, "schedule": "onecycle"})
     planned = fit(recipe, data=make_data(), out=tmp_path / "planned", time_budget="0.3s")
@@ -104,16 +105,20 @@ def test_a_planned_run_ends_its_schedule_and_its_config_repeats_it(tmp_path, cap
     epochs, steps = config["epochs"], config["steps"]
     assert 0 < steps <= 20 and epochs == -(-steps // 8)  # 8 batches an epoch
     assert len(planned.rows) == epochs and planned.rows[-1]["epoch"] == epochs
-    assert f"cnn 8,8,16, {steps:,} steps = " in out
-    # the schedule was laid out for the planned length: it ends at zero, not mid-way
-    assert lr_factor("onecycle", recipe.warmup, steps, steps) == 0.0
-    assert planned.rows[-1]["lr"] == pytest.approx(0.0, abs=1e-12)
-    # config.json alone repeats the run (no planning, same weights)
+    replans = json.loads((tmp_path / "planned" / "status.json").read_text()).get("replans")
+    if replans:  # config.json says what ran, and the log said why
+        assert replans[-1]["steps"] == steps and f"-> {steps:,} steps" in out
+    else:
+        assert f"cnn 8,8,16, {steps:,} steps = " in out
+    # config.json alone repeats the run's length, its schedule ending at zero (and, when the
+    # run was not re-planned, its weights: a run cut short by the clock ends where it stood)
     again = fit(apply_overrides(SMALL, config), data=make_data(), out=tmp_path / "again",
                 display=False)
-    wp, wa = weights(planned.model), weights(again.model)
-    assert all(torch.equal(wp[k], wa[k]) for k in wp)
-    assert json.loads((tmp_path / "again" / "config.json").read_text()) == config
+    assert len(again.rows) == epochs and again.rows[-1]["lr"] == pytest.approx(0.0, abs=1e-12)
+    if not replans:
+        assert planned.rows[-1]["lr"] == pytest.approx(0.0, abs=1e-12)
+        wp, wa = weights(planned.model), weights(again.model)
+        assert all(torch.equal(wp[k], wa[k]) for k in wp)
 
 
 def test_budget_refuses_resume_and_epochs(tmp_path, capsys):
@@ -126,3 +131,66 @@ def test_budget_refuses_resume_and_epochs(tmp_path, capsys):
     assert "drop --epochs and --steps" in capsys.readouterr().err
     assert main(["train", "--time-budget", "soon"]) == 2
     assert "is not a duration" in capsys.readouterr().err
+
+
+# ---- re-planning while the run goes: a fake clock, the real loop's hooks --------------------------
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def simulate(budget_s: float, step_s, overhead_s: float, replan: bool) -> tuple[float, int]:
+    """Drive a budgeted run's epochs with a fake clock (steps cost `step_s(now)` seconds, each
+    epoch's end `overhead_s`); returns when it ended and the steps it took."""
+    from fmnist.budget import END_SECONDS, steps_for
+    from fmnist.train import RunState
+    from fmnist.train.setup import build, set_up
+    from fmnist.train.throughput import BudgetKeeper
+
+    setup = set_up(SMALL, DistInfo(), make_data(n_train=320), None, None)  # 10 steps an epoch
+    measured = Measured(32 / step_s(0.0), 320, overhead_s)
+    planned = steps_for(budget_s - END_SECONDS, measured, 32)
+    parts = build(replace(setup, recipe=replace(SMALL, steps=planned)), None)
+    state = RunState(setup.recipe, None, True, 10, 320, parts.epochs, setup=setup, parts=parts)
+    clock = FakeClock()
+    keeper = BudgetKeeper(budget_s, show=False, every=1.0, clock=clock)
+    epoch = 0
+    while epoch < parts.epochs:
+        epoch += 1
+        state.epoch = epoch
+        if replan:
+            keeper.on_epoch_start(state)
+        for step in range(10):
+            if state.global_step + step >= parts.total_steps:
+                break
+            clock.now += step_s(clock.now)
+            if replan:
+                keeper.on_step(state, step, torch.zeros(()), 32)
+        clock.now += overhead_s
+        if replan:
+            keeper.on_epoch_end(state, {})
+    return clock.now + END_SECONDS, parts.total_steps
+
+
+def test_the_replanner_ends_on_time_when_the_throughput_halves():
+    def halves(now: float) -> float:  # another job takes half the cores 15 s in
+        return 0.05 if now < 15 else 0.1
+
+    planned_end, planned_steps = simulate(60, halves, 0.5, replan=False)
+    end, steps = simulate(60, halves, 0.5, replan=True)
+    assert planned_end > 1.25 * 60  # the plan made at the start overruns by far
+    assert 0.9 * 60 <= end <= 60 and steps < planned_steps
+
+
+def test_the_replanner_uses_the_time_given_back():
+    def recovers(now: float) -> float:  # slow at the start (when the plan is made), then fast
+        return 0.1 if now < 10 else 0.05
+
+    end, steps = simulate(60, recovers, 0.5, replan=True)
+    planned_end, planned_steps = simulate(60, recovers, 0.5, replan=False)
+    assert planned_end < 0.8 * 60 and steps > planned_steps and 0.9 * 60 <= end <= 60

@@ -8,16 +8,22 @@ epoch of the recipe's model fits, its cnn widths are halved until one does. The 
 ordinary recipe (steps, epochs, widths), written to the run's config.json, so `--config` repeats
 the run exactly without planning again.
 
-The budget covers what the run spends on training and on its per-epoch evaluation, and the few
-seconds of measuring; not start-up, data loading or writing the run folder.
+The budget is what the user waits: from the command's start (the process's, for `fmnist
+train`) to its end, start-up, data loading, measuring and the final files included. The plan is
+not trusted to hold: while the run goes, `remaining_steps` re-plans the steps left from the
+throughput and epoch overhead seen lately, so the schedule still ends at the budget when
+another job takes the cores (or gives them back). config.json then records the steps that ran.
 """
 
 from __future__ import annotations
 
+import itertools
+import os
 import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from fmnist.errors import ConfigError
@@ -139,3 +145,37 @@ def plan(recipe: Recipe, budget: float, measure: Callable[[Recipe], Measured]) -
 def _describe_model(recipe: Recipe) -> str:
     widths: Any = recipe.model_config.get("widths")
     return recipe.model + (f" {','.join(map(str, widths))}" if widths else "")
+
+
+# What the end of a run costs after its last epoch's evaluation (curves.png, status.json, the
+# TensorBoard figures), in seconds, on top of one more epoch overhead: kept free of training.
+END_SECONDS = 1.0
+
+
+def process_started() -> float:
+    """When this process started, on `time.monotonic()`'s clock (Linux; elsewhere: now)."""
+    try:
+        stat = Path("/proc/self/stat").read_text()
+        ticks = int(stat.rsplit(")", 1)[1].split()[19])  # field 22, starttime, in clock ticks
+        age = time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, AttributeError):
+        return time.monotonic()
+    return time.monotonic() - max(0.0, age)
+
+
+def remaining_steps(seconds: float, done: int, per_epoch: int, step_seconds: float,
+                    epoch_overhead: float) -> int:
+    """How many more optimiser steps fit in `seconds` (less `END_SECONDS`), `done` steps into a
+    run of `per_epoch` steps an epoch, each step taking `step_seconds` and each epoch's end
+    (evaluation, saving) `epoch_overhead`: the end of every epoch reached into must fit too.
+    0 when only the current epoch's end does."""
+    seconds -= END_SECONDS
+    left_in_epoch = per_epoch - done % per_epoch
+    best = 0
+    for k in itertools.count(1):  # the run ends in the k-th epoch from here
+        cap = left_in_epoch + (k - 1) * per_epoch
+        steps = min(cap, max(0, int((seconds - k * epoch_overhead) / step_seconds)))
+        if steps <= cap - per_epoch:  # the time runs out before that epoch starts
+            return best
+        best = steps
+    raise AssertionError("unreachable")

@@ -96,6 +96,21 @@ def tensorboard_callbacks(wanted: bool) -> list[Any]:
     return [tensorboard.TensorBoardLog()] if wanted and tensorboard.available() else []
 
 
+def left_of_budget(text: str | None) -> float | None:
+    """--time-budget is what the user waits for the whole command: what is left of it now,
+    the process's start-up (imports, parsing) taken off."""
+    if text is None:
+        return None
+    import time
+
+    from fmnist import budget
+
+    left = budget.parse_duration(text) - (time.monotonic() - budget.process_started())
+    if left <= 0:
+        raise ConfigError(f"--time-budget {text} was used up by start-up alone: give more time.")
+    return left
+
+
 def run(args: argparse.Namespace) -> int:
     from fmnist.train import fit
 
@@ -116,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError("--time-budget chooses the length of the run: drop --epochs and "
                               "--steps.")
         result = fit(recipe_from_args(args), out=args.out, data_dir=args.data_dir,
-                     time_budget=args.time_budget, callbacks=callbacks,
+                     time_budget=left_of_budget(args.time_budget), callbacks=callbacks,
                      checkpoint_every=args.checkpoint_every)
     if result.run_dir is not None:
         events = ", TensorBoard events" if callbacks else ""

@@ -35,7 +35,7 @@ from fmnist.train.evaluation import evaluate_epoch, reduce_device
 from fmnist.train.guard import check_learning
 from fmnist.train.setup import Parts, Setup, build, set_up, train_step
 from fmnist.train.stops import Interrupted, Stops
-from fmnist.train.throughput import plan_for
+from fmnist.train.throughput import BudgetKeeper, plan_for
 
 
 @dataclass
@@ -78,6 +78,7 @@ def fit(
     """
     info = distributed.from_env()
     recipe, resumed, seconds = checked_inputs(recipe, out, resume, time_budget, info)
+    deadline = None if seconds is None else time.monotonic() + seconds
     every = None if checkpoint_every is None else budget.parse_duration(checkpoint_every)
     if every is not None and info.enabled:
         raise ConfigError("--checkpoint-every saves part-way through an epoch in one process; "
@@ -90,8 +91,8 @@ def fit(
         setup = set_up(recipe, info, data, data_dir, resumed)
         if display and setup.recipe != recipe:
             print(resized(recipe, setup.recipe, len(setup.data.train_images)), flush=True)
-        if seconds is not None:
-            setup = replace(setup, recipe=plan_for(setup, seconds, display))
+        if deadline is not None:
+            setup = replace(setup, recipe=plan_for(setup, deadline - time.monotonic(), display))
         recipe, parts = setup.recipe, build(setup, resumed)
         run_dir = None
         if save and info.is_main:  # a resumed run keeps its folder and config.json
@@ -101,7 +102,8 @@ def fit(
                          parts.batches.samples_per_rank, parts.epochs, setup=setup, parts=parts)
         restore(state, resumed, info)
         shown = [display_callback(recipe)] if display else []
-        cbs = [*shown, *callbacks, Curves(), Status()] if info.is_main else []
+        keeper = [BudgetKeeper(deadline, display)] if deadline is not None else []
+        cbs = [*shown, *keeper, *callbacks, Curves(), Status()] if info.is_main else []
         # under torchrun every rank would have to stop at the same step: signals end it as before
         with stops_recorded(state), Stops(every, enabled=not info.enabled) as stops:
             run_epochs(state, cbs, stops, save)
@@ -140,7 +142,9 @@ def run_epochs(state: RunState, callbacks: Sequence[Callback], stops: Stops, sav
     assert setup is not None and parts is not None
     for cb in callbacks:
         cb.on_fit_start(state)
-    for epoch in range(state.saved_epoch + 1, parts.epochs + 1):
+    epoch = state.saved_epoch
+    while epoch < parts.epochs:  # a time budget may re-plan the count as the run goes
+        epoch += 1
         state.epoch = epoch
         parts.batches.set_epoch(epoch, start=state.progress.step)
         for cb in callbacks:
@@ -237,11 +241,10 @@ def train_epoch(state: RunState, callbacks: Sequence[Callback], stops: Stops,
     setup, parts, progress = state.setup, state.parts, state.progress
     assert setup is not None and parts is not None
     t0 = time.perf_counter() - progress.seconds
-    steps = min(len(parts.batches), parts.total_steps - (state.epoch - 1) * len(parts.batches))
     parts.train_model.train()
     total = torch.tensor(progress.loss_sum, device=setup.device)
     for step, (x, y) in enumerate(parts.batches, start=progress.step):
-        if step == steps:
+        if state.global_step + step >= parts.total_steps:  # the last epoch may end part-way
             break
         loss = train_step(parts, setup, x, y)
         total += loss.detach()

@@ -23,8 +23,9 @@ def make_optimizer(recipe: Recipe, model: nn.Module, lr: float) -> torch.optim.O
     return torch.optim.SGD(groups, lr=lr, momentum=recipe.momentum, nesterov=recipe.nesterov)
 
 
-def lr_factor(schedule: str, warmup: float, step: int, total: int) -> float:
-    """Multiplier of the peak lr at `step` (0-based) of `total` steps; never above 1."""
+def lr_factor(schedule: str, warmup: float, step: float, total: int) -> float:
+    """Multiplier of the peak lr at `step` (0-based; a fraction between two steps when the
+    schedule was re-planned) of `total` steps; never above 1."""
     if schedule == "constant":
         return 1.0
     t = step / max(1, total)
@@ -43,8 +44,36 @@ def lr_factor(schedule: str, warmup: float, step: int, total: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * rest))  # cosine
 
 
+class Schedule:
+    """The recipe's lr factor at each optimiser step, over `total` steps, which a time budget may
+    change while the run goes (`retarget`): the shape stays the one planned over `planned` steps,
+    and the steps left walk the rest of it, so the lr changes smoothly and still ends at the end.
+
+    A callable object, not a lambda: LambdaLR saves and restores its attributes with the
+    scheduler's state, so a resumed run continues on the same re-planned schedule.
+    """
+
+    def __init__(self, schedule: str, warmup: float, total: int) -> None:
+        self.schedule, self.warmup = schedule, warmup
+        self.planned = self.total = total
+        self.anchor, self.anchor_planned = 0, 0.0  # step `anchor` is planned step `anchor_planned`
+
+    def planned_step(self, step: int) -> float:
+        if self.total == self.planned and self.anchor == 0:
+            return step
+        left, planned_left = self.total - self.anchor, self.planned - self.anchor_planned
+        return self.anchor_planned + (step - self.anchor) * planned_left / max(1, left)
+
+    def __call__(self, step: int) -> float:
+        return lr_factor(self.schedule, self.warmup, self.planned_step(step), self.planned)
+
+    def retarget(self, step: int, total: int) -> None:
+        """From `step` on, end at `total` steps instead (`step` itself: end now)."""
+        total = max(total, step)
+        self.anchor_planned, self.anchor, self.total = self.planned_step(step), step, total
+
+
 def make_scheduler(recipe: Recipe, optimizer: torch.optim.Optimizer,
                    total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(recipe.schedule, recipe.warmup, step, total_steps)
-    )
+        optimizer, Schedule(recipe.schedule, recipe.warmup, total_steps))

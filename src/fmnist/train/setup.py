@@ -18,7 +18,7 @@ from fmnist.loader import Augment, Batches
 from fmnist.models import build_model
 from fmnist.recipes import Recipe, sized_for
 from fmnist.train.data import Data, check_same_data, load_data, pixel_stats, split_holdout
-from fmnist.train.optim import make_optimizer, make_scheduler
+from fmnist.train.optim import Schedule, make_optimizer, make_scheduler
 
 
 @dataclass
@@ -44,7 +44,16 @@ class Parts:
     scheduler: torch.optim.lr_scheduler.LambdaLR
     batches: Batches
     loss_fn: nn.Module
-    total_steps: int  # the schedule's length: recipe.steps, or epochs x steps per epoch
+
+    @property
+    def schedule(self) -> Schedule:
+        return cast(Schedule, self.scheduler.lr_lambdas[0])
+
+    @property
+    def total_steps(self) -> int:
+        """The schedule's length: recipe.steps, or epochs x steps per epoch (re-planned by a
+        time budget while the run goes)."""
+        return self.schedule.total
 
     @property
     def epochs(self) -> int:
@@ -97,7 +106,7 @@ def build(setup: Setup, resumed: ResumeState | None) -> Parts:
     if recipe.compile:
         train_model = cast(nn.Module, torch.compile(train_model))
     loss_fn = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
-    return Parts(model, train_model, optimizer, scheduler, batches, loss_fn, total_steps)
+    return Parts(model, train_model, optimizer, scheduler, batches, loss_fn)
 
 
 def train_step(parts: Parts, setup: Setup, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -1,13 +1,21 @@
 """What `--time-budget` plans with: the recipe's training throughput and evaluation time on this
-machine, measured from a few real steps (the planning itself is fmnist.budget)."""
+machine, measured from a few real steps before the run and watched while it goes (the planning
+itself is fmnist.budget)."""
 
 from __future__ import annotations
 
+import json
 import time
+from collections.abc import Callable
 from dataclasses import replace
+from typing import Any
 
-from fmnist import budget
-from fmnist.recipes import Recipe
+import torch
+
+from fmnist import budget, rundir
+from fmnist.atomic import write_text
+from fmnist.recipes import Recipe, to_dict
+from fmnist.train.callbacks import Callback, RunState
 from fmnist.train.evaluation import evaluate_split
 from fmnist.train.setup import Setup, build, endless, train_step
 
@@ -41,3 +49,79 @@ def measure(setup: Setup) -> budget.Measured:
     per_image = (time.perf_counter() - t0) / max(1, n)
     evaluated = len(data.test_images) + (0 if data.holdout_images is None else len(data.holdout_images))
     return budget.Measured(images_per_s, parts.batches.samples_per_rank, per_image * evaluated)
+
+
+class BudgetKeeper(Callback):
+    """Re-plans a budgeted run while it goes: every `every` seconds of training and at each
+    epoch's end, the steps left are fitted to the time left from the throughput of the last
+    window and the last epoch's overhead (evaluation, saving). The one callback that changes
+    the run: it retargets the schedule (fmnist.train.optim.Schedule) and the epoch count."""
+
+    def __init__(self, deadline: float, show: bool, every: float = 5.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.deadline, self.show, self.every, self.clock = deadline, show, every, clock
+        self.overhead = 0.0  # seconds an epoch's end takes (evaluation, saving), once measured
+        self.step_seconds = 0.0  # of the last window with steps in it
+        self.replans: list[dict[str, Any]] = []
+
+    def on_epoch_start(self, state: RunState) -> None:
+        self.window = (self.clock(), state.global_step + state.progress.step)
+
+    def on_step(self, state: RunState, step: int, loss: torch.Tensor, batch: int) -> None:
+        now = self.clock()
+        self.last_step = now
+        started, first = self.window
+        if now - started >= self.every:
+            done = state.global_step + step + 1
+            self.step_seconds = (now - started) / (done - first)
+            self.replan(state, done, now)
+            self.window = (now, done)
+
+    def on_epoch_end(self, state: RunState, row: dict[str, Any]) -> None:
+        now = self.clock()
+        self.overhead = now - self.last_step
+        started, first = self.window
+        done = state.global_step + row_steps(state)
+        if done > first:
+            self.step_seconds = (self.last_step - started) / (done - first)
+        self.replan(state, done, now)
+
+    def on_fit_end(self, state: RunState) -> None:
+        """config.json records the steps that ran (and status.json each re-plan)."""
+        if state.run_dir is None or not self.replans:
+            return
+        parts = state.parts
+        assert parts is not None
+        ran = replace(state.recipe, steps=parts.total_steps, epochs=parts.epochs)
+        write_text(state.run_dir / rundir.CONFIG, json.dumps(to_dict(ran), indent=2) + "\n",
+                   "run config")
+        rundir.note_status(state.run_dir, "running", replans=self.replans)
+
+    def replan(self, state: RunState, done: int, now: float) -> None:
+        parts, step_seconds = state.parts, self.step_seconds
+        assert parts is not None
+        per_epoch = len(parts.batches)
+        if done >= parts.total_steps or step_seconds <= 0:
+            return  # the run is over, or nothing measured yet
+        left = budget.remaining_steps(self.deadline - now, done, per_epoch, step_seconds,
+                                      self.overhead)
+        total = done + left  # 0 left: the run ends now, its last epoch part-way
+        if total == parts.total_steps:
+            return
+        before = parts.total_steps
+        parts.schedule.retarget(done, total)
+        state.epochs = parts.epochs
+        self.replans.append({"at_step": done, "steps": parts.total_steps,
+                             "seconds_left": round(self.deadline - now, 2),
+                             "step_ms": round(1000 * step_seconds, 3)})
+        if self.show:
+            print(f"Re-planned at step {done:,} with {self.deadline - now:.1f} s left at "
+                  f"{1000 * step_seconds:.1f} ms a step: {before:,} -> {parts.total_steps:,} "
+                  f"steps ({parts.epochs} epochs).", flush=True)
+
+
+def row_steps(state: RunState) -> int:
+    """Steps the epoch just finished took."""
+    assert state.parts is not None
+    per_epoch = len(state.parts.batches)
+    return min(per_epoch, state.parts.total_steps - state.global_step)
