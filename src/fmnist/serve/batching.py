@@ -162,6 +162,7 @@ class Batcher:
                 continue
             if r.future.cancelled():  # its client is gone: not even decoded
                 r.failed = True
+                self.dropped += 1
                 continue
             t0 = time.perf_counter()
             try:

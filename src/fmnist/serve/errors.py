@@ -16,6 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from fmnist.errors import CheckpointError, DatasetError, FmnistError, WriteError
 from fmnist.serve.batching import BatcherClosed, BatcherDied
@@ -53,6 +54,11 @@ async def batcher_died(request: Request, exc: BatcherDied) -> JSONResponse:
     # the worker is about to exit and be replaced (see fmnist.serve.server): another will answer
     return error_response(503, "This server process has failed and is restarting: retry shortly.",
                           headers={"Retry-After": "1", "Connection": "close"})  # fmt: skip
+
+
+async def client_gone(request: Request, exc: ClientDisconnect) -> JSONResponse:
+    # hung up mid-upload: not a bug, and nobody reads the answer (499, as nginx logs it)
+    return error_response(499, "The client closed the connection before its request was sent.")
 
 
 async def user_error(request: Request, exc: FmnistError) -> JSONResponse:
@@ -94,6 +100,7 @@ def add_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ApiError, api_error)  # type: ignore[arg-type]
     app.add_exception_handler(BatcherClosed, shutting_down)  # type: ignore[arg-type]
     app.add_exception_handler(BatcherDied, batcher_died)  # type: ignore[arg-type]
+    app.add_exception_handler(ClientDisconnect, client_gone)  # type: ignore[arg-type]
     app.add_exception_handler(FmnistError, user_error)  # type: ignore[arg-type]
     app.add_exception_handler(StarletteHTTPException, http_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, validation_error)  # type: ignore[arg-type]
