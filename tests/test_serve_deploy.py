@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from test_serve import Spy, png, wait_ready
-from test_serve_batching import Forward, ids, until
+from test_serve_batching import Forward, ids
 
 from fmnist.errors import CheckpointError, ConfigError, DatasetError, WriteError
 from fmnist.predict import Predictor
@@ -34,10 +35,21 @@ from fmnist.serve.engine import Batching
 from fmnist.serve.server import Server
 
 SRC = Path(__file__).resolve().parents[1] / "src"
+# a child server loads torch and the model before it listens: on 2 busy cores, tens of seconds
+START_S = 180.0
 PNG = {"Content-Type": "image/png"}
 
 
 # ---- helpers ---------------------------------------------------------------------------------
+
+
+def until(condition: Callable[[], Any], what: str, seconds: float = 30.0) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"never happened in {seconds:g} s: {what}")
 
 
 class ThreadServer:
@@ -83,7 +95,7 @@ class ServeProcess:
         self.lines: list[str] = []
         self._port = threading.Event()
         threading.Thread(target=self._read, daemon=True).start()
-        assert self._port.wait(120), "fmnist serve never said where it listens:\n" + self.log
+        assert self._port.wait(START_S), "fmnist serve never said where it listens:\n" + self.log
         self.url = f"http://127.0.0.1:{self.port}"
 
     def _read(self) -> None:
@@ -106,7 +118,7 @@ class ServeProcess:
 
     def wait_ready(self, workers: int = 1) -> None:
         until(lambda: self.log.count("Application startup complete") >= workers
-              and (r := self.get("/readyz")) is not None and r.status_code == 200, "ready")  # fmt: skip
+              and (r := self.get("/readyz")) is not None and r.status_code == 200, "ready", START_S)  # fmt: skip
 
     def stop(self) -> int:
         if self.proc.poll() is None:
