@@ -173,9 +173,15 @@ def run(args: argparse.Namespace) -> int:
         # variable when the workers import it)
         metrics_dir = Path(tmp) / "metrics"
         metrics_dir.mkdir()
-        os.environ.setdefault(MULTIPROC_ENV, str(metrics_dir))
+        ours = MULTIPROC_ENV not in os.environ  # an operator's own directory is kept
+        if ours:
+            os.environ[MULTIPROC_ENV] = str(metrics_dir)
         del predictor
-        return run_workers(workers, common, drain_s=args.drain_delay)
+        try:
+            return run_workers(workers, common, drain_s=args.drain_delay)
+        finally:  # the directory goes with `tmp`: nothing started later may inherit its name
+            if ours:
+                os.environ.pop(MULTIPROC_ENV, None)
 
 
 def run_workers(workers: int, common: dict[str, Any], drain_s: float = 0.0) -> int:
