@@ -98,7 +98,7 @@ def server(trained: Path) -> Iterator[str]:
     assert proc.stderr is not None
     log: list[str] = []
     url = None
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 180  # torch, the ONNX export and warm-up, on 2 busy cores
     while url is None and time.monotonic() < deadline:
         line = proc.stderr.readline()
         if not line and proc.poll() is not None:

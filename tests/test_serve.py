@@ -31,11 +31,12 @@ from fmnist.serve import create_app, routes
 from fmnist.serve.app import SETTINGS_ENV, STATIC_DIR, app_from_env
 from fmnist.serve.backends import as_backend
 from fmnist.serve.engine import Batching, Engine
+from fmnist.serve.errors import ApiError
 from fmnist.serve.limits import Limits
 from fmnist.serve.schemas import PredictionOut
 
 LIMITS = {"max_upload_bytes": 200_000, "max_batch": 4, "max_pixels": 1_000_000, "max_queue": 8,
-          "request_timeout_s": 30.0}
+          "request_timeout_s": 30.0, "max_uploads": 16, "predict_timeout_s": 30.0}
 
 
 # ---- helpers ---------------------------------------------------------------------------------
@@ -79,7 +80,10 @@ def asgi_post(app: FastAPI, chunks: list[bytes], content_type: str) -> tuple[int
     sent: list[dict] = []
 
     async def receive() -> dict:
-        return messages.pop(0) if messages else {"type": "http.disconnect"}
+        if messages:
+            return messages.pop(0)
+        await asyncio.Event().wait()  # the client waits for its answer: it never hangs up
+        raise AssertionError("unreachable")
 
     async def send(message: dict) -> None:
         sent.append(message)
@@ -219,8 +223,9 @@ def test_routes_answer_alone_with_an_engine_of_their_own(predictor: Predictor) -
     """A route is a function of the request and an engine: no app, no HTTP."""
     engine = Engine(as_backend(predictor), Limits(max_queue=0), Batching(enabled=False))
     request = Request({"type": "http", "method": "POST", "path": "/v1/predict", "query_string": b"", "headers": []})
-    refused = asyncio.run(routes.predict(request, engine))
-    assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+    with pytest.raises(ApiError) as refused:  # the app's handlers make it JSON
+        asyncio.run(routes.predict(request, engine))
+    assert refused.value.status == 503 and refused.value.headers["Retry-After"] == "1"
     assert asyncio.run(routes.stats(engine))["refused"] == 1
     assert asyncio.run(routes.readyz(engine)).status_code == 503
     engine.warmup()
@@ -601,16 +606,18 @@ def test_openapi_and_offline_docs(client: TestClient) -> None:
 
 
 def test_cli_serve_binds_loopback_with_a_warm_model(make_checkpoint, monkeypatch, capsys) -> None:
-    import uvicorn
+    import fmnist.serve.server
 
     seen: dict[str, Any] = {}
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(app=app, **kw))
+    monkeypatch.setattr(fmnist.serve.server, "serve", lambda config, **kw: seen.update(config=config, **kw) or 0)
     argv = ["serve", str(make_checkpoint("mlp")), "--port", "8123", "--max-batch", "7",
-            "--workers", "1", "--backend", "torch"]  # fmt: skip
+            "--workers", "1", "--backend", "torch", "--graceful-timeout", "4", "--drain-delay", "2"]  # fmt: skip
     assert cli_main(argv) == 0
-    assert seen["host"] == "127.0.0.1" and seen["port"] == 8123
+    config = seen["config"]
+    assert config.host == "127.0.0.1" and config.port == 8123
+    assert config.timeout_graceful_shutdown == 4 and seen["drain_s"] == 2
     assert "Page at http://127.0.0.1:8123/" in capsys.readouterr().err
-    with TestClient(seen["app"]) as c:
+    with TestClient(config.app) as c:
         assert c.get("/readyz").status_code == 200  # warmed up before binding
         assert c.get("/v1/model").json()["limits"]["max_batch"] == 7
 
@@ -619,7 +626,7 @@ def test_cli_serve_workers_use_the_app_factory(make_checkpoint, monkeypatch) -> 
     import fmnist.cli.serve
 
     seen: dict[str, Any] = {}
-    monkeypatch.setattr(fmnist.cli.serve, "run_workers", lambda n, common: seen.update(workers=n, **common))
+    monkeypatch.setattr(fmnist.cli.serve, "run_workers", lambda n, common, **kw: seen.update(workers=n, **common) or 0)
     monkeypatch.delenv(SETTINGS_ENV, raising=False)
     ckpt = make_checkpoint("mlp")
     argv = ["serve", str(ckpt), "--workers", "2", "--max-upload-mb", "1", "--backend", "torch",

@@ -501,22 +501,22 @@ def test_every_worker_listens_on_a_socket_of_its_own_with_nagle_off(
     import socket
     from multiprocessing.reduction import ForkingPickler
 
-    import uvicorn.supervisors
-
+    import fmnist.serve.server
     from fmnist.cli.serve import WorkerSocket, run_workers
 
     seen: dict[str, Any] = {}
 
     class FakeSupervisor:
-        def __init__(self, config: Any, sockets: list[socket.socket], **kw: Any) -> None:
-            seen.update(config=config, sockets=sockets)
+        def __init__(self, config: Any, sock: socket.socket, workers: int, make_app: Any, **kw: Any) -> None:
+            seen.update(config=config, sockets=[sock])
             # what a worker process gets: the socket, pickled as multiprocessing's spawn does
-            seen["worker_sockets"] = [ForkingPickler.loads(ForkingPickler.dumps(sockets[0])) for _ in range(2)]
+            seen["worker_sockets"] = [ForkingPickler.loads(ForkingPickler.dumps(sock)) for _ in range(2)]
 
-        def run(self) -> None:
+        def run(self) -> int:
             seen["ran"] = True
+            return 0
 
-    monkeypatch.setattr(uvicorn.supervisors, "Multiprocess", FakeSupervisor)
+    monkeypatch.setattr(fmnist.serve.server, "Supervisor", FakeSupervisor)
     run_workers(3, {"host": "127.0.0.1", "port": 0, "log_level": "info"})
     assert seen["ran"] and seen["config"].workers == 3 and seen["config"].factory
     assert seen["config"].app == "fmnist.serve.app:app_from_env"
@@ -542,14 +542,13 @@ def test_every_worker_listens_on_a_socket_of_its_own_with_nagle_off(
 def test_without_so_reuseport_the_workers_share_uvicorns_socket(monkeypatch: pytest.MonkeyPatch) -> None:
     import socket
 
-    import uvicorn.supervisors
-
+    import fmnist.serve.server
     from fmnist.cli.serve import WorkerSocket, run_workers
 
     seen: list[socket.socket] = []
     monkeypatch.delattr(socket, "SO_REUSEPORT")  # as on Windows
-    monkeypatch.setattr(uvicorn.supervisors, "Multiprocess",
-                        lambda config, sockets, **kw: seen.extend(sockets) or type("S", (), {"run": lambda self: None})())  # fmt: skip
+    monkeypatch.setattr(fmnist.serve.server, "Supervisor",
+                        lambda config, sock, *a, **kw: seen.append(sock) or type("S", (), {"run": lambda self: 0})())  # fmt: skip
     run_workers(2, {"host": "127.0.0.1", "port": 0, "log_level": "warning"})
     assert len(seen) == 1 and type(seen[0]) is socket.socket and not isinstance(seen[0], WorkerSocket)
 

@@ -60,6 +60,18 @@ def add_parser(sub: Any) -> None:
                         "(default 64)")
     p.add_argument("--request-timeout", type=float, default=30.0,
                    help="seconds a request body may take to arrive before a 408 (default 30)")
+    p.add_argument("--max-uploads", type=int, default=256,
+                   help="request bodies arriving at once per worker before new ones get 503 "
+                        "(default 256; they do not count towards --max-queue)")
+    p.add_argument("--predict-timeout", type=float, default=30.0,
+                   help="seconds an admitted prediction may wait for its answer before a 503 "
+                        "(default 30)")
+    p.add_argument("--graceful-timeout", type=float, default=10.0,
+                   help="on SIGTERM/SIGINT, seconds to answer the requests already accepted "
+                        "before exiting (default 10)")
+    p.add_argument("--drain-delay", type=float, default=0.0,
+                   help="on SIGTERM/SIGINT, seconds to keep accepting with /readyz at 503, so a "
+                        "load balancer stops sending first (default 0)")
     p.add_argument("--log-level", default="info",
                    choices=["critical", "error", "warning", "info", "debug"])
     p.set_defaults(func=run)  # fmt: skip
@@ -84,6 +96,8 @@ def run(args: argparse.Namespace) -> int:
         import uvicorn
 
         from fmnist.serve.app import SETTINGS_ENV, Batching, create_app
+        from fmnist.serve.metrics import MULTIPROC_ENV
+        from fmnist.serve.server import serve
     except ImportError as e:  # `make run` installs only what training needs
         raise ConfigError(
             f"fmnist serve needs the '{e.name}' package: pip install -e '.[serve]' "
@@ -98,13 +112,19 @@ def run(args: argparse.Namespace) -> int:
     workers, threads = workers_and_threads(args.workers, os.cpu_count() or 1)
     if args.max_batch < 1 or args.max_upload_mb <= 0 or args.batch_size < 1 or args.max_queue < 1:
         raise ConfigError("--max-batch, --max-upload-mb, --batch-size and --max-queue must be positive.")
-    if args.batch_window_ms < 0 or args.request_timeout <= 0:
-        raise ConfigError("--batch-window-ms must be 0 or more and --request-timeout positive.")
+    if args.max_uploads < 1:
+        raise ConfigError("--max-uploads must be positive.")
+    if args.batch_window_ms < 0 or args.drain_delay < 0:
+        raise ConfigError("--batch-window-ms and --drain-delay must be 0 or more.")
+    if args.request_timeout <= 0 or args.predict_timeout <= 0 or args.graceful_timeout <= 0:
+        raise ConfigError("--request-timeout, --predict-timeout and --graceful-timeout must be positive.")
     options: dict[str, Any] = {
         "max_upload_bytes": int(args.max_upload_mb * 2**20),  # MiB, like the app's default
         "max_batch": args.max_batch,
         "max_queue": args.max_queue,
         "request_timeout_s": args.request_timeout,
+        "max_uploads": args.max_uploads,
+        "predict_timeout_s": args.predict_timeout,
         "batching": {"enabled": not args.no_batching, "window_ms": args.batch_window_ms,
                      "max_images": args.batch_size},
     }  # fmt: skip
@@ -132,12 +152,12 @@ def run(args: argparse.Namespace) -> int:
     print(f"Page at http://{shown}:{port}/  API docs at http://{shown}:{port}/docs",
           file=sys.stderr)  # fmt: skip
 
-    common = {"host": args.host, "port": args.port, "log_level": args.log_level}
+    common = {"host": args.host, "port": args.port, "log_level": args.log_level,
+              "timeout_graceful_shutdown": args.graceful_timeout}  # fmt: skip
     if workers == 1:
         app = create_app(predictor, **{**options, "batching": Batching(**options["batching"])},
                          warmup=False)  # fmt: skip
-        uvicorn.run(app, **common)
-        return 0
+        return serve(uvicorn.Config(app, **common), drain_s=args.drain_delay)
     with tempfile.TemporaryDirectory(prefix="fmnist-serve-") as tmp:
         source, model = str(args.checkpoint), args.model
         if isinstance(predictor, OnnxPredictor) and not source.endswith(".onnx"):
@@ -149,17 +169,27 @@ def run(args: argparse.Namespace) -> int:
             "checkpoint": source, "model": model, "backend": backend, "threads": threads,
             "app": options,
         })  # fmt: skip
+        # /metrics sums every worker's values from files here (prometheus_client reads the
+        # variable when the workers import it)
+        metrics_dir = Path(tmp) / "metrics"
+        metrics_dir.mkdir()
+        ours = MULTIPROC_ENV not in os.environ  # an operator's own directory is kept
+        if ours:
+            os.environ[MULTIPROC_ENV] = str(metrics_dir)
         del predictor
-        run_workers(workers, common)
-    return 0
+        try:
+            return run_workers(workers, common, drain_s=args.drain_delay)
+        finally:  # the directory goes with `tmp`: nothing started later may inherit its name
+            if ours:
+                os.environ.pop(MULTIPROC_ENV, None)
 
 
-def run_workers(workers: int, common: dict[str, Any]) -> None:
-    """`uvicorn.run(..., workers=N)`, with a listening socket of its own in every worker."""
-    import inspect
-
+def run_workers(workers: int, common: dict[str, Any], drain_s: float = 0.0) -> int:
+    """`workers` processes under fmnist's supervisor, each with a listening socket of its own."""
     import uvicorn
-    from uvicorn.supervisors import Multiprocess
+
+    from fmnist.serve.app import app_from_env
+    from fmnist.serve.server import Supervisor
 
     config = uvicorn.Config("fmnist.serve.app:app_from_env", factory=True, workers=workers, **common)
     if hasattr(socket, "SO_REUSEPORT"):
@@ -170,10 +200,8 @@ def run_workers(workers: int, common: dict[str, Any]) -> None:
         logging.getLogger("uvicorn.error").info(f"Uvicorn running on http://{shown}:{port} (Press CTRL+C to quit)")
     else:  # Windows: one socket shared by the workers, as uvicorn makes it
         sock = config.bind_socket()
-    # older uvicorn releases take the worker's entry point as `target`
-    target = {"target": uvicorn.Server(config).run} if "target" in inspect.signature(Multiprocess).parameters else {}
     try:
-        Multiprocess(config, sockets=[sock], **target).run()
+        return Supervisor(config, sock, workers, app_from_env, drain_s=drain_s).run()
     finally:
         sock.close()
 

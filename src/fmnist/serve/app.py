@@ -5,17 +5,21 @@
                        -> top class, all probabilities, the 28x28 image the model saw (PNG data
                        URL) and the latency; `?fields=label,top` returns only those fields
     GET  /v1/model     model name, classes, parameter count, metrics, dataset and its hash
-    GET  /v1/stats     forward passes and their sizes, requests in flight and refused
+    GET  /v1/stats     forward passes and their sizes, requests in flight, refused, dropped
     GET  /v1/samples   real test images with their true labels (empty list without the data)
-    GET  /healthz      the process answers;  GET /readyz  the model is loaded and warmed up
+    GET  /healthz      the process can answer (503 once its batcher has died)
+    GET  /readyz       warmed up and not draining (503 while starting, draining or failed)
+    GET  /metrics      Prometheus text format (fmnist.serve.metrics)
     GET  /openapi.json the spec;  GET /docs  an offline reference page built from it
     GET  /             the web page (static files under /static, no CDN, no build step)
 
 Every error is JSON {"error": "one sentence"}: 400 malformed JSON, 408 body not sent in time,
 413 too large (bytes or batch), 415 unknown content type, 422 not an image / corrupt / too many
-pixels / bad array / unknown field, 503 (with Retry-After) when `max_queue` predictions are
-already in flight. Only a bug gives a 500. Decoding and inference run in other threads, never
-on the event loop, so health checks answer while predictions run.
+pixels / bad array / unknown field, 499 (logged only) the client hung up before its answer, 503
+(with Retry-After) when `max_queue` predictions are queued or `max_uploads` bodies are arriving,
+when an answer takes over `predict_timeout_s`, or while shutting down; 500 for the server's own
+faults and bugs. Decoding and inference run in other threads, never on the event loop, so
+health checks answer while predictions run.
 
 The parts, in the order a request meets them: `limits` (body size and time), `routes`,
 `requests` (parsing), `engine` (decoding, forward passes, `answers`), `errors` (every error's
@@ -38,6 +42,7 @@ from fmnist.serve.backends import Backend, as_backend
 from fmnist.serve.engine import Batching, Engine
 from fmnist.serve.errors import add_error_handlers
 from fmnist.serve.limits import BodyLimit, Limits
+from fmnist.serve.metrics import RequestMetrics
 from fmnist.serve.routes import STATIC_DIR, router
 
 __all__ = ["SETTINGS_ENV", "STATIC_DIR", "Batching", "app_from_env", "create_app"]
@@ -55,19 +60,22 @@ def create_app(
     batching: Batching | None = None,
     max_queue: int = _DEFAULT.max_queue,
     request_timeout_s: float = _DEFAULT.request_timeout_s,
+    max_uploads: int = _DEFAULT.max_uploads,
+    predict_timeout_s: float = _DEFAULT.predict_timeout_s,
     warmup: bool = True,
 ) -> FastAPI:
     """The ASGI app serving `predictor`.
 
     `max_batch` is the most images one request may hold; `batching` says how requests share
-    forward passes; past `max_queue` predictions in flight a request gets 503 at once (see
-    `Limits`).
+    forward passes; past `max_queue` predictions queued or `max_uploads` bodies arriving a
+    request gets 503 at once (see `Limits`).
 
     With `warmup`, one forward pass runs in a background thread at startup and /readyz answers
     503 until it is done; pass False when the predictor is already warm (the CLI warms it before
     it binds the port).
     """
-    limits = Limits(max_upload_bytes, max_batch, max_pixels, max_queue, request_timeout_s)
+    limits = Limits(max_upload_bytes, max_batch, max_pixels, max_queue, request_timeout_s,
+                    max_uploads, predict_timeout_s)  # fmt: skip
     engine = Engine(as_backend(predictor), limits, batching)
     if not warmup:
         engine.ready.set()
@@ -90,6 +98,7 @@ def create_app(
     )
     app.state.engine = engine
     app.add_middleware(BodyLimit, max_bytes=max_upload_bytes, timeout_s=request_timeout_s)
+    app.add_middleware(RequestMetrics, metrics=engine.metrics)  # outermost: counts every answer
     add_error_handlers(app)
     app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
@@ -114,6 +123,8 @@ def app_from_env() -> FastAPI:
     if settings.get("threads"):
         torch.set_num_threads(settings["threads"])
     predictor = load_predictor(settings["checkpoint"], settings.get("model"), settings.get("backend", "torch"))
+    # warm before uvicorn listens: a worker the supervisor restarts takes no traffic cold
+    predictor.warmup()
     options = dict(settings.get("app", {}))
     options["batching"] = Batching(**options.get("batching", {}))
-    return create_app(predictor, **options)
+    return create_app(predictor, **options, warmup=False)

@@ -20,23 +20,40 @@ thread pool: each request then crosses threads twice (in, and out with its answe
 four times, and the decoding happens while the window is open, when the thread would otherwise
 only wait. A request whose `prepare` or `finish` raises gets that error alone; the others in
 its pass are answered as usual.
+
+Supervision: anything a pass raises (the forward pass, `np.concatenate` of mismatched images,
+a bug in `finish`) fails only the requests of that pass and the loop goes on. Should the thread
+die all the same (a bug in the loop itself), every queued request fails with `BatcherDied`,
+`submit` refuses new ones, and `alive` turns False so the server can say so (/readyz) and exit.
+
+Cancellation: a request whose future is cancelled before its forward pass starts (its client
+hung up) is dropped then, even if it was already decoded: the pass is the costly part, and
+under a retry storm most of the queue can be such requests. From the pass on it cannot be
+cancelled; its answer is computed and ignored.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+log = logging.getLogger("fmnist.serve")
+
 
 class BatcherClosed(RuntimeError):
     """The batcher is shutting down and takes no new requests."""
+
+
+class BatcherDied(RuntimeError):
+    """The batcher's thread ended on an unexpected error: nothing queued will be answered."""
 
 
 @dataclass
@@ -59,6 +76,19 @@ class _Request:
     images: np.ndarray | None = None  # set by prepare; None until then or if it failed
     prepare_s: float = 0.0
     failed: bool = False  # prepare raised, or the caller cancelled: leave it out of the pass
+
+
+def _settle(future: Future[Any], result: Any = None, error: BaseException | None = None) -> None:
+    """Answer `future` unless its caller cancelled it meanwhile (nobody waits for it then).
+    Without the check, a client hanging up at the wrong moment would raise InvalidStateError
+    in the batcher's thread."""
+    try:
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+    except InvalidStateError:
+        pass
 
 
 def _as_images(payload: Any) -> np.ndarray:
@@ -85,6 +115,9 @@ class Batcher:
         self.max_images = max_images
         self.window_s = window_s
         self.passes = 0
+        self.dropped = 0  # requests cancelled before their pass, never computed
+        self.failed_passes = 0  # passes that raised (their requests got the error)
+        self.died: BaseException | None = None  # what ended the thread, if it ever dies
         self.batch_sizes: Counter[int] = Counter()  # images in a forward pass -> passes
         self._pending: deque[_Request] = deque()
         self._pending_images = 0
@@ -98,6 +131,8 @@ class Batcher:
         finish(payload, its Batched), by default the Batched itself."""
         request = _Request(payload, len(payload) if count is None else count, Future())
         with self._cond:
+            if self.died is not None:
+                raise BatcherDied("The batcher has stopped on an error.") from self.died
             if self._closed:
                 raise BatcherClosed("The server is shutting down.")
             self._pending.append(request)
@@ -116,21 +151,25 @@ class Batcher:
     def pending(self) -> int:
         return len(self._pending)
 
+    @property
+    def alive(self) -> bool:
+        """False once the thread has ended for any reason but `close()`."""
+        return self._thread.is_alive() or (self._closed and self.died is None)
+
     def _prepare(self, requests: list[_Request]) -> None:
         for r in requests:
             if r.images is not None or r.failed:
                 continue
-            # running from here on: a caller that cancelled before is dropped, one that
-            # cancels later gets its answer ignored
-            if not r.future.set_running_or_notify_cancel():
+            if r.future.cancelled():  # its client is gone: not even decoded
                 r.failed = True
+                self.dropped += 1
                 continue
             t0 = time.perf_counter()
             try:
                 r.images = self.prepare(r.payload)
             except BaseException as e:
                 r.failed = True
-                r.future.set_exception(e)
+                _settle(r.future, error=e)
             r.prepare_s = time.perf_counter() - t0
 
     def _take(self) -> list[_Request] | None:
@@ -164,28 +203,45 @@ class Batcher:
         return [r for r in taken if not r.failed]
 
     def _run(self) -> None:
-        while (taken := self._take()) is not None:
-            if not taken:
-                continue
-            parts = [r.images for r in taken if r.images is not None]
-            images = parts[0] if len(parts) == 1 else np.concatenate(parts)
-            t0 = time.perf_counter()
-            try:
-                out = self.forward(images)
-            except BaseException as e:  # every waiting request must hear of it, not just the log
-                for r in taken:
-                    r.future.set_exception(e)
-                continue
-            took = time.perf_counter() - t0
-            self.passes += 1
-            self.batch_sizes[len(images)] += 1
-            start = 0
-            for r, part in zip(taken, parts, strict=True):
-                rows = out[start : start + len(part)]
-                start += len(part)
+        try:
+            while (taken := self._take()) is not None:
+                # the last moment to drop a request: from here on it costs a forward pass
+                running = [r for r in taken if r.future.set_running_or_notify_cancel()]
+                self.dropped += len(taken) - len(running)
+                if not running:
+                    continue
                 try:
-                    r.future.set_result(
-                        self.finish(r.payload, Batched(part, rows, len(images), took, r.prepare_s))
-                    )
-                except BaseException as e:
-                    r.future.set_exception(e)
+                    self._pass(running)
+                except BaseException as e:  # only this pass fails; the next one may well work
+                    self.failed_passes += 1
+                    log.error("A forward pass of %d request(s) failed", len(running), exc_info=e)
+                    for r in running:
+                        _settle(r.future, error=e)
+        except BaseException as e:
+            self.died = e
+            log.critical("The batcher's thread died: no prediction will be answered", exc_info=e)
+            with self._cond:
+                self._closed = True
+                orphans = list(self._pending)
+                self._pending.clear()
+            for r in orphans:
+                _settle(r.future, error=BatcherDied("The batcher has stopped on an error."))
+
+    def _pass(self, taken: list[_Request]) -> None:
+        parts = [r.images for r in taken if r.images is not None]
+        images = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        t0 = time.perf_counter()
+        out = self.forward(images)
+        took = time.perf_counter() - t0
+        self.passes += 1
+        self.batch_sizes[len(images)] += 1
+        start = 0
+        for r, part in zip(taken, parts, strict=True):
+            rows = out[start : start + len(part)]
+            start += len(part)
+            try:
+                result = self.finish(r.payload, Batched(part, rows, len(images), took, r.prepare_s))
+            except BaseException as e:
+                _settle(r.future, error=e)
+            else:
+                _settle(r.future, result)

@@ -4,6 +4,16 @@ time), answers, and the counters /v1/stats reports. Its methods run off the even
 Requests share forward passes (`batching.Batcher`): those that arrive within `window_ms` of
 each other go through the model together. The batcher's thread also decodes each request
 (while the window is open) and formats its answer; the event loop only parses HTTP.
+
+Admission (`admit_upload`, `admit`): a request is counted twice, first while its body arrives
+(bounded by `max_uploads`), then from its body's end to its answer (bounded by `max_queue`), so
+that slow uploads cannot fill the queue and the queue bound is the work actually waiting for the
+model. Refusals are 503 with Retry-After. While a request waits for its answer, its connection
+is watched: a client that hangs up is dropped before its forward pass (`run`).
+
+State (/healthz, /readyz): starting until warmed up, then ready; draining once shutdown has
+begun (a load balancer should stop sending); failed if the batcher's thread has died (the
+server process then exits, see fmnist.serve.server).
 """
 
 from __future__ import annotations
@@ -12,7 +22,10 @@ import asyncio
 import os
 import threading
 import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import Future
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -26,6 +39,7 @@ from fmnist.serve.backends import Backend
 from fmnist.serve.batching import Batched, Batcher
 from fmnist.serve.errors import ApiError
 from fmnist.serve.limits import Limits
+from fmnist.serve.metrics import Metrics
 from fmnist.serve.requests import FIELDS, Item, Job
 from fmnist.serve.samples import Samples
 
@@ -50,15 +64,20 @@ class Engine:
         # batch and interleaved passes would only fight over them. Batched: the batcher's one
         # thread runs the passes, so they never overlap either.
         self.lock = threading.Lock()
+        self.metrics = Metrics()
+        self.metrics.set_model(backend.meta.get("model"), backend.name, backend.tta)
         self.batcher = (
-            Batcher(backend.predict_arrays, prepare=self._decode_job, finish=self._answer_job,
+            Batcher(self._forward, prepare=self._decode_job, finish=self._answer_job,
                     max_images=batching.max_images, window_s=batching.window_ms / 1e3)
             if batching.enabled else None
         )  # fmt: skip
         self.ready = threading.Event()
+        self.draining = threading.Event()  # set when shutdown begins (fmnist.serve.server)
         self.internal_errors = 0
-        self.in_flight = 0  # predictions admitted and not yet answered (touched on the loop only)
-        self.refused = 0
+        # the counters below are touched on the event loop only
+        self.uploading = 0  # prediction bodies still arriving
+        self.in_flight = 0  # predictions admitted (body read) and not yet answered
+        self.rejected: Counter[str] = Counter()  # reason -> requests refused or dropped
         self._samples = Samples(backend.meta, list(backend.classes))
 
     def warmup(self) -> None:
@@ -68,9 +87,64 @@ class Engine:
         finally:
             self.ready.set()
 
-    def close(self) -> None:
+    def close(self, timeout: float = 10.0) -> None:
         if self.batcher is not None:
-            self.batcher.close()
+            self.batcher.close(timeout)
+
+    @property
+    def failed(self) -> bool:
+        """The batcher's thread has died: this process can answer no prediction again."""
+        return self.batcher is not None and not self.batcher.alive
+
+    def state(self) -> tuple[str, str | None]:
+        """(state, why it is not ready) for /readyz: ready, starting, draining or failed."""
+        if self.failed:
+            return "failed", "The batcher has stopped on an error; this process is exiting."
+        if self.draining.is_set():
+            return "draining", "The server is shutting down."
+        if not self.ready.is_set():
+            return "starting", "The model is still warming up."
+        return "ready", None
+
+    def refuse(self, reason: str, message: str) -> ApiError:
+        self.rejected[reason] += 1
+        self.metrics.rejected.labels(reason).inc()
+        # Connection: close, so that a client that retries at once (ignoring Retry-After) pays a
+        # reconnect instead of spinning the event loop on refusals
+        return ApiError(503, message, headers={"Retry-After": "1", "Connection": "close"})
+
+    def shed(self) -> None:
+        """503 at once if the queue is full: checked before a body is read too, so an
+        overloaded server spends nothing on a request it would refuse anyway."""
+        max_queue = self.limits.max_queue
+        if self.in_flight >= max_queue:
+            raise self.refuse("busy", f"The server is busy ({max_queue} predictions queued): retry shortly.")
+
+    @contextmanager
+    def admit_upload(self) -> Iterator[None]:
+        """Count a body while it arrives; 503 past max_uploads."""
+        limit = self.limits.max_uploads
+        if self.uploading >= limit:
+            raise self.refuse("uploads", f"The server is busy ({limit} uploads in progress): retry shortly.")
+        self.uploading += 1
+        self.metrics.uploads.inc()
+        try:
+            yield
+        finally:
+            self.uploading -= 1
+            self.metrics.uploads.dec()
+
+    @contextmanager
+    def admit(self) -> Iterator[None]:
+        """Count a prediction from its body's end to its answer; 503 past max_queue."""
+        self.shed()
+        self.in_flight += 1
+        self.metrics.queued.inc()
+        try:
+            yield
+        finally:
+            self.in_flight -= 1
+            self.metrics.queued.dec()
 
     def decode(self, items: list[Item]) -> np.ndarray:
         """uint8 (N, 28, 28): what the model sees; a bad image is this request's 422 alone."""
@@ -86,12 +160,38 @@ class Engine:
             arrays.append(self.backend.preprocess(image))
         return np.stack(arrays)
 
-    async def run(self, items: list[Item], fields: tuple[str, ...] = FIELDS) -> dict[str, Any]:
-        """The answer to one request, awaited on the event loop without blocking it."""
-        if self.batcher is not None:
-            # no thread is held while waiting: the batcher's thread decodes, predicts, answers
-            return await asyncio.wrap_future(self.submit(items, fields))
-        return await run_in_threadpool(self.predict, items, fields)
+    async def run(
+        self, items: list[Item], fields: tuple[str, ...] = FIELDS,
+        disconnected: Callable[[], Awaitable[Any]] | None = None,
+    ) -> dict[str, Any]:  # fmt: skip
+        """The answer to one request, awaited on the event loop without blocking it, for at
+        most `predict_timeout_s` (then 503). Batched, `disconnected()` (it returns once the
+        client has hung up) is watched meanwhile: a request whose client is gone is cancelled,
+        and the batcher drops it unless its forward pass has begun (then 499)."""
+        if self.batcher is None:  # a comparison mode: a thread's work cannot be called back
+            return await run_in_threadpool(self.predict, items, fields)
+        # no thread is held while waiting: the batcher's thread decodes, predicts, answers
+        answer = asyncio.wrap_future(self.submit(items, fields))
+        waits: set[asyncio.Future[Any]] = {answer}
+        if disconnected is not None:
+            waits.add(asyncio.ensure_future(disconnected()))
+        try:
+            done, _ = await asyncio.wait(waits, timeout=self.limits.predict_timeout_s,
+                                         return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
+        finally:
+            for w in waits:  # the answer's future cancels the batcher's request with it
+                if w is not answer or not answer.done():
+                    w.cancel()
+        if answer in done:
+            return answer.result()
+        if done:  # the client hung up: nobody will read this (499, as nginx logs it)
+            self.rejected["client_gone"] += 1
+            self.metrics.rejected.labels("client_gone").inc()
+            raise ApiError(499, "The client closed the connection before its answer.")
+        self.rejected["deadline"] += 1
+        self.metrics.rejected.labels("deadline").inc()
+        raise ApiError(503, f"The prediction was not answered within {self.limits.predict_timeout_s:g} s: "
+                       "retry shortly.", headers={"Retry-After": "1"})  # fmt: skip
 
     def submit(self, items: list[Item], fields: tuple[str, ...] = FIELDS) -> Future[dict[str, Any]]:
         """Batched: the answer, decoded, predicted with whatever else arrives, and formatted
@@ -109,6 +209,13 @@ class Engine:
             probs = self.backend.predict_arrays(batch)
         t2 = time.perf_counter()
         return answer(self.backend, job, batch, probs, len(batch), t1 - job.t0, t2 - t1)
+
+    def _forward(self, images: np.ndarray) -> np.ndarray:
+        t0 = time.perf_counter()
+        out = self.backend.predict_arrays(images)
+        self.metrics.pass_seconds.observe(time.perf_counter() - t0)
+        self.metrics.pass_images.observe(len(images))
+        return out
 
     def _decode_job(self, job: Job) -> np.ndarray:
         return self.decode(job.items)
@@ -131,7 +238,16 @@ class Engine:
             "pass_sizes": dict(sorted(batcher.batch_sizes.items())) if batcher else None,
             "in_flight": self.in_flight,
             "max_queue": self.limits.max_queue,
-            "refused": self.refused,
+            "uploading": self.uploading,
+            "max_uploads": self.limits.max_uploads,
+            # refused (503) before their pass: queue full (busy) or too many uploads
+            "refused": self.rejected["busy"] + self.rejected["uploads"],
+            # reason -> requests refused or given up: busy, uploads, deadline, client_gone
+            "rejected": dict(self.rejected),
+            # cancelled (client gone) before their pass: never computed
+            "dropped": batcher.dropped if batcher else None,
+            "failed_passes": batcher.failed_passes if batcher else None,
+            "state": self.state()[0],
         }
 
     def model_info(self) -> dict[str, Any]:

@@ -21,10 +21,17 @@ class Limits:
     max_upload_bytes: int = 10 * 1024 * 1024
     max_batch: int = 64  # images in one request
     max_pixels: int = MAX_PIXELS  # in one decoded image (decompression bombs)
-    # past this many predictions in flight a request gets 503 at once, which bounds both
-    # latency and memory (at most max_queue bodies of max_upload_bytes)
+    # past this many predictions admitted (body read, waiting for or in a forward pass) a
+    # request gets 503 at once: that bounds the queue, and so the latency of what is admitted
     max_queue: int = 64
     request_timeout_s: float = 30.0  # for the whole body to arrive
+    # bodies still arriving are not work yet: they have a bound of their own, larger, so that
+    # a few hundred slow uploads cannot take the queue's places (memory: at most max_uploads
+    # bodies of max_upload_bytes), and request_timeout_s ends each of them
+    max_uploads: int = 256
+    # how long an admitted prediction may take to be answered: past it, 503 (a stuck or dead
+    # batcher must not hold its callers for ever)
+    predict_timeout_s: float = 30.0
 
 
 def mb(n: int) -> str:

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from fmnist.serve.engine import Engine
@@ -40,28 +40,25 @@ router = APIRouter()
     summary="Classify one or more images in one forward pass",
 )
 async def predict(request: Request, engine: EngineDep) -> JSONResponse:
-    # Refused before the body is read: an overloaded server answers at once, and holds at
-    # most max_queue bodies. The counter is only touched here, on the event loop.
-    max_queue = engine.limits.max_queue
-    if engine.in_flight >= max_queue:
-        engine.refused += 1
-        # Connection: close, so that a client that retries at once (ignoring Retry-After)
-        # pays a reconnect, instead of spinning the event loop on refusals
-        return error_response(
-            503, f"The server is busy ({max_queue} predictions in flight): retry shortly.",
-            headers={"Retry-After": "1", "Connection": "close"},
-        )
-    engine.in_flight += 1
-    try:
-        fields = parse_fields(request.query_params.get("fields"))
+    # The queue is checked before the body is read too: an overloaded server refuses at once
+    # and spends nothing on the request. The counters are only touched here, on the event loop.
+    engine.shed()
+    fields = parse_fields(request.query_params.get("fields"))
+    with engine.admit_upload():
         items = await read_items(request, engine.limits.max_batch)
-        result = await engine.run(items, fields)
-        lat = result["latency_ms"]
-        return JSONResponse(
-            result, headers={"Server-Timing": f"model;dur={lat['model']}, total;dur={lat['total']}"}
-        )
-    finally:
-        engine.in_flight -= 1
+    with engine.admit():
+        result = await engine.run(items, fields, lambda: hung_up(request))
+    lat = result["latency_ms"]
+    return JSONResponse(
+        result, headers={"Server-Timing": f"model;dur={lat['model']}, total;dur={lat['total']}"}
+    )
+
+
+async def hung_up(request: Request) -> None:
+    """Returns once the client has closed the connection (the body has been read by then, so
+    the next message can only be the disconnect)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 @router.get("/v1/model", summary="What model is served: name, classes, size, metrics, data")
@@ -83,16 +80,26 @@ async def samples(
     return await run_in_threadpool(engine.samples, n, seed)
 
 
-@router.get("/healthz", summary="Liveness: the process answers")
-async def healthz() -> dict[str, str]:
-    return {"status": "ok"}
+@router.get("/healthz", summary="Liveness: the process can answer predictions", responses={503: {"model": ErrorOut}})
+async def healthz(engine: EngineDep) -> JSONResponse:
+    if engine.failed:  # a liveness probe that fails makes the supervisor replace the process
+        return error_response(503, engine.state()[1] or "")
+    return JSONResponse({"status": "ok"})
 
 
-@router.get("/readyz", summary="Readiness: the model is loaded and warmed up", responses={503: {"model": ErrorOut}})
+@router.get("/readyz", summary="Readiness: warmed up, not draining, not failed", responses={503: {"model": ErrorOut}})
 async def readyz(engine: EngineDep) -> JSONResponse:
-    if engine.ready.is_set():
-        return JSONResponse({"status": "ready", "model": engine.backend.meta.get("model")})
-    return JSONResponse({"status": "starting", "error": "The model is still warming up."}, status_code=503)
+    state, why = engine.state()
+    if why is None:
+        return JSONResponse({"status": state, "model": engine.backend.meta.get("model")})
+    return JSONResponse({"status": state, "error": why}, status_code=503)
+
+
+@router.get("/metrics", summary="Prometheus metrics (text format)", response_class=Response)
+async def metrics(engine: EngineDep) -> Response:
+    # with several workers this reads every worker's files: off the loop
+    body = await run_in_threadpool(engine.metrics.exposition)
+    return Response(body, media_type=engine.metrics.content_type)
 
 
 def _page(name: str) -> FileResponse:

@@ -1,0 +1,171 @@
+"""Running the app as a deployed service: shutdown by design, and supervised workers.
+
+`Server` is uvicorn's server with three changes:
+
+- SIGTERM or SIGINT starts *draining*: /readyz turns 503 at once, the server keeps accepting
+  for `drain_s` seconds (so that a load balancer that polls /readyz stops sending before the
+  port closes; 0 for a plain process manager), then stops accepting, closes idle keep-alive
+  connections, answers every request already accepted (for at most `graceful_s`, uvicorn's
+  `timeout_graceful_shutdown`), stops the batcher and exits 0. A second SIGINT quits at once.
+  uvicorn itself re-raises the signal once it has shut down, so the exit status would say
+  "killed by SIGTERM" (143) after a clean drain; this one exits 0.
+- If the batcher's thread has died (fmnist.serve.batching), /readyz and /healthz already say
+  so; the server then shuts down and exits 1, so that whatever supervises it (`Supervisor`
+  below, systemd, Kubernetes) starts a fresh one.
+- With `make_app`, the app is built inside the process that serves it (a worker), before it
+  listens: the model is loaded and warm before the first connection reaches it.
+
+`Supervisor` runs several such workers (spawned processes, each with its own socket or the
+parent's, see fmnist.cli.serve) and starts a new one whenever one exits; on SIGTERM/SIGINT it
+passes the signal on, waits for every worker to drain, and exits 0 when they all did.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+from types import FrameType
+from typing import Any
+
+import uvicorn
+
+from fmnist.serve.engine import Engine
+from fmnist.serve.metrics import mark_worker_dead
+
+log = logging.getLogger("uvicorn.error")  # uvicorn's own lines, so they read as one log
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class Server(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, *, make_app: Callable[[], Any] | None = None,
+                 drain_s: float = 0.0) -> None:  # fmt: skip
+        super().__init__(config)
+        self.make_app = make_app
+        self.drain_s = drain_s
+        self.exit_code = 0
+        self.engine: Engine | None = None
+        self._drain_until: float | None = None
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        if self.make_app is not None and not self.config.loaded:
+            self.config.app, self.config.factory = self.make_app(), False
+        if not self.config.loaded:
+            self.config.load()
+        self.engine = _engine_of(self.config.app)
+        await super().serve(sockets)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        # not uvicorn's: it records the signal to re-raise it at exit (see the module's text)
+        if self._drain_until is not None or self.should_exit:
+            self.force_exit = self.force_exit or sig == signal.SIGINT
+            self.should_exit = True  # a second signal: skip what is left of the drain delay
+            return
+        log.info("Received %s: draining (not ready; %g s until the port closes)",
+                 signal.Signals(sig).name, self.drain_s)  # fmt: skip
+        if self.engine is not None:
+            self.engine.draining.set()
+        self._drain_until = time.monotonic() + self.drain_s
+        self.should_exit = self.drain_s <= 0
+
+    async def on_tick(self, counter: int) -> bool:
+        if self._drain_until is not None and time.monotonic() >= self._drain_until:
+            self.should_exit = True
+        engine = self.engine
+        if engine is not None and engine.failed and not self.should_exit:
+            log.critical("The batcher has died: stopping this process so that it is replaced")
+            engine.draining.set()
+            self.exit_code = 1
+            self.should_exit = True
+        return await super().on_tick(counter)
+
+
+def _engine_of(app: Any) -> Engine | None:
+    state = getattr(app, "state", None)
+    return getattr(state, "engine", None)
+
+
+def serve(config: uvicorn.Config, *, drain_s: float = 0.0) -> int:
+    """One process: serve `config.app` until a signal; the exit status."""
+    server = Server(config, drain_s=drain_s)
+    server.run()
+    return server.exit_code
+
+
+def _worker(config: uvicorn.Config, sockets: list[socket.socket], make_app: Callable[[], Any],
+            drain_s: float) -> None:  # fmt: skip
+    config.configure_logging()
+    server = Server(config, make_app=make_app, drain_s=drain_s)
+    server.run(sockets=sockets)
+    raise SystemExit(server.exit_code)
+
+
+class Supervisor:
+    """`workers` processes serving `make_app()` on `sock`; see the module's text."""
+
+    def __init__(self, config: uvicorn.Config, sock: socket.socket, workers: int,
+                 make_app: Callable[[], Any], *, drain_s: float = 0.0) -> None:  # fmt: skip
+        self.config, self.sock, self.workers = config, sock, workers
+        self.make_app, self.drain_s = make_app, drain_s
+        self.stopping = threading.Event()
+        self.restarts = 0
+        self._context = multiprocessing.get_context("spawn")  # no torch state forked into workers
+
+    def _start(self) -> Any:
+        process = self._context.Process(
+            target=_worker, args=(self.config, [self.sock], self.make_app, self.drain_s),
+            name="fmnist-serve-worker",
+        )  # fmt: skip
+        process.start()
+        return process
+
+    def _stop(self, sig: int, frame: FrameType | None) -> None:
+        self.stopping.set()
+
+    def run(self) -> int:
+        previous = {sig: signal.signal(sig, self._stop) for sig in STOP_SIGNALS}
+        try:
+            log.info("Started parent process [%d]", os.getpid())
+            processes = [self._start() for _ in range(self.workers)]
+            while not self.stopping.wait(0.2):
+                for i, p in enumerate(processes):
+                    if p.is_alive() or self.stopping.is_set():
+                        continue
+                    # killed (OOM, a native crash) or exited because its batcher died
+                    log.error("Worker [%d] exited with status %s: starting another", p.pid, p.exitcode)
+                    mark_worker_dead(p.pid)
+                    self.restarts += 1
+                    processes[i] = self._start()
+            return self._shutdown(processes)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _shutdown(self, processes: list[Any]) -> int:
+        log.info("Stopping: every worker drains its requests, then exits")
+        for p in processes:
+            if p.is_alive():
+                os.kill(p.pid, signal.SIGTERM)
+        # the workers' own deadline, plus what their lifespan shutdown may take
+        timeout = self.drain_s + (self.config.timeout_graceful_shutdown or 0) + 10
+        deadline = time.monotonic() + timeout
+        for p in processes:
+            p.join(max(0.0, deadline - time.monotonic()))
+            if p.is_alive():
+                log.error("Worker [%d] did not stop in %g s: killing it", p.pid, timeout)
+                p.kill()
+                p.join()
+            mark_worker_dead(p.pid)
+        # a worker still starting has no handler yet and dies of the SIGTERM itself: it was
+        # serving nothing, so that is a clean stop too
+        failed = [p.pid for p in processes if p.exitcode not in (0, -signal.SIGTERM)]
+        if failed:
+            log.error("Workers %s did not exit cleanly", failed)
+        log.info("Stopped parent process [%d]", os.getpid())
+        return 1 if failed else 0
