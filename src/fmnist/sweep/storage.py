@@ -9,7 +9,9 @@ same settings, is queued to take its place.
 
 from __future__ import annotations
 
+import importlib.util
 import re
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -39,6 +41,17 @@ def default_url(sweep_dir: Path) -> str:
     return f"sqlite:///{(sweep_dir / DB_FILE).resolve()}"
 
 
+def with_driver(url: str) -> str:
+    """`postgresql://` with the driver that is installed: SQLAlchemy 2.1 takes it to mean
+    psycopg 3, 2.0 psycopg2; the `sweep` extra installs psycopg2."""
+    if not url.startswith("postgresql://"):
+        return url
+    for module, scheme in (("psycopg", "postgresql+psycopg://"), ("psycopg2", "postgresql+psycopg2://")):
+        if importlib.util.find_spec(module) is not None:
+            return scheme + url.removeprefix("postgresql://")
+    return url
+
+
 def open_storage(url: str, heartbeat: int) -> Any:
     """Optuna's RDB storage at `url` with heartbeats every `heartbeat` seconds (stale after
     two missed); ConfigError for a URL that is malformed, unknown or unreachable."""
@@ -48,16 +61,30 @@ def open_storage(url: str, heartbeat: int) -> Any:
         raise ConfigError(f"Storage {shown!r} is not a database URL: use e.g. "
                           "postgresql://user:password@host/db (or leave --storage out for a "
                           "SQLite file in the sweep folder).")
+    url = with_driver(url)
     kwargs: dict[str, Any] = {"pool_pre_ping": True}
     if url.startswith("sqlite"):
         kwargs["connect_args"] = {"timeout": 60}  # several processes may share the file
     elif url.startswith("postgresql"):
         kwargs["connect_args"] = {"connect_timeout": 10}
+    import sqlalchemy.exc
+
     try:
-        return op.storages.RDBStorage(
-            url, engine_kwargs=kwargs, heartbeat_interval=heartbeat, grace_period=2 * heartbeat,
-            heartbeat_stale_trial_callback=op.storages.RetryHeartbeatStaleTrialCallback(max_retry=3),
-        )
+        for attempt in range(5):
+            try:
+                return op.storages.RDBStorage(
+                    url, engine_kwargs=kwargs, heartbeat_interval=heartbeat,
+                    grace_period=2 * heartbeat,
+                    heartbeat_stale_trial_callback=op.storages.RetryHeartbeatStaleTrialCallback(
+                        max_retry=3),
+                )
+            except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+                # Workers started together on an empty database all create Optuna's tables;
+                # all but one collide (seen on PostgreSQL: duplicate pg_type). Then they exist.
+                if attempt == 4:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
+        raise AssertionError("unreachable")
     except ImportError as e:
         raise ConfigError(f"No database driver for storage {shown}: for PostgreSQL, "
                           f"{INSTALL} installs psycopg2.") from e

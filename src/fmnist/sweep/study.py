@@ -123,9 +123,10 @@ def sweep(
     sweep_dir = Path(out) if out is not None else Path("sweeps") / name
     sweep_dir.mkdir(parents=True, exist_ok=True)
     url = storage or default_url(sweep_dir)
+    store = open_storage(url, heartbeat)
     study = op.create_study(
-        storage=open_storage(url, heartbeat), study_name=name, direction="maximize",
-        load_if_exists=True, sampler=sampler(op, seed, url, name),
+        storage=store, study_name=name, direction="maximize",
+        load_if_exists=True, sampler=sampler(op, seed, store, name),
         pruner=(op.pruners.MedianPruner(n_startup_trials=prune_after) if pruner == "median"
                 else op.pruners.NopPruner()),
     )
@@ -209,13 +210,13 @@ def check_args(space: Space, trials: int | None, seconds: float | None, per_tria
                           "give a larger --budget or a smaller --trial-budget.")
 
 
-def sampler(op: Any, seed: int | None, url: str, name: str) -> Any:
+def sampler(op: Any, seed: int | None, storage: Any, name: str) -> Any:
     """TPE, seeded so that a rerun with more trials does not sample the first ones again
     (the seed moves on with the study's size)."""
     if seed is None:
         return op.samplers.TPESampler()
     try:
-        done = len(op.load_study(study_name=name, storage=url).trials)
+        done = len(op.load_study(study_name=name, storage=storage).trials)
     except KeyError:  # a new study
         done = 0
     return op.samplers.TPESampler(seed=seed + done)
