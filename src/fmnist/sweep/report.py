@@ -26,6 +26,10 @@ def completed(study: Any) -> list[Any]:
     return [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
 
 
+def pruned(study: Any) -> list[Any]:
+    return [t for t in study.get_trials(deepcopy=False) if t.state.name == "PRUNED"]
+
+
 def best_of(study: Any) -> Any | None:
     done = completed(study)
     return max(done, key=lambda t: t.value) if done else None
@@ -55,7 +59,8 @@ def rows(study: Any) -> list[dict[str, Any]]:
             "epochs": t.user_attrs.get("epochs") or (max(reported) if reported else None),
             "train_seconds": t.user_attrs.get("train_seconds"),
             "retry_of": t.system_attrs.get("failed_trial"), "worker": t.user_attrs.get("host"),
-            "run_dir": t.user_attrs.get("run_dir"), "values": t.user_attrs.get("values") or t.params,
+            "run_dir": t.user_attrs.get("run_dir"), "error": t.user_attrs.get("error"),
+            "values": t.user_attrs.get("values") or t.params,
         })
     return out
 
@@ -83,6 +88,8 @@ def progress(trial: Any, study: Any, trials: int | None, left: float | None) -> 
     shown = "" if value is None else f": {100 * value:.2f} %"
     if state == "pruned":
         shown += f" at epoch {max(trial.intermediate_values)}"
+    if "error" in trial.user_attrs:
+        shown += f": {trial.user_attrs['error']}"
     done = sum(state_of(t) in ("complete", "pruned") for t in study.get_trials(deepcopy=False))
     best = best_of(study)
     parts = [f"trial {trial.number} {state}{shown}",

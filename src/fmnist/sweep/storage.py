@@ -28,7 +28,7 @@ def optuna() -> Any:
         import optuna as module
     except ImportError as e:
         raise ConfigError(f"fmnist sweep needs Optuna, which is not installed: {INSTALL}.") from e
-    module.logging.set_verbosity(module.logging.WARNING)  # we print our own progress
+    module.logging.set_verbosity(module.logging.ERROR)  # we print our own progress and failures
     warnings.filterwarnings("ignore", category=module.exceptions.ExperimentalWarning)
     return module
 

@@ -42,6 +42,11 @@ class Surplus(Exception):
     shows it as skipped (nothing was trained)."""
 
 
+class TrialFailed(Exception):
+    """A trial whose settings cannot run (say, a model that does not fit the trial budget) once
+    others have: it is marked failed, with the reason in the table, and the sweep goes on."""
+
+
 @dataclass
 class SweepResult:
     sweep_dir: Path
@@ -155,8 +160,14 @@ def sweep(
         trial.set_user_attr("values", values)
         trial.set_user_attr("run_dir", str(run_dir.resolve()))
         trial.set_user_attr("host", f"{socket.gethostname()}:{os.getpid()}")
-        result = fit(trial_recipe, data=data[0], out=run_dir, time_budget=per_trial,
-                     callbacks=[Pruning(trial)], display=verbose)
+        try:
+            result = fit(trial_recipe, data=data[0], out=run_dir, time_budget=per_trial,
+                         callbacks=[Pruning(trial)], display=verbose)
+        except ConfigError as e:  # e.g. this trial's model does not fit the trial budget
+            trial.set_user_attr("error", str(e))
+            if not report.completed(study) and not report.pruned(study):
+                raise  # nothing has worked yet: the setup is wrong, say so and stop
+            raise TrialFailed(str(e)) from e
         row = result.rows[-1]
         trial.set_user_attr("epochs", row["epoch"])
         trial.set_user_attr("train_seconds", round(row["train_seconds"], 2))
@@ -168,7 +179,7 @@ def sweep(
         stopped = stop_reason(op, study, trials, left, per_trial, final)
         if stopped:
             break
-        study.optimize(objective, n_trials=1, catch=(Surplus,), gc_after_trial=True)
+        study.optimize(objective, n_trials=1, catch=(Surplus, TrialFailed), gc_after_trial=True)
         show(report.progress(last_of(study), study, trials, left))
     show(f"Stopped: {stopped}")
     report.write(sweep_dir, study, recipe)
