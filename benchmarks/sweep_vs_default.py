@@ -56,9 +56,12 @@ def winner_config(best: dict[str, Any]) -> dict[str, Any]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--budget", default="12m", help="the sweep's wall clock (issue: ~20m)")
-    p.add_argument("--trial-budget", default="60s", help="per trial and per run (as the issue)")
+    p.add_argument("--budget", default="15m", help="the sweep's wall clock (issue: ~20m)")
+    p.add_argument("--trial-budget", default="90s", help="per trial and per run (issue: 60s)")
     p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--space", default=str(HERE / "sweep-space.toml"),
+                   help="space file (default benchmarks/sweep-space.toml; 'default': the "
+                        "sweep's own default space)")
     p.add_argument("--work", help="folder for the runs (default: a temp folder)")
     args = p.parse_args()
     work = Path(args.work or tempfile.mkdtemp(prefix="fmnist-sweep-bench-"))
@@ -70,7 +73,8 @@ def main() -> None:
     commands: list[str] = []
 
     sweep_cmd = [*fmnist, "sweep", "--budget", args.budget, "--trial-budget", args.trial_budget,
-                 "--out", str(work / "sweep"), "--name", "bench", "--sampler-seed", "0"]
+                 "--out", str(work / "sweep"), "--name", "bench", "--sampler-seed", "0",
+                 *(["--space", args.space] if args.space != "default" else [])]
     commands.append(shlex.join(sweep_cmd))
     sweep_seconds = run(sweep_cmd, log)
     best = json.loads((work / "sweep" / "best.json").read_text())

@@ -165,8 +165,9 @@ def sweep(
                          callbacks=[Pruning(trial)], display=verbose)
         except ConfigError as e:  # e.g. this trial's model does not fit the trial budget
             trial.set_user_attr("error", str(e))
-            if not report.completed(study) and not report.pruned(study):
-                raise  # nothing has worked yet: the setup is wrong, say so and stop
+            errors = [t for t in study.get_trials(deepcopy=False) if "error" in t.user_attrs]
+            if not report.completed(study) and not report.pruned(study) and len(errors) >= 2:
+                raise  # nothing has worked, twice (the trial itself not yet counted): stop
             raise TrialFailed(str(e)) from e
         row = result.rows[-1]
         trial.set_user_attr("epochs", row["epoch"])
