@@ -111,14 +111,16 @@ def best_settings(study: Any, recipe: Recipe) -> dict[str, Any] | None:
             "run_dir": best.user_attrs.get("run_dir")}
 
 
-def write(sweep_dir: Path, study: Any, recipe: Recipe) -> None:
-    """trials.md, trials.json, best.json and the two pictures into the sweep folder."""
+def write(sweep_dir: Path, study: Any, recipe: Recipe, pictures: bool = True) -> None:
+    """trials.md, trials.json, best.json and (with `pictures`) the two plots into the sweep
+    folder."""
     write_text(sweep_dir / "trials.md", table(study), "trials table")
     write_text(sweep_dir / "trials.json", json.dumps(rows(study), indent=2) + "\n", "trials")
     best = best_settings(study, recipe)
     if best is not None:
         write_text(sweep_dir / "best.json", json.dumps(best, indent=2) + "\n", "best settings")
-    plots(sweep_dir, study)
+    if pictures:
+        plots(sweep_dir, study)
 
 
 def plots(sweep_dir: Path, study: Any) -> list[Path]:

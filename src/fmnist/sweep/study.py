@@ -181,7 +181,9 @@ def sweep(
         if stopped:
             break
         study.optimize(objective, n_trials=1, catch=(Surplus, TrialFailed), gc_after_trial=True)
+        left = None if seconds is None else seconds - (time.monotonic() - started)
         show(report.progress(last_of(study), study, trials, left))
+        report.write(sweep_dir, study, recipe, pictures=False)  # the table stays current
     show(f"Stopped: {stopped}")
     report.write(sweep_dir, study, recipe)
     final_dir = accuracy = None
