@@ -31,12 +31,12 @@ from fmnist.sweep.storage import with_driver  # noqa: E402
 TESTS = Path(__file__).parent
 SRC = TESTS.parent / "src"
 # A tiny cnn on 320 synthetic images, one thread: ~0.2 s an epoch on 2 busy cores.
-SMALL = dict(model="cnn", model_config={"widths": [8, 8, 16]}, epochs=3, batch_size=32, lr=0.01,
+SMALL = dict(model="cnn", model_config={"widths": [8, 8, 16]}, epochs=2, batch_size=32, lr=0.01,
              bf16="off", channels_last=False, flip=False, tta_flip=False, eval_batch_size=256,
              threads=1, schedule="constant", shift=0)
-# lr 1e-5 learns nothing in 3 epochs (~10 %); lr 0.01 reaches ~100 %.
+# lr 1e-5 learns nothing in 2 epochs (~10 %); lr 0.01 reaches ~85-100 %.
 TWO_LRS = {"lr": {"choices": [1e-5, 0.01]}}
-FLAGS = ["--model", "cnn", "--batch-size", "32", "--epochs", "3", "--lr", "0.01", "--bf16", "off",
+FLAGS = ["--model", "cnn", "--batch-size", "32", "--epochs", "2", "--lr", "0.01", "--bf16", "off",
          "--no-channels-last", "--no-flip", "--no-tta-flip", "--eval-batch-size", "256",
          "--threads", "1", "--schedule", "constant", "--shift", "0"]
 
@@ -63,6 +63,7 @@ def state(trial) -> str:
 # ---- one machine --------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_finds_the_better_setting_prunes_resumes_and_never_reads_the_test_split(
         dataset, tmp_path, monkeypatch):
     recipe, out = small(dataset), tmp_path / "sweep"
@@ -77,13 +78,13 @@ def test_finds_the_better_setting_prunes_resumes_and_never_reads_the_test_split(
         return real_load(name, split, *args, **kwargs)
 
     monkeypatch.setattr(fmnist.datasets, "load_arrays", train_only)
-    first = sweep(recipe, space, out=out, trials=5, validation=0.2, prune_after=1, seed=0,
+    first = sweep(recipe, space, out=out, trials=4, validation=0.2, prune_after=1, seed=0,
                   final=False, show=lambda line: None)
     trials = first.study.get_trials()
     assert [state(t) for t in trials].count("FAIL") == 0  # the missing test file broke nothing
-    assert sum(t.state.name in ("COMPLETE", "PRUNED") for t in trials) == 5
+    assert sum(t.state.name in ("COMPLETE", "PRUNED") for t in trials) == 4
     best = first.study.best_trial
-    assert best.params["lr"] == 0.01 and best.value > 0.9
+    assert best.params["lr"] == 0.01 and best.value > 0.6  # the other learns nothing: ~0.1
     assert {t.params["lr"] for t in trials} == {1e-5, 0.01}  # both were tried
     # pruning fired: a trial stopped after its first epoch, on the validation accuracy
     pruned = [t for t in trials if t.state.name == "PRUNED"]
@@ -103,13 +104,13 @@ def test_finds_the_better_setting_prunes_resumes_and_never_reads_the_test_split(
     monkeypatch.setattr(fmnist.datasets, "load_arrays", real_load)
     stamps = {t.number: Path(t.user_attrs["run_dir"], "metrics.jsonl").stat().st_mtime_ns
               for t in trials}
-    second = sweep(recipe, space, out=out, trials=7, validation=0.2, prune_after=1, seed=0,
+    second = sweep(recipe, space, out=out, trials=6, validation=0.2, prune_after=1, seed=0,
                    show=lambda line: None)
     again = second.study.get_trials()
-    assert len(again) == 7 and [t.number for t in again] == list(range(7))
+    assert len(again) == 6 and [t.number for t in again] == list(range(6))
     assert all(Path(again[n].user_attrs["run_dir"], "metrics.jsonl").stat().st_mtime_ns == stamp
-               for n, stamp in stamps.items())  # the first five were not run again
-    assert second.final_dir is not None and second.final_accuracy > 0.9
+               for n, stamp in stamps.items())  # the first four were not run again
+    assert second.final_dir is not None and second.final_accuracy > 0.6
     final = read_config_file(second.final_dir / "config.json")
     assert final["lr"] == 0.01 and final["holdout"] == 0
     apply_overrides(Recipe(), final)  # reusable as --config
@@ -118,6 +119,7 @@ def test_finds_the_better_setting_prunes_resumes_and_never_reads_the_test_split(
     assert json.loads((second.final_dir / "status.json").read_text())["status"] == "finished"
 
 
+@pytest.mark.slow
 def test_a_killed_worker_leaves_the_study_usable_and_its_trial_failed_and_retried(
         dataset, tmp_path):
     out, space = tmp_path / "sweep", space_file(tmp_path / "space.toml", epochs=15)
@@ -218,6 +220,7 @@ def postgres():
         shutil.rmtree(root, ignore_errors=True)
 
 
+@pytest.mark.slow
 def test_two_workers_share_one_study_on_postgresql(dataset, tmp_path, postgres):
     space = space_file(tmp_path / "space.toml", epochs=2)
     outs = [tmp_path / "machine-a", tmp_path / "machine-b"]
