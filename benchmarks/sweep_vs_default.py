@@ -78,6 +78,9 @@ def main() -> None:
     p.add_argument("--space", default=str(HERE / "sweep-space.toml"),
                    help="space file (default benchmarks/sweep-space.toml; 'default': the "
                         "sweep's own default space)")
+    p.add_argument("--epochs", type=int, default=0,
+                   help="every trial and run at N epochs instead of a time budget (a comparison "
+                        "a busy machine cannot disturb; --budget still bounds the sweep)")
     p.add_argument("--subset", type=int, default=0, metavar="N",
                    help="train on the first N real training images (all 10,000 test images); "
                         "0: all 60,000")
@@ -92,7 +95,10 @@ def main() -> None:
     commands: list[str] = []
     data = ["--dataset", write_subset(work / "data", args.subset)] if args.subset else []
 
-    sweep_cmd = [*fmnist, "sweep", *data, "--budget", args.budget, "--trial-budget", args.trial_budget,
+    length = (["--epochs", str(args.epochs)] if args.epochs
+              else ["--time-budget", args.trial_budget])
+    sweep_cmd = [*fmnist, "sweep", *data, "--budget", args.budget,
+                 *(length if args.epochs else ["--trial-budget", args.trial_budget]),
                  "--out", str(work / "sweep"), "--name", "bench", "--sampler-seed", "0",
                  *(["--space", args.space] if args.space != "default" else [])]
     commands.append(shlex.join(sweep_cmd))
@@ -112,32 +118,40 @@ def main() -> None:
             if who == "winner" and seed == 0:
                 continue  # the sweep's own final run
             out = work / f"{who}-seed{seed}"
-            cmd = [*fmnist, "train", "--recipe", "default", *data, "--time-budget", args.trial_budget,
+            cmd = [*fmnist, "train", "--recipe", "default", *data, *length,
                    "--seed", str(seed), "--out", str(out), "--no-tensorboard",
                    *(["--config", str(config)] if who == "winner" else [])]
             commands.append(shlex.join(cmd))
-            run(cmd, log)
+            try:
+                run(cmd, log)
+            except subprocess.CalledProcessError:  # e.g. a time budget a busy machine can't plan
+                results[who].append({"seed": seed, "failed": True, "run_dir": str(out)})
+                continue
             acc, epochs, seconds = test_accuracy(out)
             results[who].append({"seed": seed, "test_accuracy": acc, "epochs": epochs,
                                  "train_seconds": seconds, "run_dir": str(out)})
 
     def stats(rows: list[dict[str, Any]]) -> dict[str, float]:
-        accs = [r["test_accuracy"] for r in rows]
+        accs = [r["test_accuracy"] for r in rows if "test_accuracy" in r]
+        if not accs:
+            return {"mean": float("nan"), "std": float("nan")}
         return {"mean": statistics.mean(accs), "std": statistics.stdev(accs) if len(accs) > 1 else 0.0}
 
     saved = {
         "date": _dt.date.today().isoformat(), "machine": info, "load_before": load_before,
-        "load_after": os.getloadavg(), "subset": args.subset, "budget": args.budget, "trial_budget": args.trial_budget,
+        "load_after": os.getloadavg(), "subset": args.subset, "epochs": args.epochs, "budget": args.budget, "trial_budget": args.trial_budget,
         "sweep_seconds": sweep_seconds, "best": best, "trials": trials, "runs": results,
         "summary": {who: stats(rows) for who, rows in results.items()}, "commands": commands,
         "work": str(work),
     }
-    out = HERE / "results" / f"{saved['date']}-{machine_slug(info)}-sweep-vs-default.json"
+    kind = f"{args.epochs}ep" if args.epochs else args.trial_budget
+    out = HERE / "results" / f"{saved['date']}-{machine_slug(info)}-sweep-vs-default-{kind}.json"
     out.write_text(json.dumps(saved, indent=2) + "\n")
     print(machine_line(info))
     for who in ("default", "winner"):
         s = saved["summary"][who]
-        per_seed = ", ".join(f"{100 * r['test_accuracy']:.2f}" for r in results[who])
+        per_seed = ", ".join(f"{100 * r['test_accuracy']:.2f}" if "test_accuracy" in r
+                             else "failed" for r in results[who])
         print(f"{who:8} {100 * s['mean']:.2f} ± {100 * s['std']:.2f} %  (seeds: {per_seed})")
     print(f"Saved {out}")
 
