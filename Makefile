@@ -24,9 +24,9 @@ $(RUN_STAMP): pyproject.toml
 	$(UV) -e '.[tensorboard]'
 	touch $@
 
-# The server, ONNX export and the test tools: only `make test` (and `make setup-full`) need them.
+# The server, ONNX export, sweeps (Optuna) and the test tools: only `make test` (and `make setup-full`) need them.
 $(FULL_STAMP): $(RUN_STAMP)
-	$(UV) -e '.[serve,onnx,dev]'
+	$(UV) -e '.[serve,onnx,sweep,dev]'
 	touch $@
 
 setup-full: $(FULL_STAMP) data
@@ -42,6 +42,7 @@ run: setup
 
 test: setup-full
 	bash scripts/ensure-browser.sh
+	bash scripts/ensure-deb.sh /usr/lib/postgresql postgresql "the shared-study sweep test is skipped"
 	$(PY) -m pytest -q
 	$(MAKE) --no-print-directory lint-only
 

@@ -16,7 +16,7 @@ from fmnist.errors import FmnistError
 
 
 def get_parser() -> argparse.ArgumentParser:
-    from fmnist.cli import data, evaluate, export, lr_find, predict, run, runs, serve, train
+    from fmnist.cli import data, evaluate, export, lr_find, predict, run, runs, serve, sweep, train
     from fmnist.cli import tensorboard as tensorboard_cli
 
     parser = argparse.ArgumentParser(
@@ -25,7 +25,7 @@ def get_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (data, train, lr_find, evaluate, predict, export, serve, run, runs,
+    for module in (data, train, lr_find, sweep, evaluate, predict, export, serve, run, runs,
                    tensorboard_cli):
         module.add_parser(sub)
     return parser
