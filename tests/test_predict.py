@@ -307,6 +307,15 @@ def test_predictor_leaves_the_callers_model_alone():
     assert own.weight.is_contiguous(memory_format=torch.channels_last)
 
 
+def test_the_inference_copy_is_on_the_device_asked_for():
+    from fmnist.inference import prepare_for_inference
+
+    model = build_model("cnn", {"widths": [4, 4, 8]})
+    copy = prepare_for_inference(model, torch.device("meta"))  # "meta" stands in for a GPU
+    assert {p.device.type for p in copy.parameters()} == {"meta"}
+    assert {p.device.type for p in model.parameters()} == {"cpu"}
+
+
 def test_accuracy_shown_is_accuracy_served():
     """A run trained with flip TTA reports TTA accuracy; the predictor must serve the same
     logits (average of the image's and its mirror's), so every prediction agrees with evaluate."""
