@@ -186,3 +186,12 @@ def test_cli_missing_checkpoint(tmp_path, capsys):
 
     assert main(["evaluate", str(tmp_path / "nope")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("loss_per_batch", [0, 64])
+def test_a_rank_with_no_images_adds_zeros(loss_per_batch):
+    """Under torchrun each rank scores a slice; with more ranks than images a slice is empty."""
+    from fmnist.inference import score
+
+    totals = score(torch.empty(0, 10), torch.empty(0, dtype=torch.long), loss_per_batch=loss_per_batch)
+    assert totals.dtype == torch.float64 and totals.tolist() == [0.0, 0.0, 0.0, 0.0]

@@ -8,7 +8,6 @@ from fmnist.models import (
     build_model,
     clean_state_dict,
     count_parameters,
-    describe,
     flops_per_image,
     model_config,
     unwrap,
@@ -55,13 +54,20 @@ def test_mlp_is_the_quickstart_network():
     assert count_parameters(model) == 669_706
 
 
-def test_flops_and_description():
-    model = build_model("mlp")
+def test_flops_per_image_counts_the_three_linear_layers():
     # 2 FLOPs per multiply-accumulate of the three linear layers
-    assert flops_per_image(model) == 2 * (784 * 512 + 512 * 512 + 512 * 10)
-    text = describe(model)
-    assert "669,706 parameters" in text and "MFLOPs per image" in text and "Linear" in text
-    assert repr(model) == text  # print(model) shows it all
+    assert flops_per_image(build_model("mlp")) == 2 * (784 * 512 + 512 * 512 + 512 * 10)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_print_model_shows_the_layers_then_parameters_and_flops(name, capsys):
+    model = build_model(name, SMALL.get(name))
+    print(model)
+    shown = capsys.readouterr().out
+    first_layer = next(m for m in model.modules() if not list(m.children()))
+    assert repr(first_layer) in shown  # the layers, as torch prints them
+    last = shown.strip().splitlines()[-1]  # then one line of size and cost
+    assert f"{count_parameters(model):,} parameters" in last and "MFLOPs per image" in last
 
 
 def test_unknown_model_and_option_name_the_valid_ones():

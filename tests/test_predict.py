@@ -307,6 +307,15 @@ def test_predictor_leaves_the_callers_model_alone():
     assert own.weight.is_contiguous(memory_format=torch.channels_last)
 
 
+def test_the_inference_copy_is_on_the_device_asked_for():
+    from fmnist.inference import prepare_for_inference
+
+    model = build_model("cnn", {"widths": [4, 4, 8]})
+    copy = prepare_for_inference(model, torch.device("meta"))  # "meta" stands in for a GPU
+    assert {p.device.type for p in copy.parameters()} == {"meta"}
+    assert {p.device.type for p in model.parameters()} == {"cpu"}
+
+
 def test_accuracy_shown_is_accuracy_served():
     """A run trained with flip TTA reports TTA accuracy; the predictor must serve the same
     logits (average of the image's and its mirror's), so every prediction agrees with evaluate."""
@@ -329,34 +338,49 @@ def test_accuracy_shown_is_accuracy_served():
     np.testing.assert_allclose(Predictor(model, no_tta).predict_arrays(images), plain, atol=1e-5)
 
 
-def test_predictor_contract_details(make_checkpoint):
-    from fmnist.errors import CheckpointError
-
-    model, meta = _cnn_with_tta()
-    predictor = Predictor(model, meta)
+def test_an_empty_batch_gives_an_empty_float32_answer():
+    predictor = Predictor(*_cnn_with_tta())
     probs = predictor.predict_arrays(np.zeros((0, 28, 28), np.uint8))
     assert probs.shape == (0, 10) and probs.dtype == np.float32
+
+
+def test_float_images_are_refused_saying_what_is_expected():
+    predictor = Predictor(*_cnn_with_tta())
     with pytest.raises(ImageError, match=r"Expected uint8 images of shape \(N, 28, 28\), got torch.float32"):
         predictor.predict_arrays(np.zeros((2, 28, 28), np.float32))
     with pytest.raises(ImageError, match="Expected a PIL image or a uint8 28x28 array"):
         predictor.predict([np.zeros((28, 28), np.float32)])
-    p = predictor.predict([np.zeros((28, 28), np.uint8)])[0]
-    assert len(p.to_dict()["top"]) == 3 and p.top(0) == []
+
+
+def test_a_prediction_lists_three_classes_unless_asked_otherwise():
+    p = Predictor(*_cnn_with_tta()).predict([np.zeros((28, 28), np.uint8)])[0]
+    assert len(p.to_dict()["top"]) == 3 and len(p.top()) == 3 and p.top(0) == []
+
+
+def test_an_mnist_checkpoint_fits_photos_in_a_20_pixel_box():
     # MNIST digits sit in a 20x20 box, Fashion-MNIST items fill the frame
-    assert Predictor(model, {**meta, "dataset": "mnist"}).box == 20 and predictor.box == 28
+    model, meta = _cnn_with_tta()
     square = Image.new("L", (100, 100), 0)
     square.paste(255, (10, 10, 90, 90))
-    digit = Predictor(model, {**meta, "dataset": "mnist"}).preprocess(square)
-    assert bbox(digit) == (20, 20)
-    # from_checkpoint passes its choices through
-    folder = make_checkpoint("cnn", {"widths": [4, 4, 8]})
-    meta_path = folder / "model.json"
+    assert bbox(Predictor(model, {**meta, "dataset": "mnist"}).preprocess(square)) == (20, 20)
+    assert bbox(Predictor(model, meta).preprocess(square)) == (28, 28)
+
+
+def test_from_checkpoint_takes_tta_from_the_run_unless_told(make_checkpoint):
     import json
 
+    folder = make_checkpoint("cnn", {"widths": [4, 4, 8]})
+    meta_path = folder / "model.json"
+    assert not Predictor.from_checkpoint(folder).tta
     meta_path.write_text(json.dumps({**json.loads(meta_path.read_text()), "tta_flip": True}))
     assert Predictor.from_checkpoint(folder).tta and not Predictor.from_checkpoint(folder, tta=False).tta
+
+
+def test_from_checkpoint_refuses_another_architecture(make_checkpoint):
+    from fmnist.errors import CheckpointError
+
     with pytest.raises(CheckpointError, match="holds a 'cnn' model, not 'mlp'"):
-        Predictor.from_checkpoint(folder, model="mlp")
+        Predictor.from_checkpoint(make_checkpoint("cnn", {"widths": [4, 4, 8]}), model="mlp")
 
 
 def test_inputs_are_standardised_as_the_checkpoint_says():

@@ -419,3 +419,95 @@ def test_the_accuracy_a_run_reports_is_what_its_checkpoint_gives(tmp_path):
     report = evaluate(model, data.test_images, data.test_labels, meta)
     assert report.accuracy == meta["metrics"]["test_accuracy"]
     assert report.loss == pytest.approx(meta["metrics"]["test_loss"], rel=1e-6)
+
+
+# ---- found by mutation testing (train/optim.py, data.py, evaluation.py) -------------------------
+
+
+@pytest.mark.parametrize("name, kind", [("sgd", torch.optim.SGD), ("adamw", torch.optim.AdamW)])
+def test_the_optimizer_trains_every_parameter_and_decays_only_weights(name, kind):
+    from fmnist.train.optim import make_optimizer
+
+    recipe = apply_overrides(SMALL, {"optimizer": name, "weight_decay": 5e-4})
+    model = build_model(SMALL.model, SMALL.model_config)
+    opt = make_optimizer(recipe, model, lr=0.01)
+    assert isinstance(opt, kind)
+    trained = [p for g in opt.param_groups for p in g["params"]]
+    assert len(trained) == len(list(model.parameters()))
+    assert {id(p) for p in trained} == {id(p) for p in model.parameters()}
+    decay = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
+    # weights decay; biases and BatchNorm parameters (1-d) do not
+    assert all(decay[id(p)] == (5e-4 if p.ndim > 1 else 0.0) for p in model.parameters())
+    assert all(g["lr"] == 0.01 for g in opt.param_groups)
+
+
+@pytest.mark.parametrize("schedule", ["constant", "onecycle", "cosine"])
+def test_the_scheduler_follows_the_recipes_schedule(schedule):
+    from fmnist.train.optim import make_optimizer, make_scheduler
+
+    recipe = apply_overrides(SMALL, {"schedule": schedule, "warmup": 0.2})
+    opt = make_optimizer(recipe, build_model(SMALL.model, SMALL.model_config), lr=0.1)
+    scheduler = make_scheduler(recipe, opt, total_steps=10)
+    seen = []
+    for _ in range(10):
+        seen.append(opt.param_groups[0]["lr"])
+        opt.step()
+        scheduler.step()
+    assert seen == pytest.approx([0.1 * lr_factor(schedule, 0.2, s, 10) for s in range(10)])
+
+
+def test_a_holdout_reports_its_loss_too():
+    row = fit(apply_overrides(SMALL, {"epochs": 1, "holdout": 56}), data=make_data(), save=False,
+              display=False).rows[0]
+    assert 0 <= row["holdout_accuracy"] <= 1 and 0 < row["holdout_loss"] < 10
+
+
+def test_other_data_is_named_by_both_fingerprints_and_the_flag_to_fix():
+    from fmnist.checkpoint import ResumeState
+    from fmnist.train.data import check_same_data
+
+    data = make_data()
+    data.fingerprint = "fedcba9876543210" * 4
+    saved = ResumeState(1, [], {}, {}, {}, {}, {}, fingerprint="0123456789abcdef" * 4)
+    with pytest.raises(ConfigError) as caught:
+        check_same_data(saved, data, 0.3, 0.4)
+    message = str(caught.value)
+    assert "0123456789ab..." in message and "fedcba987654..." in message
+    assert "--data-dir" in message
+
+
+@pytest.mark.parametrize("saved, now", [
+    ((0.3, 0.4), (0.3 * (1 + 5e-6), 0.4 * (1 - 5e-6))),  # summed in another order elsewhere
+    ((1e-9, 0.4), (0.0, 0.4)),  # near zero, relative differences mean nothing
+    ((0.3, 1e-9), (0.3, 0.0)),
+])
+def test_same_data_check_accepts_float_noise_relative_or_near_zero(saved, now):
+    from fmnist.checkpoint import ResumeState
+    from fmnist.train.data import check_same_data
+
+    state = ResumeState(1, [], {}, {}, {}, {}, {}, mean=saved[0], std=saved[1],
+                        fingerprint="synthetic")
+    check_same_data(state, make_data(), *now)
+
+
+@pytest.mark.parametrize("total, warmup, warm", [(10, 0.23, 3), (10, 0.25, 3), (30, 0.1, 3), (7, 0.1, 1)])
+def test_a_cosine_warm_up_lasts_its_fraction_of_the_steps_rounded_up(total, warmup, warm):
+    ramp = [lr_factor("cosine", warmup, s, total) for s in range(warm)]
+    assert ramp == pytest.approx([(s + 1) / warm for s in range(warm)])  # the peak on its last step
+
+
+def test_a_holdout_of_one_image_takes_one_image_out():
+    from fmnist.train.data import split_holdout
+
+    data = make_data()
+    held = split_holdout(data, 1)
+    assert len(held.holdout_images) == 1 and len(held.train_images) == len(data.train_images) - 1
+
+
+def test_a_run_with_a_holdout_still_refuses_other_data_on_resume():
+    from fmnist.checkpoint import ResumeState
+    from fmnist.train.data import check_same_data, split_holdout
+
+    saved = ResumeState(1, [], {}, {}, {}, {}, {}, fingerprint="another dataset")
+    with pytest.raises(ConfigError, match="fingerprint"):
+        check_same_data(saved, split_holdout(make_data(), 56), 0.3, 0.4)

@@ -4,6 +4,7 @@ what was being written and where; training also says which epoch it can resume f
 from __future__ import annotations
 
 import errno
+import os
 import subprocess
 from pathlib import Path
 
@@ -21,6 +22,8 @@ from fmnist.export import export_onnx, export_pth
 from fmnist.models import build_model
 from fmnist.recipes import apply_overrides
 from fmnist.train import Callback, fit
+
+PAGE = 4096  # tmpfs hands out space a page at a time
 
 
 def leftovers(folder: Path) -> list[str]:
@@ -40,17 +43,26 @@ def small_disk(tmp_path: Path):
     subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
-def fill(disk: Path) -> Path:
-    """Take every free byte of `disk`; returns the file to delete to free it again."""
+def fill(disk: Path, leave: int = 0) -> Path:
+    """Take every free byte of `disk` but `leave` (whole pages); returns the file to delete to
+    free it again. A file longer than `leave` then fails part-way, as on a real disk."""
     filler = disk / "filler"
-    with open(filler, "wb") as f:
+    with open(filler, "wb", buffering=0) as f:
         try:
             while True:
                 f.write(b"\0" * 65536)
-                f.flush()
         except OSError as e:
             assert e.errno == errno.ENOSPC
+    os.truncate(filler, filler.stat().st_size - leave)
     return filler
+
+
+def pages(size: int) -> int:
+    return -(-size // PAGE) * PAGE
+
+
+def read_only(disk: Path) -> None:
+    subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
 
 
 class FillDiskAt(Callback):
@@ -93,29 +105,19 @@ def test_disk_full_during_training_is_one_sentence_and_resumes(small_disk, tmp_p
     assert [r["epoch"] for r in resumed.rows] == [1, 2, 3]
 
 
-def test_a_read_only_run_folder_is_one_sentence(tmp_path, monkeypatch):
-    run = tmp_path / "run"
+def test_a_read_only_run_folder_is_one_sentence(small_disk):
+    run = small_disk / "run"
     fit(apply_overrides(SMALL, {"epochs": 1}), data=make_data(), out=run, display=False)
-
-    def read_only(path, data):
-        raise OSError(errno.EROFS, "Read-only file system", str(path))
-
-    monkeypatch.setattr(atomic, "_write_file", read_only)
-    with pytest.raises(WriteError, match=r"the filesystem is read-only\. The last complete "
-                                         r"checkpoint is epoch 1"):
+    read_only(small_disk)
+    with pytest.raises(WriteError) as caught:
         fit(resume=run, data=make_data(), display=False)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert "the filesystem is read-only. The last complete checkpoint is epoch 1" in message
+    assert load_model(run)[1]["epoch"] == 1 and leftovers(run) == []
 
 
 # ---- every write site, with the disk filling up half way through the new file ----------------
-
-
-@pytest.fixture
-def disk_fills_up(monkeypatch):
-    def half_then_full(path: Path, data: bytes) -> None:
-        path.write_bytes(data[: len(data) // 2])
-        raise OSError(errno.ENOSPC, "No space left on device", str(path))
-
-    monkeypatch.setattr(atomic, "_write_file", half_then_full)
 
 
 def _model():
@@ -134,48 +136,53 @@ SITES = {
 
 
 @pytest.mark.parametrize("what", list(SITES))
-def test_each_write_site_keeps_the_old_file_and_says_what_failed(what, tmp_path, disk_fills_up):
+def test_each_write_site_keeps_the_old_file_and_says_what_failed(what, small_disk):
     write, name = SITES[what]
+    folder = small_disk / "site"
+    folder.mkdir()
     old = b"the user's previous file"
-    (tmp_path / name).write_bytes(old)
+    (folder / name).write_bytes(old)
+    fill(small_disk, leave=PAGE)  # the new file's first page fits, the rest does not
     with pytest.raises(WriteError) as caught:
-        write(tmp_path)
-    assert str(caught.value) == f"Could not write the {what} {tmp_path / name}: the disk is full."
-    assert (tmp_path / name).read_bytes() == old
-    assert leftovers(tmp_path) == []
+        write(folder)
+    assert str(caught.value) == f"Could not write the {what} {folder / name}: the disk is full."
+    assert (folder / name).read_bytes() == old
+    assert sorted(p.name for p in folder.iterdir()) == [name]  # no temp file, nothing else
 
 
-def test_onnx_export_on_a_full_disk(tmp_path, disk_fills_up):
+def test_onnx_export_on_a_full_disk(small_disk):
     pytest.importorskip("onnxscript")
+    fill(small_disk, leave=PAGE)
     with pytest.raises(WriteError, match=r"^Could not write the exported model .*model\.onnx: the disk is full\.$"):
-        export_onnx(_model(), META, tmp_path / "model.onnx")
-    assert not (tmp_path / "model.onnx").exists() and leftovers(tmp_path) == []
+        export_onnx(_model(), META, small_disk / "model.onnx")
+    assert not (small_disk / "model.onnx").exists() and leftovers(small_disk) == []
 
 
-def test_export_cli_on_a_full_disk_is_one_line(make_checkpoint, tmp_path, capsys, monkeypatch):
+def test_export_cli_on_a_full_disk_is_one_line(make_checkpoint, small_disk, capsys):
     ckpt = make_checkpoint()
-    monkeypatch.setattr(atomic, "_write_file", lambda path, data: (_ for _ in ()).throw(
-        OSError(errno.ENOSPC, "No space left on device")))
-    code = main(["export", str(ckpt), "--format", "pth", "--out", str(tmp_path / "m.pth")])
+    fill(small_disk)
+    code = main(["export", str(ckpt), "--format", "pth", "--out", str(small_disk / "m.pth")])
     err = capsys.readouterr().err
     assert code == 2
-    assert err == f"fmnist: error: Could not write the exported model {tmp_path / 'm.pth'}: the disk is full.\n"
+    assert err == f"fmnist: error: Could not write the exported model {small_disk / 'm.pth'}: the disk is full.\n"
 
 
-def test_a_full_cache_disk_only_costs_the_cache(tmp_path, monkeypatch, disk_fills_up, caplog):
+def test_a_full_cache_disk_only_costs_the_cache(tmp_path, monkeypatch, small_disk, caplog):
     """The decoded-array cache saves time; a disk too full for it must not fail the load."""
     from idx_helpers import make_payloads, make_spec, write_files
 
-    monkeypatch.setenv("FMNIST_CACHE_DIR", str(tmp_path / "cache"))  # nothing decoded yet
+    monkeypatch.setenv("FMNIST_CACHE_DIR", str(small_disk / "cache"))  # nothing decoded yet
     payloads = make_payloads()
     spec = make_spec("synthetic-full-cache", payloads)
     monkeypatch.setitem(datasets.SPECS, spec.name, spec)
     monkeypatch.setattr(datasets.finding, "DEBIAN_ROOT", tmp_path / "no-debian")
     write_files(tmp_path / "data", payloads)
+    fill(small_disk, leave=PAGE)  # the decoded array is longer than a page
     images, labels = datasets.load_arrays(spec.name, "test", tmp_path / "data")
     assert images.shape == (10, 28, 28) and len(labels) == 10
     assert "decoded-array cache" in caplog.text and "the disk is full" in caplog.text
     assert not list((datasets.cache_dir() / "decoded").glob("*.npy"))
+    assert leftovers(small_disk) == []
     np.testing.assert_array_equal(images, datasets.load_arrays(spec.name, "test", tmp_path / "data")[0])
 
 
@@ -212,16 +219,11 @@ def test_write_bytes_makes_folders_and_gives_the_usual_file_mode(tmp_path):
     assert leftovers(tmp_path) == []
 
 
-def test_names_in_messages(tmp_path, monkeypatch):
-    real = atomic._write_file
-
-    def json_fails(path, data):  # the disk fills up between the weights and their metadata
-        if ".json." in path.name:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        real(path, data)
-
-    monkeypatch.setattr(atomic, "_write_file", json_fails)
-    with pytest.raises(WriteError, match=r"^Could not write the checkpoint metadata .*model\.json"):
-        save_model(tmp_path, _model(), META)
-    with pytest.raises(WriteError, match=r"^Could not write the file .*x\.json"):
-        atomic.write_text(tmp_path / "x.json", "x")
+def test_the_message_names_the_file_that_did_not_fit(small_disk, tmp_path):
+    # the disk fills up between the weights and their metadata: room for the weights only
+    weights = save_model(tmp_path / "same-model", _model(), META).stat().st_size
+    fill(small_disk, leave=pages(weights))
+    with pytest.raises(WriteError, match=r"^Could not write the checkpoint metadata .*model\.json: the disk is full\.$"):
+        save_model(small_disk / "ckpt", _model(), META)
+    with pytest.raises(WriteError, match=r"^Could not write the file .*x\.json: the disk is full\.$"):
+        atomic.write_text(small_disk / "x.json", "x")

@@ -10,6 +10,7 @@ sentence saying what was being written, where, and why.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import secrets
@@ -47,7 +48,10 @@ def write_bytes(path: str | Path, data: bytes, what: str = "file") -> Path:
         _write_file(tmp, data)
         os.replace(tmp, path)
     except BaseException as e:
-        tmp.unlink(missing_ok=True)
+        # The temp file may not exist, and a read-only disk refuses even its removal (EROFS):
+        # the error to report is the first one.
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
         if isinstance(e, OSError) and (error := as_write_error(e, what, path)) is not None:
             raise error from e
         raise
