@@ -36,7 +36,7 @@ from fmnist.predict import Predictor
 N_TRAIN, N_TEST = 200, 101  # 101: an odd test set, split 51/50 over two ranks
 B = 16  # per process; the single-process reference uses 2B
 RUN_FILES = {"config.json", "metrics.jsonl", "model.safetensors", "model.json", "resume.pt",
-             "curves.png", "status.json"}
+             "curves.png", "status.json", ".claim", "current", "checkpoints"}
 # The synthetic classes are mirror images of each other: no flips. Tiny widths keep CPU runs short.
 MLP = {"model": "mlp", "epochs": 2, "flip": False, "tta_flip": False, "bf16": "off",
        "channels_last": False}
@@ -190,6 +190,8 @@ def test_rank0_writes_the_run_folder_once_and_it_loads_in_one_process(mlp_runs, 
     files = {p.name for p in two.iterdir()}
     events = {f for f in files if f.startswith("events.out.tfevents.")}
     assert files - events == RUN_FILES  # no temp files, nothing per rank
+    # the last save and the one before it, nothing half-written
+    assert sorted(p.name for p in (two / "checkpoints").iterdir()) == ["epoch-0001", "epoch-0002"]
     assert len(events) == (1 if importlib.util.find_spec("tensorboard") else 0)  # rank 0's only
     assert json.loads((two / "status.json").read_text())["status"] == "finished"
     rows = metrics(two)
@@ -383,9 +385,9 @@ if __name__ == "__main__":
     fail_rank, fail_epoch, how = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
     real_train_epoch = fmnist.train.loop.train_epoch
 
-    def faulty(parts, setup, state, callbacks):  # type: ignore[no-untyped-def]
-        row = real_train_epoch(parts, setup, state, callbacks)
-        if setup.info.rank == fail_rank and state.epoch == fail_epoch:
+    def faulty(state, callbacks, stops, save):  # type: ignore[no-untyped-def]
+        row = real_train_epoch(state, callbacks, stops, save)
+        if state.setup.info.rank == fail_rank and state.epoch == fail_epoch:
             if how == "hang":
                 time.sleep(300)
             raise RuntimeError(f"injected failure on rank {fail_rank}")

@@ -60,6 +60,14 @@ def test_small_data_gets_a_smaller_batch_then_more_epochs():
     assert sized_for(Recipe(min_steps=100, steps=10), 240).batch_size == 256  # steps are set
 
 
+def test_epochs_or_a_batch_asked_for_are_kept():
+    default = get_recipe("default")
+    for asked in ({"epochs": 1}, {"batch_size": 4}, {"steps": 30}):
+        assert apply_overrides(default, asked).min_steps == 0
+    assert apply_overrides(default, {"epochs": 1, "min_steps": 50}).min_steps == 50
+    assert apply_overrides(default, {"lr": 0.05}).min_steps == default.min_steps == 100
+
+
 def row(epoch, train, test=0.5):
     return {"epoch": epoch, "train_loss": train, "test_loss": test}
 

@@ -28,7 +28,8 @@ class Recipe:
     steps: int = 0
     # At least this many optimiser steps (0: no minimum): on a small dataset the batch shrinks
     # (down to 32), then the epochs grow, until the run takes them. A few hundred images at
-    # batch 128 for 6 epochs are 12 steps, too few for any schedule to learn from.
+    # batch 128 for 6 epochs are 12 steps, too few for any schedule to learn from. Asking for
+    # epochs, steps or a batch size (a flag or a config key) turns it off: they are kept.
     min_steps: int = 0
     batch_size: int = 256
     # optimisation
@@ -149,6 +150,8 @@ def apply_overrides(recipe: Recipe, overrides: dict[str, Any]) -> Recipe:
         overrides["model_config"] = {}
     if "epochs" in overrides and "steps" not in overrides:
         overrides["steps"] = 0  # an epoch count asked for replaces a planned step count
+    if {"epochs", "batch_size", "steps"} & set(overrides) and "min_steps" not in overrides:
+        overrides["min_steps"] = 0  # a length or batch asked for is kept as it is
     recipe = replace(recipe, **overrides)
     validate(recipe)
     return recipe
