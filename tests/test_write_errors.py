@@ -113,7 +113,9 @@ def test_a_read_only_run_folder_is_one_sentence(small_disk):
         fit(resume=run, data=make_data(), display=False)
     message = str(caught.value)
     assert "\n" not in message
-    assert "the filesystem is read-only. The last complete checkpoint is epoch 1" in message
+    assert message == (f"Could not write the run claim {run / '.claim'}: the filesystem is "
+                       f"read-only. Fix the folder, then continue with `fmnist train --resume "
+                       f"{run}`.")
     assert load_model(run)[1]["epoch"] == 1 and leftovers(run) == []
 
 

@@ -253,7 +253,14 @@ class Claim:
 
     def __init__(self, run_dir: Path) -> None:
         self.path = Path(run_dir) / CLAIM
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as e:  # a read-only or full disk: nothing can be trained into it
+            error = as_write_error(e, "run claim", self.path)
+            if error is None:
+                raise
+            raise WriteError(f"{error} Fix the folder, then continue with `fmnist train "
+                             f"--resume {run_dir}`.") from e
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
