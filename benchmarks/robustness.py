@@ -136,12 +136,14 @@ def main() -> None:
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as d:
         for name in args.only:
+            Path(d, name).mkdir()
             results[name] = {"sigterm": sigterm, "fsync": fsync_cost, "budget": budget}[name](
-                Path(d) / name if Path(d, name).mkdir() is None else Path(d))
+                Path(d, name))
             print(name, json.dumps(results[name], indent=1), flush=True)
     out = HERE / "results" / f"{_dt.date.today()}-{machine_slug(info)}-robustness.json"
-    out.write_text(json.dumps({"machine": info, "argv": sys.argv[1:], "cases": results},
-                              indent=1) + "\n")
+    earlier = json.loads(out.read_text())["cases"] if out.exists() else {}  # --only: keep the rest
+    out.write_text(json.dumps({"machine": info, "argv": sys.argv[1:],
+                               "cases": earlier | results}, indent=1) + "\n")
     print(f"wrote {out}")
 
 
