@@ -34,7 +34,8 @@ def check_learning(row: dict[str, Any], classes: int, recipe: Recipe, last: bool
     elif row["epoch"] > 1 and train > limit:
         what = f"the training loss is {train:.2f}, far above chance ({limit / DIVERGED:.2f})"
     elif last and test > limit:
-        what = f"the test loss ends at {test:.2f}, far above chance ({limit / DIVERGED:.2f})"
+        what = (f"the test loss ends at {test:.2f}, far above chance ({limit / DIVERGED:.2f}): "
+                "the model did not learn")
     else:
         return
     raise DivergedError(
