@@ -50,8 +50,8 @@ def small(dataset: str) -> Recipe:
     return Recipe(name="t", dataset=dataset, **SMALL)  # type: ignore[arg-type]
 
 
-def space_file(path: Path, epochs: int = 3) -> Path:
-    path.write_text(f"lr = {{choices = [1e-5, 0.01]}}\nepochs = {epochs}\n"
+def space_file(path: Path, epochs: int = 3, lrs: str = "1e-5, 0.01") -> Path:
+    path.write_text(f"lr = {{choices = [{lrs}]}}\nepochs = {epochs}\n"
                     "[model_config]\nwidths = [8, 8, 16]\n")
     return path
 
@@ -122,7 +122,10 @@ def test_finds_the_better_setting_prunes_resumes_and_never_reads_the_test_split(
 @pytest.mark.slow
 def test_a_killed_worker_leaves_the_study_usable_and_its_trial_failed_and_retried(
         dataset, tmp_path):
-    out, space = tmp_path / "sweep", space_file(tmp_path / "space.toml", epochs=15)
+    # one gentle lr: the trial must still be training when it is killed, not have ended (or
+    # stopped by the divergence guard) on a fast machine
+    out, space = tmp_path / "sweep", space_file(tmp_path / "space.toml", epochs=40,
+                                                lrs="0.001, 0.002")
     command = [sys.executable, "-m", "fmnist", "sweep", "--dataset", dataset, *FLAGS, "--space",
                str(space), "--trials", "1", "--out", str(out), "--heartbeat", "1", "--no-final",
                "--validation", "0.2"]
@@ -133,6 +136,7 @@ def test_a_killed_worker_leaves_the_study_usable_and_its_trial_failed_and_retrie
         assert worker.poll() is None, worker.stderr.read().decode() if worker.stderr else ""
         assert time.monotonic() < deadline, "the worker never finished an epoch"
         time.sleep(0.05)
+    assert worker.poll() is None, "the trial ended before it could be killed mid-way"
     worker.send_signal(signal.SIGKILL)
     worker.wait()
     time.sleep(2.5)  # past the grace period (2 heartbeats)
