@@ -69,9 +69,9 @@ def fit(
     progress bar, or the Quickstart's lines; `display=False` hides it) and the run-folder
     writers. With `save=False` nothing is written.
 
-    `time_budget` (seconds, or "90s", "5m") replaces the recipe's epochs (and, if one epoch does
-    not fit, its cnn widths) by a plan measured on this machine (see fmnist.budget); the run
-    folder's config.json holds the planned recipe, which reproduces the run without planning.
+    `time_budget` (seconds from this call, or "90s", "5m") replaces the recipe's epochs (and, if
+    one epoch does not fit, its cnn widths) by a plan measured on this machine, re-planned while
+    the run goes (see fmnist.budget); the run folder's config.json records the steps that ran.
 
     SIGTERM, SIGINT and SIGHUP save the state of the current step and end the run as
     interrupted (`Interrupted`); `checkpoint_every` (seconds, or "10m") saves it on a timer too.
