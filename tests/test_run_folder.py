@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -263,3 +264,12 @@ def test_checkpoint_every_saves_part_way_without_stopping(tmp_path):
     assert len(result.rows) == 2  # it did not stop
     assert (0, 1) in seen and (1, 2) in seen  # saved part-way through epochs 1 and 2
     assert len(list((tmp_path / "run" / "checkpoints").iterdir())) <= 2  # older saves deleted
+
+
+def test_the_previous_save_is_kept_and_older_ones_deleted(tmp_path):
+    run = tmp_path / "run"
+    fit(replace(SMALL, epochs=3), data=make_data(n_train=64, n_test=32), out=run, display=False)
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["epoch-0002", "epoch-0003"]
+    assert os.readlink(run / "current") == "checkpoints/epoch-0003"
+    assert all(os.readlink(run / name) == f"current/{name}"
+               for name in ("model.safetensors", "model.json", "resume.pt", "metrics.jsonl"))

@@ -229,3 +229,18 @@ def test_the_message_names_the_file_that_did_not_fit(small_disk, tmp_path):
         save_model(small_disk / "ckpt", _model(), META)
     with pytest.raises(WriteError, match=r"^Could not write the file .*x\.json: the disk is full\.$"):
         atomic.write_text(small_disk / "x.json", "x")
+
+
+def test_a_save_on_a_full_disk_names_the_file_and_keeps_the_last_save_whole(small_disk):
+    from fmnist import rundir
+
+    run = small_disk / "run"
+    fit(apply_overrides(SMALL, {"epochs": 1}), data=make_data(), out=run, display=False)
+    fill(small_disk)
+    files = {"model.safetensors": os.urandom(200_000), "model.json": b"{}", "resume.pt": b"x"}
+    with pytest.raises(WriteError) as caught:
+        rundir.commit(run, files, "epoch-0002")
+    assert str(caught.value) == (f"Could not write the checkpoint {run / 'model.safetensors'}: "
+                                 "the disk is full.")
+    assert load_model(run)[1]["epoch"] == 1 and ResumeState.load(run).epoch == 1
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["epoch-0001"]  # no temp
