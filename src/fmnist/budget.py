@@ -101,14 +101,23 @@ def steps_for(seconds: float, measured: Measured, batch_size: int) -> int:
     """The most optimiser steps whose training, and the evaluation after each epoch they reach
     into, fit in `seconds` (0 when none do)."""
     per_epoch = measured.steps_per_epoch(batch_size)
+    return _fitting_steps(seconds, per_epoch, per_epoch, measured.eval_seconds,
+                          lambda t: int(t * measured.images_per_s) // batch_size)
+
+
+def _fitting_steps(seconds: float, left_in_epoch: int, per_epoch: int, epoch_overhead: float,
+                   steps_in: Callable[[float], int]) -> int:
+    """The most steps, `left_in_epoch` before the current epoch ends, whose training
+    (`steps_in(t)` steps fit in t seconds) and the end of each epoch they reach into (evaluation,
+    saving: `epoch_overhead`) fit in `seconds`."""
     best = 0
-    for epochs in range(1, 1_000_000):
-        train_seconds = seconds - epochs * measured.eval_seconds
-        steps = min(epochs * per_epoch, int(train_seconds * measured.images_per_s) // batch_size)
-        if steps <= (epochs - 1) * per_epoch:  # the time runs out before this epoch starts
-            break
+    for k in itertools.count(1):  # the run ends in the k-th epoch from here
+        cap = left_in_epoch + (k - 1) * per_epoch
+        steps = min(cap, max(0, steps_in(seconds - k * epoch_overhead)))
+        if steps <= cap - per_epoch:  # the time runs out before that epoch starts
+            return best
         best = steps
-    return best
+    raise AssertionError("unreachable")
 
 
 def narrower(recipe: Recipe) -> Recipe | None:
@@ -169,13 +178,5 @@ def remaining_steps(seconds: float, done: int, per_epoch: int, step_seconds: flo
     run of `per_epoch` steps an epoch, each step taking `step_seconds` and each epoch's end
     (evaluation, saving) `epoch_overhead`: the end of every epoch reached into must fit too.
     0 when only the current epoch's end does."""
-    seconds -= END_SECONDS
-    left_in_epoch = per_epoch - done % per_epoch
-    best = 0
-    for k in itertools.count(1):  # the run ends in the k-th epoch from here
-        cap = left_in_epoch + (k - 1) * per_epoch
-        steps = min(cap, max(0, int((seconds - k * epoch_overhead) / step_seconds)))
-        if steps <= cap - per_epoch:  # the time runs out before that epoch starts
-            return best
-        best = steps
-    raise AssertionError("unreachable")
+    return _fitting_steps(seconds - END_SECONDS, per_epoch - done % per_epoch, per_epoch,
+                          epoch_overhead, lambda t: int(t / step_seconds))
