@@ -69,22 +69,20 @@ class BudgetKeeper(Callback):
 
     def on_step(self, state: RunState, step: int, loss: torch.Tensor, batch: int) -> None:
         now = self.clock()
-        self.last_step = now
+        self.last_step, self.done = now, state.global_step + step + 1
         started, first = self.window
         if now - started >= self.every:
-            done = state.global_step + step + 1
-            self.step_seconds = (now - started) / (done - first)
-            self.replan(state, done, now)
-            self.window = (now, done)
+            self.step_seconds = (now - started) / (self.done - first)
+            self.replan(state, self.done, now)
+            self.window = (now, self.done)
 
     def on_epoch_end(self, state: RunState, row: dict[str, Any]) -> None:
         now = self.clock()
         self.overhead = now - self.last_step
         started, first = self.window
-        done = state.global_step + row_steps(state)
-        if done > first:
-            self.step_seconds = (self.last_step - started) / (done - first)
-        self.replan(state, done, now)
+        if self.done > first:
+            self.step_seconds = (self.last_step - started) / (self.done - first)
+        self.replan(state, self.done, now)
 
     def on_fit_end(self, state: RunState) -> None:
         """config.json records the steps that ran (and status.json each re-plan)."""
@@ -118,10 +116,3 @@ class BudgetKeeper(Callback):
             print(f"Re-planned at step {done:,} with {self.deadline - now:.1f} s left at "
                   f"{1000 * step_seconds:.1f} ms a step: {before:,} -> {parts.total_steps:,} "
                   f"steps ({parts.epochs} epochs).", flush=True)
-
-
-def row_steps(state: RunState) -> int:
-    """Steps the epoch just finished took."""
-    assert state.parts is not None
-    per_epoch = len(state.parts.batches)
-    return min(per_epoch, state.parts.total_steps - state.global_step)
