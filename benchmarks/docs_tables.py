@@ -26,6 +26,7 @@ import sys
 from pathlib import Path
 
 from benchmarks.__main__ import show
+from benchmarks.common import machine_line
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = ("README.md", "docs/*.md")
@@ -87,9 +88,48 @@ def headline_block(page: Path) -> str:
     ])
 
 
+def sweep_block(path: str, page: Path) -> str:
+    """A `python -m benchmarks.sweep_vs_default` file: the sweep, then winner vs default per seed."""
+    r = json.loads((ROOT / path).read_text())
+    states = [t["state"] for t in r["trials"]]
+    length = f"{r['epochs']} epochs" if r.get("epochs") else f"{r['trial_budget']} time budget"
+    data = (f"an image folder of {r['folder']} (classes:images each)" if r.get("folder")
+            else f"the first {r['subset']:,} training images" if r.get("subset")
+            else "all 60,000 training images")
+    changed = ", ".join(f"{k} {v['recipe']:.3g} -> {v['best']:.3g}"
+                        if isinstance(v["best"], float) else f"{k} {v['recipe']} -> {v['best']}"
+                        for k, v in r["best"].get("changed", {}).items())
+    rows = []
+    for who, label in (("default", "default recipe"), ("winner", "sweep's winner")):
+        runs, summary = r["runs"][who], r["summary"][who]
+        seeds = " / ".join(f"{100 * x['test_accuracy']:.2f}" if "test_accuracy" in x else "failed"
+                           for x in runs)
+        rows.append(f"| {label} | {seeds} % | {100 * summary['mean']:.2f} ± "
+                    f"{100 * summary['std']:.2f} % |")
+    return "\n".join([
+        f"- {machine_line(r['machine'])}; load average {r['load_before'][0]:.1f} before, "
+        f"{r['load_after'][0]:.1f} after",
+        f"- Sweep: `{r['commands'][0].split(' -m ', 1)[1]}`: {len(states)} trials "
+        f"({states.count('complete')} complete, {states.count('pruned')} pruned, "
+        f"{states.count('failed')} failed) in {r['sweep_seconds'] / 60:.1f} min, on {data}; "
+        f"best trial {r['best']['trial']} ({100 * r['best']['validation_accuracy']:.2f} % on the validation split)"
+        + (f": {changed}" if changed else ""),
+        f"- Results: {link(path, page)}",
+        "",
+        f"| {length} per run | test accuracy, seeds 0 / 1 / 2 | mean ± std |",
+        "| --- | --- | --- |",
+        *rows,
+    ])
+
+
 def render(spec: str, page: Path) -> str:
     words = spec.split()
-    body = headline_block(page) if words == ["headline"] else results_block(words, page)
+    if words == ["headline"]:
+        body = headline_block(page)
+    elif "sweep-vs-default" in words[0]:
+        body = sweep_block(words[0], page)
+    else:
+        body = results_block(words, page)
     return body + "\n"
 
 

@@ -62,6 +62,25 @@ def write_subset(folder: Path, n_train: int) -> str:
     return f"csv:{folder}"
 
 
+def write_folder(folder: Path, spec: str) -> str:
+    """An image folder made from the real training images: `spec` is "CLASSES:N", e.g.
+    "0,2,4,6:300" (T-shirt, pullover, coat, shirt: the classes Fashion-MNIST confuses most),
+    N PNGs per class, the first N of each; fmnist splits it 80/20 per class itself."""
+    from PIL import Image
+
+    from fmnist import datasets
+
+    picked, n = spec.split(":")
+    names = datasets.class_names("fashion-mnist")
+    images, labels = datasets.load_arrays("fashion-mnist", "train")
+    for label in map(int, picked.split(",")):
+        out = folder / names[label].replace("/", "-")
+        out.mkdir(parents=True, exist_ok=True)
+        for i, index in enumerate((labels == label).nonzero()[0][: int(n)]):
+            Image.fromarray(images[index]).save(out / f"{i:04d}.png")
+    return f"folder:{folder}"
+
+
 def winner_config(best: dict[str, Any]) -> dict[str, Any]:
     """best.json's values as a --config file over the default recipe (length left to the budget)."""
     values = best["values"]
@@ -84,6 +103,9 @@ def main() -> None:
     p.add_argument("--subset", type=int, default=0, metavar="N",
                    help="train on the first N real training images (all 10,000 test images); "
                         "0: all 60,000")
+    p.add_argument("--folder", metavar="CLASSES:N",
+                   help="an image folder of N real training images per class instead, e.g. "
+                        "0,2,4,6:300 (its own 80/20 split is the test set)")
     p.add_argument("--work", help="folder for the runs (default: a temp folder)")
     args = p.parse_args()
     work = Path(args.work or tempfile.mkdtemp(prefix="fmnist-sweep-bench-"))
@@ -94,6 +116,8 @@ def main() -> None:
     load_before = os.getloadavg()
     commands: list[str] = []
     data = ["--dataset", write_subset(work / "data", args.subset)] if args.subset else []
+    if args.folder:
+        data = ["--dataset", write_folder(work / "folder", args.folder)]
 
     length = (["--epochs", str(args.epochs)] if args.epochs
               else ["--time-budget", args.trial_budget])
@@ -139,12 +163,13 @@ def main() -> None:
 
     saved = {
         "date": _dt.date.today().isoformat(), "machine": info, "load_before": load_before,
-        "load_after": os.getloadavg(), "subset": args.subset, "epochs": args.epochs, "budget": args.budget, "trial_budget": args.trial_budget,
+        "load_after": os.getloadavg(), "subset": args.subset, "folder": args.folder, "epochs": args.epochs, "budget": args.budget, "trial_budget": args.trial_budget,
         "sweep_seconds": sweep_seconds, "best": best, "trials": trials, "runs": results,
         "summary": {who: stats(rows) for who, rows in results.items()}, "commands": commands,
         "work": str(work),
     }
     kind = f"{args.epochs}ep" if args.epochs else args.trial_budget
+    kind += "-folder" if args.folder else ""
     out = HERE / "results" / f"{saved['date']}-{machine_slug(info)}-sweep-vs-default-{kind}.json"
     out.write_text(json.dumps(saved, indent=2) + "\n")
     print(machine_line(info))

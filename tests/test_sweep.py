@@ -23,6 +23,7 @@ from synthetic import make_data, write_csv
 optuna = pytest.importorskip("optuna", reason="the sweep extra is not installed")
 
 import fmnist.datasets  # noqa: E402
+from fmnist import runs  # noqa: E402
 from fmnist.cli import main  # noqa: E402
 from fmnist.recipes import Recipe, apply_overrides, read_config_file  # noqa: E402
 from fmnist.sweep import parse_space, sweep  # noqa: E402
@@ -93,9 +94,12 @@ def test_finds_the_better_setting_prunes_resumes_and_never_reads_the_test_split(
     metrics = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()]
     assert len(metrics) == 1 < recipe.epochs
     assert metrics[0]["test_accuracy"] == pruned[0].intermediate_values[1]  # the validation split
-    status = json.loads((folder / "status.json").read_text())  # fit's word for it; the table says pruned
-    assert status["status"] == "failed" and status["error"].startswith("TrialPruned")
+    status = json.loads((folder / "status.json").read_text())  # the folder says pruned too
+    assert status["status"] == "pruned" and status["reason"].startswith("validation accuracy")
+    assert status["evaluated_on"] == "validation" and "error" not in status
     assert "| pruned |" in (out / "trials.md").read_text()
+    listed = {r.name: r for r in runs.list_runs(out / "trials")}[folder.name]
+    assert listed.status == "pruned" and "(val)" in runs.format_table([listed])
     assert (out / "history.png").stat().st_size > 0 and (out / "importances.png").is_file()
 
     # The same command again, with more trials and the test split back: only the new trials

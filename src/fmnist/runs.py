@@ -58,7 +58,7 @@ class Run:
 
     name: str
     path: str
-    status: str  # finished | running | interrupted | failed | damaged
+    status: str  # finished | running | interrupted | failed | diverged | pruned | damaged
     resumable: bool = False
     date: str | None = None
     recipe: str | None = None
@@ -69,6 +69,7 @@ class Run:
     final_accuracy: float | None = None
     best_accuracy: float | None = None
     train_seconds: float | None = None
+    evaluated_on: str = "test"  # "validation": a sweep trial's accuracy, not a test figure
     images_per_s: float | None = None
     hardware: str | None = None
     problem: str | None = None
@@ -125,6 +126,7 @@ def _fill(run: Run, path: Path) -> None:
         raise _Damaged(f"{STATUS} is not a status record")
     run.planned_epochs = status.get("epochs", run.planned_epochs)
     run.hardware = status.get("hardware")
+    run.evaluated_on = str(status.get("evaluated_on", "test"))
     run.date = status.get("started") or _mtime(path / CONFIG)
     run.resumable = (path / RESUME).is_file()
     run.status = _status(status, run, path)
@@ -148,7 +150,7 @@ def _status(status: dict[str, Any], run: Run, path: Path) -> str:
     said = status.get("status")
     if said == "running" and not _alive(path, status):
         return "failed"  # the process went away without saying why (killed, crashed)
-    if said in ("running", "finished", "interrupted", "failed", "diverged"):
+    if said in ("running", "finished", "interrupted", "failed", "diverged", "pruned"):
         return str(said)
     # a folder from before status.json: finished when it has all its epochs
     done = run.rows[-1]["epoch"] if run.rows else 0
@@ -231,8 +233,8 @@ def _cells(run: Run) -> tuple[str, ...]:
     planned = f"/{run.planned_epochs}" if run.planned_epochs else ""
     return (
         run.name, (run.date or "")[:16].replace("T", " "), run.recipe or "", run.model or "",
-        _count(run.parameters), f"{run.epochs}{planned}", _pct(run.final_accuracy),
-        _pct(run.best_accuracy), _secs(run.train_seconds),
+        _count(run.parameters), f"{run.epochs}{planned}", _pct(run.final_accuracy, run),
+        _pct(run.best_accuracy, run), _secs(run.train_seconds),
         "" if run.images_per_s is None else f"{run.images_per_s:,.0f}", run.hardware or "",
         run.status_text,
     )
@@ -245,8 +247,9 @@ def format_table(runs: list[Run]) -> str:
                      for row in rows)
 
 
-def _pct(x: float | None) -> str:
-    return "" if x is None else f"{100 * x:.2f}%"
+def _pct(x: float | None, run: Run | None = None) -> str:
+    mark = " (val)" if run is not None and run.evaluated_on == "validation" else ""
+    return "" if x is None else f"{100 * x:.2f}%{mark}"
 
 
 def _secs(x: float | None) -> str:
@@ -296,8 +299,8 @@ def format_comparison(a: Run, b: Run) -> str:
     recipe = [("recipe", a.recipe or "", b.recipe or ""), *diffs]
     results = [
         ("epochs", f"{a.epochs}", f"{b.epochs}"),
-        ("final test accuracy", _pct(a.final_accuracy), _pct(b.final_accuracy)),
-        ("best test accuracy", _pct(a.best_accuracy), _pct(b.best_accuracy)),
+        ("final test accuracy", _pct(a.final_accuracy, a), _pct(b.final_accuracy, b)),
+        ("best test accuracy", _pct(a.best_accuracy, a), _pct(b.best_accuracy, b)),
         ("final test loss", *(_loss(r) for r in (a, b))),
         ("training time", _secs(a.train_seconds), _secs(b.train_seconds)),
         ("images/s", *("" if r.images_per_s is None else f"{r.images_per_s:,.0f}" for r in (a, b))),

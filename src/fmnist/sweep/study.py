@@ -30,7 +30,7 @@ from fmnist.recipes import Recipe, to_dict
 from fmnist.sweep import report
 from fmnist.sweep.space import Space, default_space, describe, fixed_length, sample, to_recipe
 from fmnist.sweep.storage import default_url, hide_password, open_storage, optuna
-from fmnist.train import Callback, Data, RunState, fit
+from fmnist.train import Callback, Data, EndRun, RunState, fit
 
 VALIDATION_SEED = 31337  # the validation split is the same for every trial, seed and worker
 # Recipe fields that may differ between the workers of one study (paths, machines).
@@ -74,20 +74,20 @@ def trial_data(recipe: Recipe, data_dir: str | Path | None, validation: float) -
     perm = torch.randperm(len(images), generator=torch.Generator().manual_seed(VALIDATION_SEED))
     keep, held = perm[:-n].sort().values, perm[-n:].sort().values
     return Data(images[keep], labels[keep], images[held], labels[held],
-                datasets.class_names(recipe.dataset))
+                datasets.class_names(recipe.dataset), evaluated_on="validation")
 
 
 class Pruning(Callback):
     """Reports each epoch's validation accuracy to Optuna; stops the trial when its pruner says
     so, at the start of the next epoch (so the run folder's metrics hold the epoch it was judged
-    on). fit then marks the folder failed with `TrialPruned: ...`; the study says pruned."""
+    on). The folder's status.json and the study both say pruned."""
 
     def __init__(self, trial: Any) -> None:
         self.trial, self.prune = trial, False
 
     def on_epoch_start(self, state: RunState) -> None:
         if self.prune:
-            raise optuna().TrialPruned(
+            raise EndRun("pruned",
                 f"validation accuracy {self.accuracy:.2%} after epoch {state.epoch - 1} is below "
                 "the other trials' median there")
 
@@ -163,6 +163,8 @@ def sweep(
         try:
             result = fit(trial_recipe, data=data[0], out=run_dir, time_budget=per_trial,
                          callbacks=[Pruning(trial)], display=verbose)
+        except EndRun as e:
+            raise op.TrialPruned(str(e)) from e
         except ConfigError as e:  # e.g. this trial's model does not fit the trial budget
             trial.set_user_attr("error", str(e))
             errors = [t for t in study.get_trials(deepcopy=False) if "error" in t.user_attrs]

@@ -13,5 +13,6 @@
 from fmnist.train.callbacks import Callback, RunState
 from fmnist.train.data import Data, load_data
 from fmnist.train.loop import FitResult, fit
+from fmnist.train.stops import EndRun
 
-__all__ = ["Callback", "Data", "FitResult", "RunState", "fit", "load_data"]
+__all__ = ["Callback", "Data", "EndRun", "FitResult", "RunState", "fit", "load_data"]

@@ -131,7 +131,8 @@ class Status(Callback):
             rundir.note_status(state.run_dir, "running", epoch=len(state.rows), epochs=state.epochs,
                         device=str(state.setup.device),
                         hardware=hardware.device_name(state.setup.device),
-                        world_size=state.setup.info.world_size)
+                        world_size=state.setup.info.world_size,
+                        evaluated_on=state.setup.data.evaluated_on)
 
     def on_epoch_end(self, state: RunState, row: dict[str, Any]) -> None:
         if state.run_dir is not None:

@@ -25,6 +25,9 @@ class Data:
     holdout_images: torch.Tensor | None = None
     holdout_labels: torch.Tensor | None = None
     fingerprint: str | None = None
+    # what the test slots hold: "test", or "validation" when a sweep's trial is scored on a split
+    # of the training images (its metrics' test_* figures are then validation figures)
+    evaluated_on: str = "test"
 
 
 def load_data(recipe: Recipe, data_dir: str | Path | None = None) -> Data:

@@ -34,7 +34,7 @@ from fmnist.train.data import Data
 from fmnist.train.evaluation import evaluate_epoch, reduce_device
 from fmnist.train.guard import check_learning
 from fmnist.train.setup import Parts, Setup, build, set_up, train_step
-from fmnist.train.stops import Interrupted, Stops
+from fmnist.train.stops import EndRun, Interrupted, Stops
 from fmnist.train.throughput import BudgetKeeper, plan_for
 
 
@@ -206,6 +206,10 @@ def stops_recorded(state: RunState) -> Iterator[None]:
         if run_dir is not None:
             mark_stopped(run_dir, "diverged", state.saved_epoch, str(e))
         raise
+    except EndRun as e:  # a callback's decision, e.g. a sweep pruning its trial
+        if run_dir is not None:
+            rundir.note_status(run_dir, e.status, epoch=state.saved_epoch, reason=str(e)[:500])
+        raise
     except Interrupted as e:  # a signal: the state of this step is saved
         if run_dir is not None:
             step = state.progress.step
@@ -316,6 +320,7 @@ def run_meta(setup: Setup, rows: list[dict[str, Any]]) -> dict[str, Any]:
         "dataset_sha256": setup.data.fingerprint,
         "recipe": setup.recipe.name,
         "tta_flip": setup.recipe.tta_flip,
+        "evaluated_on": setup.data.evaluated_on,
         "epoch": rows[-1]["epoch"] if rows else 0,
         "metrics": rows[-1] if rows else {},
     }

@@ -25,6 +25,15 @@ class Interrupted(KeyboardInterrupt):
         self.signum = signum
 
 
+class EndRun(Exception):
+    """Raised by a callback to end the run on purpose (a sweep's pruner): status.json then says
+    `status` (e.g. "pruned") with the reason, rather than failed."""
+
+    def __init__(self, status: str, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+
+
 class Stops:
     """While entered (in the main thread), the signals above set `signum` instead of ending the
     process; `due()` says whether the loop should save now."""
