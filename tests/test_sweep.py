@@ -123,6 +123,21 @@ def test_finds_the_better_setting_prunes_resumes_and_never_reads_the_test_split(
     assert json.loads((second.final_dir / "status.json").read_text())["status"] == "finished"
 
 
+def test_a_trial_that_diverges_fails_and_the_sweep_goes_on(dataset, tmp_path):
+    # lr 1e4 blows the loss up in the first epoch (fit raises DivergedError); lr 0.01 learns
+    recipe, out = small(dataset), tmp_path / "sweep"
+    space = parse_space({"lr": {"choices": [1e4, 0.01]}}, recipe)
+    result = sweep(recipe, space, out=out, trials=4, validation=0.2, seed=0, final=False,
+                   show=lambda line: None)
+    trials = result.study.get_trials()
+    failed = [t for t in trials if t.state.name == "FAIL"]
+    assert failed and all(t.params["lr"] == 1e4 for t in failed)
+    assert len(trials) - len(failed) == 4  # --trials counts the trials that did not fail
+    assert all("diverged" in t.user_attrs["error"] for t in failed)
+    assert result.study.best_trial.params["lr"] == 0.01
+    assert "| failed |" in (out / "trials.md").read_text()
+
+
 @pytest.mark.slow
 def test_a_killed_worker_leaves_the_study_usable_and_its_trial_failed_and_retried(
         dataset, tmp_path):

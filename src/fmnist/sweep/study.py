@@ -25,7 +25,7 @@ import torch
 from fmnist import datasets, rundir
 from fmnist.atomic import write_text
 from fmnist.budget import parse_duration
-from fmnist.errors import ConfigError
+from fmnist.errors import ConfigError, DivergedError
 from fmnist.recipes import Recipe, to_dict
 from fmnist.sweep import report
 from fmnist.sweep.space import Space, default_space, describe, fixed_length, sample, to_recipe
@@ -44,7 +44,8 @@ class Surplus(Exception):
 
 class TrialFailed(Exception):
     """A trial whose settings cannot run (say, a model that does not fit the trial budget) once
-    others have: it is marked failed, with the reason in the table, and the sweep goes on."""
+    others have, or that diverged: it is marked failed, with the reason in the table, and the
+    sweep goes on."""
 
 
 @dataclass
@@ -165,6 +166,9 @@ def sweep(
                          callbacks=[Pruning(trial)], display=verbose)
         except EndRun as e:
             raise op.TrialPruned(str(e)) from e
+        except DivergedError as e:  # settings that do not learn: a result, not the sweep's end
+            trial.set_user_attr("error", str(e))
+            raise TrialFailed(str(e)) from e
         except ConfigError as e:  # e.g. this trial's model does not fit the trial budget
             trial.set_user_attr("error", str(e))
             errors = [t for t in study.get_trials(deepcopy=False) if "error" in t.user_attrs]
