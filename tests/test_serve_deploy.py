@@ -55,9 +55,9 @@ def until(condition: Callable[[], Any], what: str, seconds: float = 30.0) -> Non
 class ThreadServer:
     """`fmnist.serve.server.Server` on 127.0.0.1, in a thread of this process."""
 
-    def __init__(self, app: FastAPI) -> None:
+    def __init__(self, app: FastAPI, **options: Any) -> None:
         self.server = Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning",
-                                            timeout_graceful_shutdown=10))  # fmt: skip
+                                            timeout_graceful_shutdown=10), **options)  # fmt: skip
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
         until(lambda: self.server.started or not self.thread.is_alive(), "the server started")
@@ -73,8 +73,8 @@ class ThreadServer:
 def live() -> Iterator[Callable[[FastAPI], ThreadServer]]:
     servers: list[ThreadServer] = []
 
-    def start(app: FastAPI) -> ThreadServer:
-        servers.append(ThreadServer(app))
+    def start(app: FastAPI, **options: Any) -> ThreadServer:
+        servers.append(ThreadServer(app, **options))
         return servers[-1]
 
     yield start
@@ -145,6 +145,14 @@ def finish_upload(sock: socket.socket, body: bytes, sent: int) -> int:
         answer += chunk
     sock.close()
     return int(answer.split()[1])
+
+
+def refused(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+    except ConnectionRefusedError:
+        return True
+    return False
 
 
 def stats(url: str) -> dict[str, Any]:
@@ -306,6 +314,39 @@ def test_server_faults_are_5xx_and_client_errors_4xx(predictor: Predictor, error
 # ---- graceful shutdown, workers, metrics (child processes, real signals) -----------------------
 
 
+def test_shutdown_answers_connections_accepted_before_their_request_was_read(predictor: Predictor, live) -> None:
+    """A client that connects and sends at once may be accepted an instant before shutdown
+    and its request read only after: it is answered, not cut (uvicorn alone closes it); an
+    idle keep-alive connection is closed at once."""
+    app = create_app(predictor)
+    server = live(app, first_request_grace_s=60)  # the test's pace cannot matter
+    until(lambda: app.state.engine.ready.is_set(), "warmed up")
+    body = png()
+    head = (f"POST /v1/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode() + body  # fmt: skip
+    idle = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+    idle.sendall(head.replace(b"\r\n\r\n", b"\r\nConnection: keep-alive\r\n\r\n", 1))
+    assert idle.recv(4096).startswith(b"HTTP/1.1 200")  # answered; the connection stays open
+    quiet = socket.create_connection(("127.0.0.1", server.port), timeout=30)  # nothing sent yet
+    partial = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+    partial.sendall(head[:20])  # part of its headers
+    connections = server.server.server_state.connections
+    until(lambda: len(connections) == 3, "all three connections accepted")
+    server.server.handle_exit(signal.SIGTERM, None)
+    assert app.state.engine.state()[0] == "draining"
+    until(lambda: refused(server.port), "the port closed")
+    assert idle.recv(4096) == b""  # closed: it had its answer
+    quiet.sendall(head)
+    partial.sendall(head[20:])
+    for sock in (quiet, partial):
+        answer = b"".join(iter(lambda s=sock: s.recv(65536), b""))  # to its Connection: close
+        assert answer.startswith(b"HTTP/1.1 200") and b'"predictions"' in answer, answer[:200]
+    server.thread.join(30)
+    assert not server.thread.is_alive() and server.server.exit_code == 0
+    for sock in (idle, quiet, partial):
+        sock.close()
+
+
 @pytest.mark.slow
 def test_sigterm_drains_every_accepted_request_and_exits_0(make_checkpoint) -> None:
     server = ServeProcess(make_checkpoint("mlp"), "--workers", "1", "--drain-delay", "60",
@@ -369,3 +410,4 @@ def metrics(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     text = httpx.get(url + "/metrics", timeout=10).text
     return {(s.name, tuple(sorted(s.labels.items()))): s.value
             for family in text_string_to_metric_families(text) for s in family.samples}  # fmt: skip
+
