@@ -288,6 +288,42 @@ def test_a_request_whose_client_hung_up_is_not_computed(predictor: Predictor, li
     assert s["dropped"] == 1 and s["forward_passes"] >= 2 and s["in_flight"] == 0
 
 
+def test_a_slow_decode_does_not_delay_another_requests_answer(predictor: Predictor, live) -> None:
+    """Uploads are decoded before they are queued, beside each other: a request whose decode
+    is held (as a 40 M pixel image would hold it) does not stop the next one's pass."""
+    app = create_app(predictor, batching=Batching(window_ms=0))
+    server = live(app)
+    engine = app.state.engine
+    until(lambda: engine.ready.is_set(), "warmed up")
+    slow_body, decode = png(seed=1), engine.decode
+    entered, release, left = threading.Event(), threading.Event(), threading.Event()
+
+    def held_decode(items: Any) -> np.ndarray:
+        if items[0].data != slow_body:
+            return decode(items)
+        entered.set()
+        try:
+            assert release.wait(30), "the test never released the slow decode"
+            return decode(items)
+        finally:
+            left.set()
+
+    engine.decode = held_decode
+    results: dict[str, httpx.Response] = {}
+    slow = threading.Thread(target=lambda: results.update(
+        slow=httpx.post(server.url + "/v1/predict", content=slow_body, headers=PNG, timeout=60)))  # fmt: skip
+    slow.start()
+    try:
+        assert entered.wait(30)
+        fast = httpx.post(server.url + "/v1/predict", content=png(seed=2), headers=PNG, timeout=60)
+        assert fast.status_code == 200, fast.text
+        assert not left.is_set(), "the other request was answered only after the slow decode"
+    finally:
+        release.set()
+        slow.join(60)
+    assert results["slow"].status_code == 200
+
+
 # ---- status codes ----------------------------------------------------------------------------
 
 
