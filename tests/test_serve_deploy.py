@@ -5,6 +5,7 @@ wait is bounded and waits for a state, never for a duration."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -30,6 +31,7 @@ from test_serve_batching import Forward, ids
 from fmnist.errors import CheckpointError, ConfigError, DatasetError, WriteError
 from fmnist.predict import Predictor
 from fmnist.serve import create_app
+from fmnist.serve.app import SETTINGS_ENV, app_from_env
 from fmnist.serve.batching import Batcher, BatcherDied
 from fmnist.serve.engine import Batching
 from fmnist.serve.server import Server
@@ -432,6 +434,36 @@ def test_two_workers_metrics_count_what_was_sent_and_a_killed_worker_is_replaced
         assert server.stop() == 0, server.log
     finally:
         server.stop()
+
+
+def test_a_worker_loads_and_warms_its_model_before_it_listens(make_checkpoint, monkeypatch) -> None:
+    """What a worker the supervisor starts runs: its app (model loaded, one forward pass done)
+    is built before its port listens, so a restarted worker takes no traffic cold."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv(SETTINGS_ENV, json.dumps({"checkpoint": str(make_checkpoint("mlp")), "backend": "torch"}))
+    seen: list[str] = []
+    warmup = Predictor.warmup
+
+    def watched_warmup(self: Predictor) -> None:
+        seen.append("listening" if not refused(port) else "not listening")
+        warmup(self)
+        seen.append("warm")
+
+    monkeypatch.setattr(Predictor, "warmup", watched_warmup)
+    config = uvicorn.Config("fmnist.serve.app:app_from_env", factory=True, host="127.0.0.1", port=port,
+                            log_level="warning")  # fmt: skip
+    server = Server(config, make_app=app_from_env)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        until(lambda: server.started or not thread.is_alive(), "the worker started")
+        first = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=10)  # its very first request
+        assert seen == ["not listening", "warm"] and first.status_code == 200, (seen, first.text)
+    finally:
+        server.should_exit = True
+        thread.join(30)
 
 
 def answering_pids(url: str) -> set[int]:
