@@ -412,6 +412,8 @@ def test_two_workers_metrics_count_what_was_sent_and_a_killed_worker_is_replaced
     server = ServeProcess(make_checkpoint("mlp"), "--workers", "2")
     try:
         server.wait_ready(workers=2)
+        if sys.platform == "linux":  # the supervising parent holds neither torch nor the model
+            assert "libtorch" not in Path(f"/proc/{server.proc.pid}/maps").read_text()
         # a connection per request, so that both workers get some
         for i in range(10):
             assert httpx.post(server.url + "/v1/predict", content=png(seed=i), headers=PNG, timeout=30).status_code == 200
@@ -479,3 +481,11 @@ def metrics(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     return {(s.name, tuple(sorted(s.labels.items()))): s.value
             for family in text_string_to_metric_families(text) for s in family.samples}  # fmt: skip
 
+
+def test_the_cli_knows_every_export_format() -> None:
+    """fmnist.cli.export keeps its own copy of the formats (importing fmnist.export would load
+    torch in every command, the supervising parent of `fmnist serve` included)."""
+    import fmnist.cli.export
+    import fmnist.export
+
+    assert fmnist.cli.export.FORMATS == fmnist.export.FORMATS

@@ -35,16 +35,22 @@ import threading
 import time
 from collections.abc import Callable
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
+from uvicorn.importer import import_from_string
 
-from fmnist.serve.engine import Engine
 from fmnist.serve.metrics import mark_worker_dead
+
+if TYPE_CHECKING:  # not at run time: the supervising parent never imports torch
+    from fmnist.serve.engine import Engine
 
 log = logging.getLogger("uvicorn.error")  # uvicorn's own lines, so they read as one log
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# the worker's settings (fmnist.serve.app.app_from_env reads them), as JSON: here, not in the
+# app's module, so that the supervising parent can set them without importing the app (torch)
+SETTINGS_ENV = "FMNIST_SERVE_SETTINGS"
 
 
 class Server(uvicorn.Server):
@@ -171,19 +177,23 @@ def serve(config: uvicorn.Config, *, drain_s: float = 0.0) -> int:
     return server.exit_code
 
 
-def _worker(config: uvicorn.Config, sockets: list[socket.socket], make_app: Callable[[], Any],
+def _worker(config: uvicorn.Config, sockets: list[socket.socket], make_app: Callable[[], Any] | str,
             drain_s: float) -> None:  # fmt: skip
     config.configure_logging()
-    server = Server(config, make_app=make_app, drain_s=drain_s)
+    if isinstance(make_app, str):  # "module:function", imported here, in the worker
+        make_app = import_from_string(make_app)
+    server = Server(config, make_app=make_app, drain_s=drain_s)  # type: ignore[arg-type]
     server.run(sockets=sockets)
     raise SystemExit(server.exit_code)
 
 
 class Supervisor:
-    """`workers` processes serving `make_app()` on `sock`; see the module's text."""
+    """`workers` processes serving `make_app()` on `sock`; see the module's text. `make_app`
+    may be "module:function", imported by each worker only: then the supervisor itself need not
+    import the app, torch or the model (fmnist serve's parent does not)."""
 
     def __init__(self, config: uvicorn.Config, sock: socket.socket, workers: int,
-                 make_app: Callable[[], Any], *, drain_s: float = 0.0) -> None:  # fmt: skip
+                 make_app: Callable[[], Any] | str, *, drain_s: float = 0.0) -> None:  # fmt: skip
         self.config, self.sock, self.workers = config, sock, workers
         self.make_app, self.drain_s = make_app, drain_s
         self.stopping = threading.Event()
