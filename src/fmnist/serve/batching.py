@@ -132,14 +132,23 @@ class Batcher:
         finish(payload, its Batched), by default the Batched itself."""
         request = _Request(payload, len(payload) if count is None else count, Future())
         with self._cond:
-            if self.died is not None:
-                raise BatcherDied("The batcher has stopped on an error.") from self.died
-            if self._closed:
-                raise BatcherClosed("The server is shutting down.")
+            self._check_open()
             self._pending.append(request)
             self._pending_images += request.count
             self._cond.notify()
         return request.future
+
+    def check_open(self) -> None:
+        """Raise what `submit` would raise now (BatcherDied, BatcherClosed), if anything: a
+        caller can refuse a request before it spends anything on it."""
+        with self._cond:
+            self._check_open()
+
+    def _check_open(self) -> None:
+        if self.died is not None:
+            raise BatcherDied("The batcher has stopped on an error.") from self.died
+        if self._closed:
+            raise BatcherClosed("The server is shutting down.")
 
     def close(self, timeout: float | None = 10.0) -> None:
         """Answer every queued request, then stop the thread."""

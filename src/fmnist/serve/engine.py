@@ -39,7 +39,7 @@ from fmnist.errors import ImageError
 from fmnist.images import open_image
 from fmnist.serve.answers import answer
 from fmnist.serve.backends import Backend
-from fmnist.serve.batching import Batched, Batcher
+from fmnist.serve.batching import Batched, Batcher, BatcherClosed
 from fmnist.serve.errors import ApiError
 from fmnist.serve.limits import Limits
 from fmnist.serve.metrics import Metrics
@@ -185,8 +185,15 @@ class Engine:
             return await run_in_threadpool(self.predict, items, fields)
         job = Job(items, fields)
         # decoded in the pool, then queued: the batcher's thread only stacks, predicts, answers
-        # (and no thread is held while the answer is awaited)
-        job.images = await asyncio.wrap_future(self._decoders.submit(self._decode_timed, job))  # type: ignore[union-attr]
+        # (and no thread is held while the answer is awaited). A dead or closed batcher refuses
+        # the request first (503), before anything is decoded for it.
+        self.batcher.check_open()
+        try:
+            decoding = self._decoders.submit(self._decode_timed, job)  # type: ignore[union-attr]
+        except RuntimeError:  # the pool has been shut down, with the batcher (engine.close)
+            raise BatcherClosed("The server is shutting down.") from None
+        images: np.ndarray = await asyncio.wrap_future(decoding)
+        job.images = images
         answer = asyncio.wrap_future(self.batcher.submit(job, len(items)))
         waits: set[asyncio.Future[Any]] = {answer}
         if disconnected is not None:
