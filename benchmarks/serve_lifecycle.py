@@ -12,12 +12,13 @@
   `--drain-delay` behind a load balancer avoids); the cut requests are reported beside them.
 - kill9: the same load; kill -9 of one of the two workers. Failures, and the seconds from
   the kill until a probe client (a request every 20 ms, each on a new connection) last failed,
-  and until the replacement worker (warm before it listens) answered.
+  and until the replacement worker (warm before it listens) answered; the resident memory of
+  the supervising parent and of each worker at the start.
 - storm: 48 clients posting 32-image batches with a 0.3 s timeout, retrying at once (about
   3x capacity here), for `--seconds`; beside them a patient client posting one image at a
   time with no timeout. Its statuses and p99 during the storm, and the latency of its first
   request after the storm. wrk cannot give up and retry, so the storm is an asyncio client.
-- hol: one worker; wrk (8 keep-alive clients, one small PNG each) while another client posts
+- hol: one worker; wrk (2 keep-alive clients, one small PNG each) while another client posts
   a 6,000 x 6,000 PNG (36 M pixels, a 35 KB file) once a second: the small requests' p50/p99/max
   beside the huge decodes, and the huge requests' own latency.
 
@@ -48,6 +49,7 @@ import httpx
 from benchmarks.common import machine_info, machine_line
 from benchmarks.serve_load import (
     WRK_SCRIPT,
+    _children,
     default_checkpoint,
     free_port,
     multipart,
@@ -123,6 +125,8 @@ def kill9(checkpoint: str, body: Path, script: Path, seconds: float) -> dict[str
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     proc = start(checkpoint, port)
+    rss = {"parent_rss_mb": round(rss_mb(proc.pid), 1),
+           "worker_rss_mb": [round(rss_mb(k), 1) for k in _children(proc.pid) if rss_mb(k) > 50]}  # fmt: skip
     log: list[tuple[float, bool]] = []
     halt = threading.Event()
     prober = threading.Thread(target=probe, args=(url + "/v1/predict", halt, log))
@@ -154,8 +158,20 @@ def kill9(checkpoint: str, body: Path, script: Path, seconds: float) -> dict[str
         proc.wait(60)
     t0 = out.pop("killed_at")
     fails = [t - t0 for t, ok in log if not ok and t >= t0]
-    return {**out, "probe_requests": len(log), "probe_failures": len(fails),
+    return {**out, **rss, "probe_requests": len(log), "probe_failures": len(fails),
             "seconds_until_all_succeed": round(max(fails), 2) if fails else 0.0}  # fmt: skip
+
+
+def rss_mb(pid: int) -> float:
+    """A process's resident memory (the supervising parent's, a worker's), in MB; 0 if gone.
+    The workers are told apart from multiprocessing's resource tracker (about 12 MB) by size."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
 
 
 def answering_pids(url: str, want: int = 2) -> set[int]:
@@ -176,6 +192,11 @@ def huge_png(side: int = 6000) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return buf.getvalue()
+
+
+# few small clients, so that the cores have room: with 8 the CPU is saturated either way and the
+# small requests' p99 measures contention more than waiting behind a decode
+HOL_CLIENTS = 2
 
 
 def hol(checkpoint: str, body: Path, seconds: float) -> dict[str, Any]:
@@ -205,13 +226,13 @@ def hol(checkpoint: str, body: Path, seconds: float) -> dict[str, Any]:
     side = threading.Thread(target=post_huge)
     side.start()
     try:
-        small = run_wrk(url, body, "image/png", 8, seconds, script)
+        small = run_wrk(url, body, "image/png", HOL_CLIENTS, seconds, script)
     finally:
         halt.set()
         side.join()
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)
-    return {"huge_bytes": len(huge), "huge_pixels": 6000 * 6000, "huge_statuses": statuses,
+    return {"clients": HOL_CLIENTS, "huge_bytes": len(huge), "huge_pixels": 6000 * 6000, "huge_statuses": statuses,
             "huge_ms_median": round(sorted(huge_ms)[len(huge_ms) // 2], 1) if huge_ms else None,
             "small": small}  # fmt: skip
 
@@ -327,7 +348,7 @@ def lifecycle_table(saved: dict[str, Any]) -> str:
         rows += [
             ("SIGTERM under load", "requests answered (statuses)", _statuses(w["statuses"])),
             ("", "requests cut (wrk read errors)", _n(w["errors"]["read"])),
-            ("", "of them queued in the kernel, never accepted (workers' log)", _n(c.get("kernel_queue_reset"))),
+            ("", "of them: queued in the kernel at close, never accepted (workers' log)", _n(c.get("kernel_queue_reset"))),
             ("", "accepted with their request still to come, answered", _n(c.get("accepted_request_to_come"))),
             ("", "exit status, seconds to exit", f"{r['exit_status']}, {_n(r['seconds_to_exit'])}"),
         ]  # fmt: skip
@@ -340,6 +361,9 @@ def lifecycle_table(saved: dict[str, Any]) -> str:
             ("", "seconds until all requests succeed again", _n(r["seconds_until_all_succeed"])),
             ("", "seconds until the replacement answers", _n(r.get("seconds_until_replacement_answers"))),
         ]  # fmt: skip
+        if "parent_rss_mb" in r:
+            rows.append(("", "RSS MB: the supervising parent; each worker",
+                         f"{_n(r['parent_rss_mb'])}; {', '.join(_n(x) for x in r['worker_rss_mb'])}"))  # fmt: skip
     if "storm" in sc:
         r = sc["storm"]
         rows += [
@@ -350,7 +374,7 @@ def lifecycle_table(saved: dict[str, Any]) -> str:
     if "hol" in sc:
         r, w = sc["hol"], sc["hol"]["small"]
         rows += [
-            ("huge uploads beside small ones (1 worker)", "small requests: answered, p50 / p99 / max ms",
+            (f"huge uploads beside {r.get('clients', 8)} small clients (1 worker)", "small requests: answered, p50 / p99 / max ms",
              f"{_n(w['requests'])}, {w['p50_ms']:.1f} / {w['p99_ms']:.1f} / {w['max_ms']:.1f}"),
             ("", f"huge ({r['huge_pixels'] / 1e6:.0f} M pixels): statuses, median ms",
              f"{_statuses(r['huge_statuses'])}; {_n(r['huge_ms_median'])}"),
