@@ -149,6 +149,24 @@ def finish_upload(sock: socket.socket, body: bytes, sent: int) -> int:
     return int(answer.split()[1])
 
 
+def read_answer(sock: socket.socket) -> bytes:
+    """One whole HTTP answer from `sock` (its head, then Content-Length bytes of body: uvicorn
+    sends them in separate writes), leaving the connection open."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, "the server closed the connection without an answer"
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = re.search(rb"(?im)^content-length: *(\d+)", head)
+    assert length is not None, head
+    while len(body) < int(length[1]):
+        chunk = sock.recv(65536)
+        assert chunk, "the server closed the connection in the middle of an answer"
+        body += chunk
+    return head + b"\r\n\r\n" + body
+
+
 def refused(port: int) -> bool:
     try:
         socket.create_connection(("127.0.0.1", port), timeout=5).close()
@@ -364,26 +382,28 @@ def test_shutdown_answers_connections_accepted_before_their_request_was_read(pre
     head = (f"POST /v1/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\n"
             f"Content-Length: {len(body)}\r\n\r\n").encode() + body  # fmt: skip
     idle = socket.create_connection(("127.0.0.1", server.port), timeout=30)
-    idle.sendall(head.replace(b"\r\n\r\n", b"\r\nConnection: keep-alive\r\n\r\n", 1))
-    assert idle.recv(4096).startswith(b"HTTP/1.1 200")  # answered; the connection stays open
     quiet = socket.create_connection(("127.0.0.1", server.port), timeout=30)  # nothing sent yet
     partial = socket.create_connection(("127.0.0.1", server.port), timeout=30)
-    partial.sendall(head[:20])  # part of its headers
-    connections = server.server.server_state.connections
-    until(lambda: len(connections) == 3, "all three connections accepted")
-    server.server.handle_exit(signal.SIGTERM, None)
-    assert app.state.engine.state()[0] == "draining"
-    until(lambda: refused(server.port), "the port closed")
-    assert idle.recv(4096) == b""  # closed: it had its answer
-    quiet.sendall(head)
-    partial.sendall(head[20:])
-    for sock in (quiet, partial):
-        answer = b"".join(iter(lambda s=sock: s.recv(65536), b""))  # to its Connection: close
-        assert answer.startswith(b"HTTP/1.1 200") and b'"predictions"' in answer, answer[:200]
+    try:
+        idle.sendall(head.replace(b"\r\n\r\n", b"\r\nConnection: keep-alive\r\n\r\n", 1))
+        assert read_answer(idle).startswith(b"HTTP/1.1 200")  # answered; the connection stays open
+        partial.sendall(head[:20])  # part of its headers
+        connections = server.server.server_state.connections
+        until(lambda: len(connections) == 3, "all three connections accepted")
+        server.server.handle_exit(signal.SIGTERM, None)
+        assert app.state.engine.state()[0] == "draining"
+        until(lambda: refused(server.port), "the port closed")
+        assert idle.recv(4096) == b""  # closed: it had its answer
+        quiet.sendall(head)
+        partial.sendall(head[20:])
+        for sock in (quiet, partial):
+            answer = b"".join(iter(lambda s=sock: s.recv(65536), b""))  # to its Connection: close
+            assert answer.startswith(b"HTTP/1.1 200") and b'"predictions"' in answer, answer[:200]
+    finally:
+        for sock in (idle, quiet, partial):
+            sock.close()
     server.thread.join(30)
     assert not server.thread.is_alive() and server.server.exit_code == 0
-    for sock in (idle, quiet, partial):
-        sock.close()
 
 
 @pytest.mark.slow
