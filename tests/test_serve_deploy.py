@@ -310,13 +310,13 @@ def test_a_request_whose_client_hung_up_is_not_computed(predictor: Predictor, li
 
 
 def test_a_slow_decode_does_not_delay_another_requests_answer(predictor: Predictor, live) -> None:
-    """Uploads are decoded before they are queued, beside each other: a request whose decode
-    is held (as a 40 M pixel image would hold it) does not stop the next one's pass."""
+    """A large upload is decoded before it is queued, beside the batcher: a request whose
+    decode is held (as a 40 M pixel image would hold it) does not stop the next one's pass."""
     app = create_app(predictor, batching=Batching(window_ms=0))
     server = live(app)
     engine = app.state.engine
     until(lambda: engine.ready.is_set(), "warmed up")
-    slow_body, decode = png(seed=1), engine.decode
+    slow_body, decode = png(1200, 1000, seed=1), engine.decode  # 1.2 M pixels: a large upload
     entered, release, left = threading.Event(), threading.Event(), threading.Event()
 
     def held_decode(items: Any) -> np.ndarray:

@@ -15,12 +15,13 @@ request is never split: one larger than `max_images` runs alone. `close()` answe
 queued, then stops the thread.
 
 The per-request work runs on the same thread: `prepare(payload)` makes a request's images and
-`finish(payload, batched)` its answer. Keep both cheap: everything queued waits for them. The
-server decodes each upload before it submits it (fmnist.serve.engine), so its `prepare` only
-hands over ready arrays; decoding here, one request after another, let one huge image (40 M
-pixels: about a second) delay the pass of every request queued behind it. A request whose
-`prepare` or `finish` raises gets that error alone; the others in its pass are answered as
-usual.
+`finish(payload, batched)` its answer. Why there and not in a thread pool: each request then
+crosses threads twice (in, and out with its answer) instead of four times, and the decoding
+happens while the window is open, when the thread would otherwise only wait. Keep both cheap:
+everything queued waits for them; the server decodes a large upload before it submits it
+(fmnist.serve.engine), since decoding one huge image here (40 M pixels: a few hundred ms)
+delayed the pass of every request queued behind it. A request whose `prepare` or `finish`
+raises gets that error alone; the others in its pass are answered as usual.
 
 Supervision: anything a pass raises (the forward pass, `np.concatenate` of mismatched images,
 a bug in `finish`) fails only the requests of that pass and the loop goes on. Should the thread
