@@ -85,6 +85,10 @@ def show(path: str, cases: list[str] | None = None, commands: bool = True) -> st
     if "cases" not in saved:
         if {"rows", "ceiling"} <= saved.keys():
             return serve_table(saved)
+        if saved.get("benchmark") == "serve_lifecycle":
+            from benchmarks.serve_lifecycle import lifecycle_table
+
+            return lifecycle_table(saved)
         raise ValueError(f"{path} is not a results file of `python -m benchmarks` or "
                          "`benchmarks.serve_load` (it has no 'cases'); read it as it is.")
     results = {OLD_KEYS.get(k, k): v for k, v in saved["cases"].items()}

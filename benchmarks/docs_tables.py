@@ -11,8 +11,8 @@ A block is whatever stands between its two markers:
     <!-- end table -->
 
 FILE is a `python -m benchmarks` results file (its `--show` table; `cases=` keeps only those
-cases) or a `python -m benchmarks.serve_load` one. `<!-- table: headline -->` is the README's
-three-recipe table (HEADLINE below names its files). Prose around a block is not checked:
+cases), a `python -m benchmarks.serve_load` one or a `benchmarks.serve_lifecycle` one.
+`<!-- table: headline -->` is the README's three-recipe table (HEADLINE below names its files). Prose around a block is not checked:
 it should read the table, not copy its figures.
 """
 

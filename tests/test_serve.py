@@ -7,7 +7,9 @@ import asyncio
 import base64
 import io
 import json
+import os
 import re
+import shutil
 import struct
 import threading
 import time
@@ -33,6 +35,7 @@ from fmnist.serve.backends import as_backend
 from fmnist.serve.engine import Batching, Engine
 from fmnist.serve.errors import ApiError
 from fmnist.serve.limits import Limits
+from fmnist.serve.metrics import MULTIPROC_ENV
 from fmnist.serve.schemas import PredictionOut
 
 LIMITS = {"max_upload_bytes": 200_000, "max_batch": 4, "max_pixels": 1_000_000, "max_queue": 8,
@@ -626,13 +629,19 @@ def test_cli_serve_workers_use_the_app_factory(make_checkpoint, monkeypatch) -> 
     import fmnist.cli.serve
 
     seen: dict[str, Any] = {}
-    monkeypatch.setattr(fmnist.cli.serve, "run_workers", lambda n, common, **kw: seen.update(workers=n, **common) or 0)
+    # not re-executed as the supervisor (that would replace this test process), and no workers
+    monkeypatch.setattr(fmnist.cli.serve, "become_supervisor", lambda spec: seen.update(spec) or 0)
     monkeypatch.delenv(SETTINGS_ENV, raising=False)
+    monkeypatch.setenv(MULTIPROC_ENV, "")  # so that it is restored after the test...
+    monkeypatch.delenv(MULTIPROC_ENV)  # ...and unset meanwhile: the CLI makes its own folder
     ckpt = make_checkpoint("mlp")
     argv = ["serve", str(ckpt), "--workers", "2", "--max-upload-mb", "1", "--backend", "torch",
             "--batch-window-ms", "5", "--batch-size", "9", "--max-queue", "3"]  # fmt: skip
     assert cli_main(argv) == 0
-    assert seen["workers"] == 2 and seen["port"] == 8000
+    assert seen["workers"] == 2 and seen["common"]["port"] == 8000
+    assert os.environ[MULTIPROC_ENV] == str(Path(seen["tmp"]) / "metrics")
+    monkeypatch.delenv(MULTIPROC_ENV)  # this process is no worker: its own registry, no files
+    shutil.rmtree(seen["tmp"])  # what the supervisor does when it stops
     with TestClient(app_from_env()) as c:  # what each worker process builds
         wait_ready(c)
         limits = c.get("/v1/model").json()["limits"]

@@ -5,6 +5,7 @@ wait is bounded and waits for a state, never for a duration."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -30,6 +31,7 @@ from test_serve_batching import Forward, ids
 from fmnist.errors import CheckpointError, ConfigError, DatasetError, WriteError
 from fmnist.predict import Predictor
 from fmnist.serve import create_app
+from fmnist.serve.app import SETTINGS_ENV, app_from_env
 from fmnist.serve.batching import Batcher, BatcherDied
 from fmnist.serve.engine import Batching
 from fmnist.serve.server import Server
@@ -55,9 +57,9 @@ def until(condition: Callable[[], Any], what: str, seconds: float = 30.0) -> Non
 class ThreadServer:
     """`fmnist.serve.server.Server` on 127.0.0.1, in a thread of this process."""
 
-    def __init__(self, app: FastAPI) -> None:
+    def __init__(self, app: FastAPI, **options: Any) -> None:
         self.server = Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning",
-                                            timeout_graceful_shutdown=10))  # fmt: skip
+                                            timeout_graceful_shutdown=10), **options)  # fmt: skip
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
         until(lambda: self.server.started or not self.thread.is_alive(), "the server started")
@@ -73,8 +75,8 @@ class ThreadServer:
 def live() -> Iterator[Callable[[FastAPI], ThreadServer]]:
     servers: list[ThreadServer] = []
 
-    def start(app: FastAPI) -> ThreadServer:
-        servers.append(ThreadServer(app))
+    def start(app: FastAPI, **options: Any) -> ThreadServer:
+        servers.append(ThreadServer(app, **options))
         return servers[-1]
 
     yield start
@@ -147,6 +149,32 @@ def finish_upload(sock: socket.socket, body: bytes, sent: int) -> int:
     return int(answer.split()[1])
 
 
+def read_answer(sock: socket.socket) -> bytes:
+    """One whole HTTP answer from `sock` (its head, then Content-Length bytes of body: uvicorn
+    sends them in separate writes), leaving the connection open."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, "the server closed the connection without an answer"
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = re.search(rb"(?im)^content-length: *(\d+)", head)
+    assert length is not None, head
+    while len(body) < int(length[1]):
+        chunk = sock.recv(65536)
+        assert chunk, "the server closed the connection in the middle of an answer"
+        body += chunk
+    return head + b"\r\n\r\n" + body
+
+
+def refused(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
 def stats(url: str) -> dict[str, Any]:
     return httpx.get(url + "/v1/stats", timeout=10).json()
 
@@ -207,7 +235,8 @@ def test_a_dead_batcher_fails_its_requests_readyz_and_healthz_and_stops_the_serv
         assert c.get("/readyz").status_code == 503 and c.get("/readyz").json()["status"] == "failed"
         assert c.get("/healthz").status_code == 503
         again = c.post("/v1/predict", content=png(), headers=PNG)
-    assert again.status_code == 503 and spy.calls == []
+    # refused as a failed worker, before anything is decoded for it
+    assert again.status_code == 503 and "restarting" in again.json()["error"] and spy.calls == []
     with pytest.raises(BatcherDied):
         engine.batcher.submit([1])
 
@@ -280,6 +309,42 @@ def test_a_request_whose_client_hung_up_is_not_computed(predictor: Predictor, li
     assert s["dropped"] == 1 and s["forward_passes"] >= 2 and s["in_flight"] == 0
 
 
+def test_a_slow_decode_does_not_delay_another_requests_answer(predictor: Predictor, live) -> None:
+    """A large upload is decoded before it is queued, beside the batcher: a request whose
+    decode is held (as a 40 M pixel image would hold it) does not stop the next one's pass."""
+    app = create_app(predictor, batching=Batching(window_ms=0))
+    server = live(app)
+    engine = app.state.engine
+    until(lambda: engine.ready.is_set(), "warmed up")
+    slow_body, decode = png(1200, 1000, seed=1), engine.decode  # 1.2 M pixels: a large upload
+    entered, release, left = threading.Event(), threading.Event(), threading.Event()
+
+    def held_decode(items: Any) -> np.ndarray:
+        if items[0].data != slow_body:
+            return decode(items)
+        entered.set()
+        try:
+            assert release.wait(30), "the test never released the slow decode"
+            return decode(items)
+        finally:
+            left.set()
+
+    engine.decode = held_decode
+    results: dict[str, httpx.Response] = {}
+    slow = threading.Thread(target=lambda: results.update(
+        slow=httpx.post(server.url + "/v1/predict", content=slow_body, headers=PNG, timeout=60)))  # fmt: skip
+    slow.start()
+    try:
+        assert entered.wait(30)
+        fast = httpx.post(server.url + "/v1/predict", content=png(seed=2), headers=PNG, timeout=60)
+        assert fast.status_code == 200, fast.text
+        assert not left.is_set(), "the other request was answered only after the slow decode"
+    finally:
+        release.set()
+        slow.join(60)
+    assert results["slow"].status_code == 200
+
+
 # ---- status codes ----------------------------------------------------------------------------
 
 
@@ -304,6 +369,41 @@ def test_server_faults_are_5xx_and_client_errors_4xx(predictor: Predictor, error
 
 
 # ---- graceful shutdown, workers, metrics (child processes, real signals) -----------------------
+
+
+def test_shutdown_answers_connections_accepted_before_their_request_was_read(predictor: Predictor, live) -> None:
+    """A client that connects and sends at once may be accepted an instant before shutdown
+    and its request read only after: it is answered, not cut (uvicorn alone closes it); an
+    idle keep-alive connection is closed at once."""
+    app = create_app(predictor)
+    server = live(app, first_request_grace_s=60)  # the test's pace cannot matter
+    until(lambda: app.state.engine.ready.is_set(), "warmed up")
+    body = png()
+    head = (f"POST /v1/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode() + body  # fmt: skip
+    idle = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+    quiet = socket.create_connection(("127.0.0.1", server.port), timeout=30)  # nothing sent yet
+    partial = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+    try:
+        idle.sendall(head.replace(b"\r\n\r\n", b"\r\nConnection: keep-alive\r\n\r\n", 1))
+        assert read_answer(idle).startswith(b"HTTP/1.1 200")  # answered; the connection stays open
+        partial.sendall(head[:20])  # part of its headers
+        connections = server.server.server_state.connections
+        until(lambda: len(connections) == 3, "all three connections accepted")
+        server.server.handle_exit(signal.SIGTERM, None)
+        assert app.state.engine.state()[0] == "draining"
+        until(lambda: refused(server.port), "the port closed")
+        assert idle.recv(4096) == b""  # closed: it had its answer
+        quiet.sendall(head)
+        partial.sendall(head[20:])
+        for sock in (quiet, partial):
+            answer = b"".join(iter(lambda s=sock: s.recv(65536), b""))  # to its Connection: close
+            assert answer.startswith(b"HTTP/1.1 200") and b'"predictions"' in answer, answer[:200]
+    finally:
+        for sock in (idle, quiet, partial):
+            sock.close()
+    server.thread.join(30)
+    assert not server.thread.is_alive() and server.server.exit_code == 0
 
 
 @pytest.mark.slow
@@ -333,6 +433,8 @@ def test_two_workers_metrics_count_what_was_sent_and_a_killed_worker_is_replaced
     server = ServeProcess(make_checkpoint("mlp"), "--workers", "2")
     try:
         server.wait_ready(workers=2)
+        if sys.platform == "linux":  # the supervising parent holds neither torch nor the model
+            assert "libtorch" not in Path(f"/proc/{server.proc.pid}/maps").read_text()
         # a connection per request, so that both workers get some
         for i in range(10):
             assert httpx.post(server.url + "/v1/predict", content=png(seed=i), headers=PNG, timeout=30).status_code == 200
@@ -357,6 +459,36 @@ def test_two_workers_metrics_count_what_was_sent_and_a_killed_worker_is_replaced
         server.stop()
 
 
+def test_a_worker_loads_and_warms_its_model_before_it_listens(make_checkpoint, monkeypatch) -> None:
+    """What a worker the supervisor starts runs: its app (model loaded, one forward pass done)
+    is built before its port listens, so a restarted worker takes no traffic cold."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv(SETTINGS_ENV, json.dumps({"checkpoint": str(make_checkpoint("mlp")), "backend": "torch"}))
+    seen: list[str] = []
+    warmup = Predictor.warmup
+
+    def watched_warmup(self: Predictor) -> None:
+        seen.append("listening" if not refused(port) else "not listening")
+        warmup(self)
+        seen.append("warm")
+
+    monkeypatch.setattr(Predictor, "warmup", watched_warmup)
+    config = uvicorn.Config("fmnist.serve.app:app_from_env", factory=True, host="127.0.0.1", port=port,
+                            log_level="warning")  # fmt: skip
+    server = Server(config, make_app=app_from_env)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        until(lambda: server.started or not thread.is_alive(), "the worker started")
+        first = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=10)  # its very first request
+        assert seen == ["not listening", "warm"] and first.status_code == 200, (seen, first.text)
+    finally:
+        server.should_exit = True
+        thread.join(30)
+
+
 def answering_pids(url: str) -> set[int]:
     """The worker processes that answer, two of them (a new connection per request: the
     kernel spreads connections over the workers' sockets)."""
@@ -369,3 +501,12 @@ def metrics(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     text = httpx.get(url + "/metrics", timeout=10).text
     return {(s.name, tuple(sorted(s.labels.items()))): s.value
             for family in text_string_to_metric_families(text) for s in family.samples}  # fmt: skip
+
+
+def test_the_cli_knows_every_export_format() -> None:
+    """fmnist.cli.export keeps its own copy of the formats (importing fmnist.export would load
+    torch in every command, the supervising parent of `fmnist serve` included)."""
+    import fmnist.cli.export
+    import fmnist.export
+
+    assert fmnist.cli.export.FORMATS == fmnist.export.FORMATS

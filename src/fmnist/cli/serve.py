@@ -8,6 +8,7 @@ import ipaddress
 import json
 import logging
 import os
+import shutil
 import socket
 import sys
 import tempfile
@@ -95,7 +96,6 @@ def run(args: argparse.Namespace) -> int:
     try:
         import uvicorn
 
-        from fmnist.serve.app import SETTINGS_ENV, Batching, create_app
         from fmnist.serve.metrics import MULTIPROC_ENV
         from fmnist.serve.server import serve
     except ImportError as e:  # `make run` installs only what training needs
@@ -103,9 +103,6 @@ def run(args: argparse.Namespace) -> int:
             f"fmnist serve needs the '{e.name}' package: pip install -e '.[serve]' "
             "(or make setup-full)."
         ) from None
-    import torch
-
-    from fmnist.serve.backends import OnnxPredictor, as_backend, load_predictor
 
     if not 0 <= args.port <= 65535:
         raise ConfigError(f"Invalid --port {args.port}: use 0-65535.")
@@ -128,12 +125,54 @@ def run(args: argparse.Namespace) -> int:
         "batching": {"enabled": not args.no_batching, "window_ms": args.batch_window_ms,
                      "max_images": args.batch_size},
     }  # fmt: skip
+    common = {"host": args.host, "port": args.port, "log_level": args.log_level,
+              "timeout_graceful_shutdown": args.graceful_timeout}  # fmt: skip
 
-    # Load once here even with several workers: a bad checkpoint fails now, in one line.
+    if workers == 1:  # this process serves: it loads the model itself
+        from fmnist.serve.app import Batching, create_app
+
+        predictor = load(args, threads, workers)
+        _announce(args)
+        app = create_app(predictor, **{**options, "batching": Batching(**options["batching"])},
+                         warmup=False)  # fmt: skip
+        return serve(uvicorn.Config(app, **common), drain_s=args.drain_delay)
+
+    from fmnist.serve.backends import OnnxPredictor
+    from fmnist.serve.server import SETTINGS_ENV
+
+    # This process loads the model once: a bad checkpoint fails now, in one line, and an ONNX
+    # export is made once, not once per worker. Then it becomes a lean supervisor (see
+    # become_supervisor): each worker loads the model itself.
+    predictor = load(args, threads, workers)
+    _announce(args)
+    tmp = tempfile.mkdtemp(prefix="fmnist-serve-")  # removed by the supervisor when it stops
+    source, model = str(args.checkpoint), args.model
+    if isinstance(predictor, OnnxPredictor) and not source.endswith(".onnx"):
+        source, model = str(Path(tmp) / "model.onnx"), None
+        Path(source).write_bytes(predictor.onnx_model)
+    # Worker processes import the app by name and load the model themselves.
+    os.environ[SETTINGS_ENV] = json.dumps({
+        "checkpoint": source, "model": model, "backend": predictor.name, "threads": threads,
+        "app": options,
+    })  # fmt: skip
+    # /metrics sums every worker's values from files here (prometheus_client reads the
+    # variable when the workers import it); an operator's own directory is kept
+    if MULTIPROC_ENV not in os.environ:
+        (Path(tmp) / "metrics").mkdir()
+        os.environ[MULTIPROC_ENV] = str(Path(tmp) / "metrics")
+    del predictor
+    return become_supervisor({"workers": workers, "common": common, "drain_s": args.drain_delay, "tmp": tmp})
+
+
+def load(args: argparse.Namespace, threads: int, workers: int) -> Any:
+    """The backend serving `args.checkpoint`, warm, with its "Loaded ..." line on stderr."""
+    import torch
+
+    from fmnist.serve.backends import as_backend, load_predictor
+
     t0 = time.perf_counter()
     torch.set_num_threads(threads)
     predictor = as_backend(load_predictor(args.checkpoint, args.model, args.backend))
-    backend = predictor.name
     predictor.warmup()
     meta = predictor.meta
     acc = (meta.get("metrics") or {}).get("test_accuracy")
@@ -141,10 +180,42 @@ def run(args: argparse.Namespace) -> int:
     batching = "off" if args.no_batching else f"{args.batch_window_ms:g} ms window, up to {args.batch_size}"
     print(
         f"Loaded '{meta.get('model')}' from {args.checkpoint}{acc_text} "
-        f"in {time.perf_counter() - t0:.1f} s; backend {backend}, {workers} worker(s) x "
+        f"in {time.perf_counter() - t0:.1f} s; backend {predictor.name}, {workers} worker(s) x "
         f"{threads} thread(s), batching {batching}.",
         file=sys.stderr,
     )
+    return predictor
+
+
+def become_supervisor(spec: dict[str, Any]) -> int:
+    """Run the workers under a supervisor that holds neither torch nor the model.
+
+    Python cannot unload torch (the CLI's parser imports it, and loading the model did), and a
+    process that never predicts would keep it and the model: about 260 MB. So this process
+    re-executes itself as `python -m fmnist.cli.serve SPEC` (`supervise`), which imports only
+    uvicorn and prometheus_client. exec keeps the process id, its environment and its standard
+    streams: a process manager, a container runtime or a shell sees the same process, and its
+    signals reach the supervisor. Where exec is not available, this process supervises as it is.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if os.name == "posix":
+        try:
+            os.execv(sys.executable, [sys.executable, "-m", "fmnist.cli.serve", json.dumps(spec)])
+        except OSError as e:  # fall through: supervise from here, torch and all
+            logging.getLogger("uvicorn.error").warning("Cannot re-execute as a lean supervisor: %s", e)
+    return supervise(spec)
+
+
+def supervise(spec: dict[str, Any]) -> int:
+    """The supervisor's life: the workers until a signal, then the temporary files go."""
+    try:
+        return run_workers(spec["workers"], spec["common"], drain_s=spec["drain_s"])
+    finally:
+        shutil.rmtree(spec["tmp"], ignore_errors=True)
+
+
+def _announce(args: argparse.Namespace) -> None:
     if not _is_loopback(args.host):
         print(f"Warning: binding {args.host} exposes the server beyond this machine.", file=sys.stderr)
     shown = f"[{args.host}]" if ":" in args.host else args.host
@@ -152,43 +223,11 @@ def run(args: argparse.Namespace) -> int:
     print(f"Page at http://{shown}:{port}/  API docs at http://{shown}:{port}/docs",
           file=sys.stderr)  # fmt: skip
 
-    common = {"host": args.host, "port": args.port, "log_level": args.log_level,
-              "timeout_graceful_shutdown": args.graceful_timeout}  # fmt: skip
-    if workers == 1:
-        app = create_app(predictor, **{**options, "batching": Batching(**options["batching"])},
-                         warmup=False)  # fmt: skip
-        return serve(uvicorn.Config(app, **common), drain_s=args.drain_delay)
-    with tempfile.TemporaryDirectory(prefix="fmnist-serve-") as tmp:
-        source, model = str(args.checkpoint), args.model
-        if isinstance(predictor, OnnxPredictor) and not source.endswith(".onnx"):
-            # export once here, not once per worker (seconds each)
-            source, model = str(Path(tmp) / "model.onnx"), None
-            Path(source).write_bytes(predictor.onnx_model)
-        # Worker processes import the app by name and load the model themselves.
-        os.environ[SETTINGS_ENV] = json.dumps({
-            "checkpoint": source, "model": model, "backend": backend, "threads": threads,
-            "app": options,
-        })  # fmt: skip
-        # /metrics sums every worker's values from files here (prometheus_client reads the
-        # variable when the workers import it)
-        metrics_dir = Path(tmp) / "metrics"
-        metrics_dir.mkdir()
-        ours = MULTIPROC_ENV not in os.environ  # an operator's own directory is kept
-        if ours:
-            os.environ[MULTIPROC_ENV] = str(metrics_dir)
-        del predictor
-        try:
-            return run_workers(workers, common, drain_s=args.drain_delay)
-        finally:  # the directory goes with `tmp`: nothing started later may inherit its name
-            if ours:
-                os.environ.pop(MULTIPROC_ENV, None)
-
 
 def run_workers(workers: int, common: dict[str, Any], drain_s: float = 0.0) -> int:
     """`workers` processes under fmnist's supervisor, each with a listening socket of its own."""
     import uvicorn
 
-    from fmnist.serve.app import app_from_env
     from fmnist.serve.server import Supervisor
 
     config = uvicorn.Config("fmnist.serve.app:app_from_env", factory=True, workers=workers, **common)
@@ -201,7 +240,7 @@ def run_workers(workers: int, common: dict[str, Any], drain_s: float = 0.0) -> i
     else:  # Windows: one socket shared by the workers, as uvicorn makes it
         sock = config.bind_socket()
     try:
-        return Supervisor(config, sock, workers, app_from_env, drain_s=drain_s).run()
+        return Supervisor(config, sock, workers, "fmnist.serve.app:app_from_env", drain_s=drain_s).run()
     finally:
         sock.close()
 
@@ -258,3 +297,19 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def main(argv: list[str]) -> int:
+    """`python -m fmnist.cli.serve SPEC`: what `fmnist serve` with several workers re-executes
+    itself as (`become_supervisor`); SPEC is JSON {"workers", "common", "drain_s", "tmp"}."""
+    from fmnist.errors import FmnistError
+
+    try:
+        return supervise(json.loads(argv[0]))
+    except FmnistError as e:  # as fmnist.cli.main says it: one line
+        print(f"fmnist: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

@@ -44,11 +44,11 @@ from fmnist.serve.errors import add_error_handlers
 from fmnist.serve.limits import BodyLimit, Limits
 from fmnist.serve.metrics import RequestMetrics
 from fmnist.serve.routes import STATIC_DIR, router
+from fmnist.serve.server import SETTINGS_ENV
 
 __all__ = ["SETTINGS_ENV", "STATIC_DIR", "Batching", "app_from_env", "create_app"]
 
 _DEFAULT = Limits()
-SETTINGS_ENV = "FMNIST_SERVE_SETTINGS"
 
 
 def create_app(

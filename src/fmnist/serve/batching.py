@@ -14,12 +14,14 @@ requests that queued while a pass was running go into the next pass without wait
 request is never split: one larger than `max_images` runs alone. `close()` answers what is
 queued, then stops the thread.
 
-The per-request work runs on the same thread: `prepare(payload)` makes a request's images
-(decoding, for the server) and `finish(payload, batched)` its answer. Why there and not in a
-thread pool: each request then crosses threads twice (in, and out with its answer) instead of
-four times, and the decoding happens while the window is open, when the thread would otherwise
-only wait. A request whose `prepare` or `finish` raises gets that error alone; the others in
-its pass are answered as usual.
+The per-request work runs on the same thread: `prepare(payload)` makes a request's images and
+`finish(payload, batched)` its answer. Why there and not in a thread pool: each request then
+crosses threads twice (in, and out with its answer) instead of four times, and the decoding
+happens while the window is open, when the thread would otherwise only wait. Keep both cheap:
+everything queued waits for them; the server decodes a large upload before it submits it
+(fmnist.serve.engine), since decoding one huge image here (40 M pixels: a few hundred ms)
+delayed the pass of every request queued behind it. A request whose `prepare` or `finish`
+raises gets that error alone; the others in its pass are answered as usual.
 
 Supervision: anything a pass raises (the forward pass, `np.concatenate` of mismatched images,
 a bug in `finish`) fails only the requests of that pass and the loop goes on. Should the thread
@@ -131,14 +133,23 @@ class Batcher:
         finish(payload, its Batched), by default the Batched itself."""
         request = _Request(payload, len(payload) if count is None else count, Future())
         with self._cond:
-            if self.died is not None:
-                raise BatcherDied("The batcher has stopped on an error.") from self.died
-            if self._closed:
-                raise BatcherClosed("The server is shutting down.")
+            self._check_open()
             self._pending.append(request)
             self._pending_images += request.count
             self._cond.notify()
         return request.future
+
+    def check_open(self) -> None:
+        """Raise what `submit` would raise now (BatcherDied, BatcherClosed), if anything: a
+        caller can refuse a request before it spends anything on it."""
+        with self._cond:
+            self._check_open()
+
+    def _check_open(self) -> None:
+        if self.died is not None:
+            raise BatcherDied("The batcher has stopped on an error.") from self.died
+        if self._closed:
+            raise BatcherClosed("The server is shutting down.")
 
     def close(self, timeout: float | None = 10.0) -> None:
         """Answer every queued request, then stop the thread."""

@@ -45,6 +45,8 @@ class Job:
     items: list[Item]
     fields: tuple[str, ...]
     t0: float = field(default_factory=time.perf_counter)
+    images: np.ndarray | None = None  # (N, 28, 28) uint8 once decoded
+    decode_s: float = 0.0
 
 
 def parse_fields(text: str | None) -> tuple[str, ...]:

@@ -72,5 +72,8 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     415: {"model": ErrorOut, "description": "Unsupported content type"},
     408: {"model": ErrorOut, "description": "The body did not arrive in time"},
     422: {"model": ErrorOut, "description": "Not an image, corrupt, too many pixels, bad array"},
-    503: {"model": ErrorOut, "description": "Too many predictions in flight: retry after Retry-After"},
+    # 499 is never received: it is what the log and /metrics count for a client that hung up
+    500: {"model": ErrorOut, "description": "The server's own fault (a file it cannot read or write) or a bug"},
+    503: {"model": ErrorOut, "description": "Load shed (queue full, too many uploads, no answer in time), "
+                                            "shutting down, or a failed worker: retry after Retry-After"},
 }

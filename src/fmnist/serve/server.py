@@ -5,8 +5,11 @@
 - SIGTERM or SIGINT starts *draining*: /readyz turns 503 at once, the server keeps accepting
   for `drain_s` seconds (so that a load balancer that polls /readyz stops sending before the
   port closes; 0 for a plain process manager), then stops accepting, closes idle keep-alive
-  connections, answers every request already accepted (for at most `graceful_s`, uvicorn's
-  `timeout_graceful_shutdown`), stops the batcher and exits 0. A second SIGINT quits at once.
+  connections, answers every request already accepted, including those on connections accepted
+  whose request had not been read yet (`FirstRequestGrace`), for at most `graceful_s`
+  (uvicorn's `timeout_graceful_shutdown`), stops the batcher and exits 0. A second SIGINT quits
+  at once. What closing the port still cuts, connections the kernel had queued and this process
+  never accepted, is counted in the log's "Closing the port" line.
   uvicorn itself re-raises the signal once it has shut down, so the exit status would say
   "killed by SIGTERM" (143) after a clean drain; this one exits 0.
 - If the batcher's thread has died (fmnist.serve.batching), /readyz and /healthz already say
@@ -27,28 +30,36 @@ import multiprocessing
 import os
 import signal
 import socket
+import struct
 import threading
 import time
 from collections.abc import Callable
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
+from uvicorn.importer import import_from_string
 
-from fmnist.serve.engine import Engine
 from fmnist.serve.metrics import mark_worker_dead
+
+if TYPE_CHECKING:  # not at run time: the supervising parent never imports torch
+    from fmnist.serve.engine import Engine
 
 log = logging.getLogger("uvicorn.error")  # uvicorn's own lines, so they read as one log
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# the worker's settings (fmnist.serve.app.app_from_env reads them), as JSON: here, not in the
+# app's module, so that the supervising parent can set them without importing the app (torch)
+SETTINGS_ENV = "FMNIST_SERVE_SETTINGS"
 
 
 class Server(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, *, make_app: Callable[[], Any] | None = None,
-                 drain_s: float = 0.0) -> None:  # fmt: skip
+                 drain_s: float = 0.0, first_request_grace_s: float = 1.0) -> None:  # fmt: skip
         super().__init__(config)
         self.make_app = make_app
         self.drain_s = drain_s
+        self.first_request_grace_s = first_request_grace_s
         self.exit_code = 0
         self.engine: Engine | None = None
         self._drain_until: float | None = None
@@ -58,8 +69,27 @@ class Server(uvicorn.Server):
             self.config.app, self.config.factory = self.make_app(), False
         if not self.config.loaded:
             self.config.load()
+        protocol = self.config.http_protocol_class
+        if not issubclass(protocol, FirstRequestGrace):
+            self.config.http_protocol_class = type(protocol.__name__, (FirstRequestGrace, protocol),
+                                                   {"grace_s": self.first_request_grace_s})  # fmt: skip
         self.engine = _engine_of(self.config.app)
         await super().serve(sockets)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        # What closing the port cuts and what it does not, in one line (the lifecycle benchmark
+        # reads it): connections the kernel has queued but this process has not accepted are
+        # reset with the socket; every accepted one is answered (see FirstRequestGrace).
+        connections = list(self.server_state.connections)
+        fresh = sum(1 for c in connections if getattr(c, "cycle", None) is None)
+        busy = sum(1 for c in connections if (cy := getattr(c, "cycle", None)) is not None
+                   and not cy.response_complete)  # fmt: skip
+        backlog = sum(_accept_queue(s) for srv in self.servers for s in srv.sockets)
+        log.info("Closing the port: %d request(s) in progress, %d connection(s) accepted with "
+                 "their request still to come, %d idle; %d connection(s) queued in the kernel, "
+                 "never accepted, are reset", busy, fresh, len(connections) - fresh - busy,
+                 backlog)  # fmt: skip
+        await super().shutdown(sockets)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         # not uvicorn's: it records the signal to re-raise it at exit (see the module's text)
@@ -86,6 +116,55 @@ class Server(uvicorn.Server):
         return await super().on_tick(counter)
 
 
+class FirstRequestGrace:
+    """Mixed into uvicorn's HTTP protocol (`Server` does it). At shutdown uvicorn closes every
+    connection with no request in progress, including one it accepted an instant ago whose
+    request it has not read yet, or not all of its headers: the client connected and sent at
+    once (as a fresh connection per request does) and its request is cut although its
+    connection was accepted. Under SIGTERM with 16 such clients that was every cut request
+    (12 of 12 in one run, benchmarks/serve_lifecycle.py). Here a connection with no request
+    yet gets `grace_s` for it (a client sends as soon as it has connected; one that has not
+    within a second is not about to), and it is answered with Connection: close; an idle
+    keep-alive connection, which has had its answers, is still closed at once."""
+
+    grace_s = 1.0
+    cycle: Any
+    loop: Any
+    transport: Any
+    _grace: Any = None
+
+    def shutdown(self) -> None:
+        if self.cycle is None and self._grace is None:
+            self._grace = self.loop.call_later(self.grace_s, self._end_grace)
+            return
+        super().shutdown()  # type: ignore[misc]
+
+    def _end_grace(self) -> None:
+        if not self.transport.is_closing():
+            super().shutdown()  # type: ignore[misc]
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)  # type: ignore[misc]
+        if self._grace is not None and self.cycle is not None:
+            self.cycle.keep_alive = False  # as uvicorn does for a request in progress
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._grace is not None:
+            self._grace.cancel()
+        super().connection_lost(exc)  # type: ignore[misc]
+
+
+def _accept_queue(sock: Any) -> int:
+    """Connections the kernel has completed on listening `sock` and nobody has accepted yet
+    (Linux: TCP_INFO's tcpi_unacked is the accept queue's length on a listening socket); 0
+    where that cannot be read."""
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
+        return int(struct.unpack_from("I", info, 24)[0])
+    except (AttributeError, OSError, struct.error):
+        return 0
+
+
 def _engine_of(app: Any) -> Engine | None:
     state = getattr(app, "state", None)
     return getattr(state, "engine", None)
@@ -98,19 +177,23 @@ def serve(config: uvicorn.Config, *, drain_s: float = 0.0) -> int:
     return server.exit_code
 
 
-def _worker(config: uvicorn.Config, sockets: list[socket.socket], make_app: Callable[[], Any],
+def _worker(config: uvicorn.Config, sockets: list[socket.socket], make_app: Callable[[], Any] | str,
             drain_s: float) -> None:  # fmt: skip
     config.configure_logging()
-    server = Server(config, make_app=make_app, drain_s=drain_s)
+    if isinstance(make_app, str):  # "module:function", imported here, in the worker
+        make_app = import_from_string(make_app)
+    server = Server(config, make_app=make_app, drain_s=drain_s)  # type: ignore[arg-type]
     server.run(sockets=sockets)
     raise SystemExit(server.exit_code)
 
 
 class Supervisor:
-    """`workers` processes serving `make_app()` on `sock`; see the module's text."""
+    """`workers` processes serving `make_app()` on `sock`; see the module's text. `make_app`
+    may be "module:function", imported by each worker only: then the supervisor itself need not
+    import the app, torch or the model (fmnist serve's parent does not)."""
 
     def __init__(self, config: uvicorn.Config, sock: socket.socket, workers: int,
-                 make_app: Callable[[], Any], *, drain_s: float = 0.0) -> None:  # fmt: skip
+                 make_app: Callable[[], Any] | str, *, drain_s: float = 0.0) -> None:  # fmt: skip
         self.config, self.sock, self.workers = config, sock, workers
         self.make_app, self.drain_s = make_app, drain_s
         self.stopping = threading.Event()
