@@ -93,7 +93,7 @@ def sweep_block(path: str, page: Path) -> str:
     r = json.loads((ROOT / path).read_text())
     states = [t["state"] for t in r["trials"]]
     length = f"{r['epochs']} epochs" if r.get("epochs") else f"{r['trial_budget']} time budget"
-    data = ("an image folder of classes {0}, {1} images each".format(*r["folder"].split(":"))
+    data = ("an image folder of classes {}, {} images each".format(*r["folder"].split(":"))
             if r.get("folder")
             else f"the first {r['subset']:,} training images" if r.get("subset")
             else "all 60,000 training images")
