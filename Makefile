@@ -6,7 +6,11 @@ PIP    := $(PY) -m pip install -q --disable-pip-version-check
 # uv installs the package's dependencies several times faster than pip (measured cold: 3 s vs
 # 17 s for `make run`'s); torch stays with pip, which finds the CPU wheel on local disk (uv
 # does not look there and would fetch a CUDA build).
-UV     := $(VENV)/bin/uv pip install -q --python $(PY)
+# --compile-bytecode: uv (unlike pip) installs no .pyc files, and where PYTHONDONTWRITEBYTECODE
+# is set (many Docker images; this machine) Python never writes them, so every `fmnist train`
+# compiled numpy, matplotlib, tensorboard and PIL again: 467 modules, 1.24 s on a 2-core AMD
+# EPYC, class avx2 (benchmarks/results/2026-11-27-amd-epyc-2c-quickstart-floor.md).
+UV     := $(VENV)/bin/uv pip install -q --compile-bytecode --python $(PY)
 # What the main job needs, and the extras that testing, serving and exporting add.
 RUN_STAMP  := $(VENV)/.installed-run
 FULL_STAMP := $(VENV)/.installed-full

@@ -144,9 +144,11 @@ class FakeClock:
         return self.now
 
 
-def simulate(budget_s: float, step_s, overhead_s: float, replan: bool) -> tuple[float, int]:
+def simulate(budget_s: float, step_s, overhead_s: float, replan: bool,
+             tta: bool = False) -> tuple[float, int]:
     """Drive a budgeted run's epochs with a fake clock (steps cost `step_s(now)` seconds, each
-    epoch's end `overhead_s`); returns when it ended and the steps it took."""
+    epoch's end `overhead_s`; with `tta`, the recipe's, the last epoch's TTA evaluation twice
+    that); returns when it ended and the steps it took."""
     from fmnist.budget import END_SECONDS, steps_for
     from fmnist.train import RunState
     from fmnist.train.setup import build, set_up
@@ -155,7 +157,8 @@ def simulate(budget_s: float, step_s, overhead_s: float, replan: bool) -> tuple[
     setup = set_up(SMALL, DistInfo(), make_data(n_train=320), None, None)  # 10 steps an epoch
     measured = Measured(32 / step_s(0.0), 320, overhead_s)
     planned = steps_for(budget_s - END_SECONDS, measured, 32)
-    parts = build(replace(setup, recipe=replace(SMALL, steps=planned)), None)
+    setup = replace(setup, recipe=replace(SMALL, steps=planned, tta_flip=tta))
+    parts = build(setup, None)
     state = RunState(setup.recipe, None, True, 10, 320, parts.epochs, setup=setup, parts=parts)
     clock = FakeClock()
     keeper = BudgetKeeper(budget_s, show=False, every=1.0, clock=clock)
@@ -171,9 +174,12 @@ def simulate(budget_s: float, step_s, overhead_s: float, replan: bool) -> tuple[
             clock.now += step_s(clock.now)
             if replan:
                 keeper.on_step(state, step, torch.zeros(()), 32)
-        clock.now += overhead_s
+        last = epoch >= parts.epochs  # evaluated with the recipe's TTA (fmnist.train.loop)
+        clock.now += overhead_s * (2 if tta and last else 1)
         if replan:
-            keeper.on_epoch_end(state, {})
+            keeper.on_epoch_end(state, {"tta": tta and last})
+    if tta and not last:  # re-planned to end after a plain evaluation: the loop's evaluate_final
+        clock.now += overhead_s
     return clock.now + END_SECONDS, parts.total_steps
 
 
@@ -194,3 +200,12 @@ def test_the_replanner_uses_the_time_given_back():
     end, steps = simulate(60, recovers, 0.5, replan=True)
     planned_end, planned_steps = simulate(60, recovers, 0.5, replan=False)
     assert planned_end < 0.8 * 60 and steps > planned_steps and 0.9 * 60 <= end <= 60
+
+
+def test_the_replanner_keeps_time_for_the_last_epochs_tta_evaluation():
+    def halves(now: float) -> float:
+        return 0.05 if now < 15 else 0.1
+
+    # every epoch but the last evaluates plain: the last one's end costs twice what was measured
+    end, _ = simulate(60, halves, 0.5, replan=True, tta=True)
+    assert 0.9 * 60 <= end <= 60

@@ -159,3 +159,39 @@ def test_tensorboard_is_not_shown_the_latest_link_as_a_run(tmp_path):
     (tmp_path / "a").mkdir()
     (tmp_path / "latest").symlink_to("b")
     assert logdir_args(tmp_path) == ["--logdir_spec", f"a:{tmp_path / 'a'},b:{tmp_path / 'b'}"]
+
+
+def test_the_pr_curves_reuse_the_final_evaluation_and_pass_over_nothing_again(tmp_path):
+    """The end of a run makes no forward pass for its figures: the PR curves are those of the
+    final (TTA) evaluation's logits, which are the final model's."""
+    from tensorboard.util.tensor_util import make_ndarray
+    from torch.utils.tensorboard.summary import compute_curve
+
+    from fmnist.inference import predict_logits
+
+    class Watch(Callback):  # before TensorBoardLog in the list: its on_fit_end runs first
+        forwards, at_end = 0, None
+
+        def on_fit_start(self, state):
+            state.parts.model.register_forward_hook(lambda *_: setattr(self, "forwards",
+                                                                       self.forwards + 1))
+
+        def on_fit_end(self, state):
+            self.at_end, self.logits = self.forwards, state.test_logits
+
+    watch, data, run_dir = Watch(), make_data(), tmp_path / "r"
+    recipe = replace(SMALL, tta_flip=True)
+    result = fit(recipe, data=data, out=run_dir, display=False,
+                 callbacks=[watch, TensorBoardLog(graph=False)])
+    assert watch.forwards == watch.at_end  # nothing after the run's own last evaluation
+    assert result.rows[-1]["tta"] is True
+    norm = result.meta["normalize"]  # the final model's TTA logits, passed over afresh
+    expected = predict_logits(result.model, data.test_images, norm["mean"], norm["std"],
+                              tta_flip=True)
+    assert torch.equal(watch.logits, expected)
+    probs = torch.softmax(expected.double(), dim=1)
+    acc = events(run_dir)
+    for k in range(10):
+        (event,) = acc.Tensors(f"pr/c{k}")
+        want = compute_curve(data.test_labels.numpy() == k, probs[:, k].numpy(), num_thresholds=127)
+        assert make_ndarray(event.tensor_proto) == pytest.approx(want)

@@ -511,3 +511,94 @@ def test_a_run_with_a_holdout_still_refuses_other_data_on_resume():
     saved = ResumeState(1, [], {}, {}, {}, {}, {}, fingerprint="another dataset")
     with pytest.raises(ConfigError, match="fingerprint"):
         check_same_data(saved, split_holdout(make_data(), 56), 0.3, 0.4)
+
+
+# ---- per-epoch evaluation: plain, then the recipe's TTA at the end ------------------------------
+
+TTA = apply_overrides(SMALL, {"tta_flip": True})
+STEPS = 256 // 32  # make_data()'s training images at SMALL's batch; its 64 test images: 1 batch
+
+
+class Evaluations(Callback):
+    """Each epoch's test logits as the loop kept them, beside a fresh plain and TTA pass; and the
+    model's forward calls (a TTA pass over the test set makes 2, a plain one 1)."""
+
+    def __init__(self) -> None:
+        self.kept, self.plain, self.tta, self.forwards = [], [], [], 0
+
+    def on_fit_start(self, state):
+        def count(*_):
+            self.forwards += 1
+
+        state.parts.model.register_forward_hook(count)
+
+    def on_epoch_end(self, state, row):
+        from fmnist.inference import predict_logits
+
+        before, setup = self.forwards, state.setup
+        test = setup.data.test_images
+        self.kept.append(state.test_logits.clone())
+        self.plain.append(predict_logits(state.parts.model, test, setup.mean, setup.std))
+        self.tta.append(predict_logits(state.parts.model, test, setup.mean, setup.std,
+                                       tta_flip=True))
+        state.parts.model.train()
+        self.forwards = before  # this callback's own passes are not the run's
+
+    def on_fit_end(self, state):
+        self.final = state.test_logits
+
+
+def test_intermediate_epochs_are_evaluated_plain_and_the_last_with_the_recipes_tta(tmp_path):
+    evals = Evaluations()
+    result = fit(TTA, data=make_data(), out=tmp_path / "r", display=False, callbacks=[evals])
+    assert [r["tta"] for r in result.rows] == [False, False, True]
+    for kept, plain in zip(evals.kept[:2], evals.plain[:2], strict=True):
+        assert torch.equal(kept, plain)
+    assert torch.equal(evals.kept[2], evals.tta[2])
+    assert evals.forwards == 3 * STEPS + 1 + 1 + 2  # steps, two plain passes, one TTA pass
+    saved = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert saved == result.rows
+    _, meta = load_model(tmp_path / "r")
+    assert meta["metrics"]["tta"] is True and meta["metrics"] == result.rows[-1]
+    # a recipe without TTA says so on every row
+    assert [r["tta"] for r in fit(SMALL, data=make_data(), save=False, display=False).rows] == [
+        False] * 3
+
+
+class EndAfterEpoch1(Callback):
+    """A time budget that runs out at the end of epoch 1, after its (plain) evaluation: the
+    re-plan BudgetKeeper makes there, ending the run now."""
+
+    def on_epoch_end(self, state, row):
+        if state.epoch == 1:
+            done = state.epoch * state.steps_per_epoch
+            state.parts.schedule.retarget(done, done)
+
+
+def test_a_run_that_turns_out_to_end_early_is_evaluated_with_tta_once(tmp_path):
+    evals = Evaluations()
+    result = fit(TTA, data=make_data(), out=tmp_path / "r", display=False,
+                 callbacks=[evals, EndAfterEpoch1()])
+    assert [r["epoch"] for r in result.rows] == [1] and result.rows[0]["tta"] is True
+    assert evals.forwards == STEPS + 1 + 2  # the plain pass, then one TTA pass at the end
+    from fmnist.inference import score
+
+    data = make_data()
+    totals = score(evals.tta[0], data.test_labels)
+    assert result.rows[0]["test_accuracy"] == (totals[0] / totals[3]).item()
+    assert torch.equal(evals.final, evals.tta[0])  # what the end-of-run figures are drawn from
+    saved = json.loads((tmp_path / "r" / "metrics.jsonl").read_text())
+    assert saved == result.rows[0]
+    _, meta = load_model(tmp_path / "r")
+    assert meta["metrics"] == result.rows[0]
+
+
+def test_a_resumed_run_evaluates_as_an_unbroken_one(tmp_path):
+    full = fit(TTA, data=make_data(), save=False, display=False)
+    with pytest.raises(KeyboardInterrupt):
+        fit(TTA, data=make_data(), out=tmp_path / "cut", callbacks=[Interrupt(after=1)])
+    resumed = fit(resume=tmp_path / "cut", data=make_data(), display=False)
+    timing = ("seconds", "train_seconds", "images_per_s")
+    assert [{k: v for k, v in r.items() if k not in timing} for r in resumed.rows] == [
+        {k: v for k, v in r.items() if k not in timing} for r in full.rows]
+    assert [r["tta"] for r in resumed.rows] == [False, False, True]

@@ -7,8 +7,8 @@ What it writes:
 - every epoch: test/loss, test/accuracy (holdout/... with a holdout), train/epoch_loss and
   train/images_per_s;
 - at the end: the model's graph, the confusion matrix as a figure, per-class precision-recall
-  curves on the test set, and the recipe as hyper-parameters with the final metrics (the
-  HParams tab).
+  curves on the test set (both from the final evaluation's logits: no second pass over it),
+  and the recipe as hyper-parameters with the final metrics (the HParams tab).
 
 Only rank 0 runs callbacks, and this one writes nothing without a run folder. TensorBoard is
 an optional dependency (the `tensorboard` extra): `available()` says whether it is installed.
@@ -147,8 +147,11 @@ class TensorBoardLog(Callback):
         assert state.setup is not None and state.parts is not None
         setup, recipe = state.setup, state.recipe
         data = setup.data
-        logits = predict_logits(state.parts.model, data.test_images, setup.mean, setup.std,
-                                batch_size=recipe.eval_batch_size, tta_flip=recipe.tta_flip).cpu()
+        logits = state.test_logits  # the final evaluation's: no second pass over the test set
+        if logits is None or len(logits) != len(data.test_images):  # none, or a rank's slice
+            logits = predict_logits(state.parts.model, data.test_images, setup.mean, setup.std,
+                                    batch_size=recipe.eval_batch_size, tta_flip=recipe.tta_flip)
+        logits = logits.cpu()
         labels = data.test_labels.cpu()
         report = metrics_from_logits(logits, labels, data.classes, top_errors=0)
         self.writer.add_figure("test/confusion_matrix",

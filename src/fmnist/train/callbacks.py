@@ -45,6 +45,9 @@ class RunState:
     # What a logger samples from (lr, the model's graph, test predictions): read, never change.
     setup: Setup | None = None
     parts: Parts | None = None
+    # The last evaluation's test logits (this rank's slice under torchrun); at on_fit_end, the
+    # final model's, with the recipe's TTA: what end-of-run reports reuse instead of a new pass.
+    test_logits: torch.Tensor | None = None
 
     @property
     def global_step(self) -> int:

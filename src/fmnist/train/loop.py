@@ -149,7 +149,11 @@ def run_epochs(state: RunState, callbacks: Sequence[Callback], stops: Stops, sav
         parts.batches.set_epoch(epoch, start=state.progress.step)
         for cb in callbacks:
             cb.on_epoch_start(state)
-        row = train_epoch(state, callbacks, stops, save) | evaluate_epoch(parts.model, setup)
+        row = train_epoch(state, callbacks, stops, save)
+        # plain while more epochs follow, the recipe's TTA for the last (see evaluate_final)
+        evaluated = evaluate_epoch(parts.model, setup, final=epoch >= parts.epochs)
+        row |= evaluated.row
+        state.test_logits = evaluated.test_logits
         check_learning(row, len(setup.data.classes), state.recipe, epoch == parts.epochs)
         state.rows.append(row)
         state.progress = EpochProgress()
@@ -160,8 +164,24 @@ def run_epochs(state: RunState, callbacks: Sequence[Callback], stops: Stops, sav
             cb.on_epoch_end(state, row)
         if stops.signum is not None:  # it came during the evaluation: the epoch is saved
             stops.saved()
+    evaluate_final(state, save)
     for cb in callbacks:
         cb.on_fit_end(state)
+
+
+def evaluate_final(state: RunState, save: bool) -> None:
+    """The last epoch evaluated plain because it became the last only afterwards (a time budget
+    re-planned at its end) is evaluated again with the recipe's TTA, once: its row and
+    checkpoint then report what the model serves."""
+    setup, parts = state.setup, state.parts
+    assert setup is not None and parts is not None
+    if not setup.recipe.tta_flip or not state.rows or state.rows[-1].get("tta", True):
+        return  # no TTA to add, no epoch run, or a row saved before rows said (every one was TTA)
+    evaluated = evaluate_epoch(parts.model, setup, final=True)
+    state.rows[-1] |= evaluated.row
+    state.test_logits = evaluated.test_logits
+    if save:
+        save_state(state)
 
 
 def checked_inputs(

@@ -61,6 +61,9 @@ class BudgetKeeper(Callback):
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.deadline, self.show, self.every, self.clock = deadline, show, every, clock
         self.overhead = 0.0  # seconds an epoch's end takes (evaluation, saving), once measured
+        # kept free for the last epoch's TTA evaluation, a second forward pass over what the
+        # plain evaluations of the epochs before it measured (about one more plain epoch end)
+        self.final_tta = 0.0
         self.step_seconds = 0.0  # of the last window with steps in it
         self.replans: list[dict[str, Any]] = []
 
@@ -79,6 +82,8 @@ class BudgetKeeper(Callback):
     def on_epoch_end(self, state: RunState, row: dict[str, Any]) -> None:
         now = self.clock()
         self.overhead = now - self.last_step
+        plain = state.recipe.tta_flip and not row.get("tta", True)
+        self.final_tta = self.overhead if plain else 0.0
         started, first = self.window
         if self.done > first:
             self.step_seconds = (self.last_step - started) / (self.done - first)
@@ -101,8 +106,8 @@ class BudgetKeeper(Callback):
         per_epoch = len(parts.batches)
         if done >= parts.total_steps or step_seconds <= 0:
             return  # the run is over, or nothing measured yet
-        left = budget.remaining_steps(self.deadline - now, done, per_epoch, step_seconds,
-                                      self.overhead)
+        left = budget.remaining_steps(self.deadline - now - self.final_tta, done, per_epoch,
+                                      step_seconds, self.overhead)
         total = done + left  # 0 left: the run ends now, its last epoch part-way
         if total == parts.total_steps:
             return
