@@ -34,6 +34,7 @@ import struct
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
@@ -55,9 +56,11 @@ SETTINGS_ENV = "FMNIST_SERVE_SETTINGS"
 
 class Server(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, *, make_app: Callable[[], Any] | None = None,
-                 drain_s: float = 0.0, first_request_grace_s: float = 1.0) -> None:  # fmt: skip
+                 drain_s: float = 0.0, first_request_grace_s: float = 1.0,
+                 ready: Any = None) -> None:  # fmt: skip
         super().__init__(config)
         self.make_app = make_app
+        self.ready = ready  # an Event the supervisor reads: set once the port listens
         self.drain_s = drain_s
         self.first_request_grace_s = first_request_grace_s
         self.exit_code = 0
@@ -75,6 +78,11 @@ class Server(uvicorn.Server):
                                                    {"grace_s": self.first_request_grace_s})  # fmt: skip
         self.engine = _engine_of(self.config.app)
         await super().serve(sockets)
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started and self.ready is not None:
+            self.ready.set()
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         # What closing the port cuts and what it does not, in one line (the lifecycle benchmark
@@ -178,35 +186,78 @@ def serve(config: uvicorn.Config, *, drain_s: float = 0.0) -> int:
 
 
 def _worker(config: uvicorn.Config, sockets: list[socket.socket], make_app: Callable[[], Any] | str,
-            drain_s: float) -> None:  # fmt: skip
+            drain_s: float, ready: Any) -> None:  # fmt: skip
     config.configure_logging()
     if isinstance(make_app, str):  # "module:function", imported here, in the worker
         make_app = import_from_string(make_app)
-    server = Server(config, make_app=make_app, drain_s=drain_s)  # type: ignore[arg-type]
+    server = Server(config, make_app=make_app, drain_s=drain_s, ready=ready)  # type: ignore[arg-type]
     server.run(sockets=sockets)
     raise SystemExit(server.exit_code)
+
+
+@dataclass
+class Slot:
+    """One worker's place: its process, the Event it sets once it listens, and how many of its
+    starts in a row ended before that (a model file gone, a port taken, a broken install)."""
+
+    process: Any = None
+    ready: Any = None
+    failed_starts: int = 0
+    start_at: float = 0.0  # when a slot waiting out its back-off starts again
 
 
 class Supervisor:
     """`workers` processes serving `make_app()` on `sock`; see the module's text. `make_app`
     may be "module:function", imported by each worker only: then the supervisor itself need not
-    import the app, torch or the model (fmnist serve's parent does not)."""
+    import the app, torch or the model (fmnist serve's parent does not).
+
+    A worker that exits after it listened is replaced at once. One that exits before it
+    listened is started again after a back-off (1, 2, 4 ... up to 30 s), rather than loading
+    torch in a loop; when every worker has failed to start `give_up` times in a row, none is
+    serving and none will: the supervisor stops with status 1, for its own process manager."""
+
+    BACKOFF_MAX_S = 30.0
 
     def __init__(self, config: uvicorn.Config, sock: socket.socket, workers: int,
-                 make_app: Callable[[], Any] | str, *, drain_s: float = 0.0) -> None:  # fmt: skip
+                 make_app: Callable[[], Any] | str, *, drain_s: float = 0.0,
+                 give_up: int = 3) -> None:  # fmt: skip
         self.config, self.sock, self.workers = config, sock, workers
-        self.make_app, self.drain_s = make_app, drain_s
+        self.make_app, self.drain_s, self.give_up = make_app, drain_s, give_up
         self.stopping = threading.Event()
         self.restarts = 0
         self._context = multiprocessing.get_context("spawn")  # no torch state forked into workers
 
-    def _start(self) -> Any:
-        process = self._context.Process(
-            target=_worker, args=(self.config, [self.sock], self.make_app, self.drain_s),
+    def _start(self, slot: Slot) -> None:
+        slot.ready = self._context.Event()
+        slot.process = self._context.Process(
+            target=_worker, args=(self.config, [self.sock], self.make_app, self.drain_s, slot.ready),
             name="fmnist-serve-worker",
         )  # fmt: skip
-        process.start()
-        return process
+        slot.process.start()
+
+    def _check(self, slot: Slot, now: float) -> None:
+        """Start the slot's worker when due; notice and schedule the replacement of one that exited."""
+        p = slot.process
+        if p is None:
+            if now >= slot.start_at:
+                self._start(slot)
+            return
+        if p.is_alive():
+            if slot.ready.is_set():
+                slot.failed_starts = 0
+            return
+        mark_worker_dead(p.pid)
+        self.restarts += 1
+        slot.process = None
+        if slot.ready.is_set():  # killed (OOM, a native crash) or exited because its batcher died
+            log.error("Worker [%d] exited with status %s: starting another", p.pid, p.exitcode)
+            slot.start_at = now
+            return
+        slot.failed_starts += 1
+        delay = min(self.BACKOFF_MAX_S, 2.0 ** (slot.failed_starts - 1))
+        slot.start_at = now + delay
+        log.error("Worker [%d] exited with status %s before it listened (%d in a row): starting "
+                  "another in %g s", p.pid, p.exitcode, slot.failed_starts, delay)  # fmt: skip
 
     def _stop(self, sig: int, frame: FrameType | None) -> None:
         self.stopping.set()
@@ -215,17 +266,15 @@ class Supervisor:
         previous = {sig: signal.signal(sig, self._stop) for sig in STOP_SIGNALS}
         try:
             log.info("Started parent process [%d]", os.getpid())
-            processes = [self._start() for _ in range(self.workers)]
+            slots = [Slot() for _ in range(self.workers)]
             while not self.stopping.wait(0.2):
-                for i, p in enumerate(processes):
-                    if p.is_alive() or self.stopping.is_set():
-                        continue
-                    # killed (OOM, a native crash) or exited because its batcher died
-                    log.error("Worker [%d] exited with status %s: starting another", p.pid, p.exitcode)
-                    mark_worker_dead(p.pid)
-                    self.restarts += 1
-                    processes[i] = self._start()
-            return self._shutdown(processes)
+                for slot in slots:
+                    self._check(slot, time.monotonic())
+                if all(s.process is None and s.failed_starts >= self.give_up for s in slots):
+                    log.critical("No worker starts (each failed %d times in a row; see above): "
+                                 "stopping", self.give_up)  # fmt: skip
+                    return 1
+            return self._shutdown([s.process for s in slots if s.process is not None])
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
