@@ -66,7 +66,6 @@ class Batched:
     rows: np.ndarray  # forward's output for this request's images, in order
     pass_images: int  # images in the whole pass (this request's and the others')
     forward_s: float  # how long the pass took
-    prepare_s: float  # how long `prepare` took for this request
 
 
 @dataclass
@@ -76,7 +75,6 @@ class _Request:
     future: Future[Any]
     arrived: float = field(default_factory=time.monotonic)
     images: np.ndarray | None = None  # set by prepare; None until then or if it failed
-    prepare_s: float = 0.0
     failed: bool = False  # prepare raised, or the caller cancelled: leave it out of the pass
 
 
@@ -175,13 +173,11 @@ class Batcher:
                 r.failed = True
                 self.dropped += 1
                 continue
-            t0 = time.perf_counter()
             try:
                 r.images = self.prepare(r.payload)
             except BaseException as e:
                 r.failed = True
                 _settle(r.future, error=e)
-            r.prepare_s = time.perf_counter() - t0
 
     def _take(self) -> list[_Request] | None:
         """The next pass's requests, oldest first, prepared; None once closed and drained."""
@@ -251,7 +247,7 @@ class Batcher:
             rows = out[start : start + len(part)]
             start += len(part)
             try:
-                result = self.finish(r.payload, Batched(part, rows, len(images), took, r.prepare_s))
+                result = self.finish(r.payload, Batched(part, rows, len(images), took))
             except BaseException as e:
                 _settle(r.future, error=e)
             else:
