@@ -53,7 +53,7 @@ from fmnist.train.optim import make_optimizer, make_scheduler  # noqa: E402
 BASE: dict[str, Any] = {
     "widths": [16, 32, 96], "sizes": [[6, 28]], "batch": 128, "lr": 0.1, "warmup": 0.2,
     "ls": 0.1, "wd": 5e-4, "residual": False, "act": "relu", "whiten": False,
-    "whiten_frozen": False, "ema": 0.0, "seed": 0,
+    "whiten_frozen": False, "whiten_k": 9, "whiten_eps": 1e-2, "ema": 0.0, "seed": 0, "seed_offset": 0,
 }
 ACTS = {"relu": lambda: nn.ReLU(inplace=True), "gelu": nn.GELU, "silu": lambda: nn.SiLU(inplace=True)}
 
@@ -73,7 +73,7 @@ class Net(nn.Module):
         super().__init__()
         w1, w2, w3 = c["widths"]
         if c["whiten"]:
-            w1 = 18
+            w1 = 2 * c["whiten_k"]
         self.residual = c["residual"]
         self.l1 = block(1, w1, c["act"], pool=True)
         self.l2 = block(w1, w2, c["act"], pool=False)
@@ -90,16 +90,18 @@ class Net(nn.Module):
         return self.head(torch.amax(x, dim=(2, 3)))
 
 
-def whiten_first_conv(model: Net, images: torch.Tensor, mean: float, std: float, frozen: bool) -> None:
+def whiten_first_conv(model: Net, images: torch.Tensor, mean: float, std: float, c: dict[str, Any]) -> None:
     x = to_input(images[:10000], mean, std)
     patches = F.unfold(x, 3, padding=1).transpose(1, 2).reshape(-1, 9).double()
     cov = torch.cov(patches.T)
     eigenvalues, eigenvectors = torch.linalg.eigh(cov)
-    w = (eigenvectors.T / (eigenvalues + 1e-2).sqrt()[:, None]).reshape(9, 1, 3, 3).float()
+    k = c["whiten_k"]  # the k largest eigenvalues' (eigh sorts them ascending)
+    eigenvalues, eigenvectors = eigenvalues[-k:], eigenvectors[:, -k:]
+    w = (eigenvectors.T / (eigenvalues + c["whiten_eps"]).sqrt()[:, None]).reshape(k, 1, 3, 3).float()
     conv = model.l1[0]
     with torch.no_grad():
         conv.weight.copy_(torch.cat([w, -w]))
-    conv.weight.requires_grad_(not frozen)
+    conv.weight.requires_grad_(not c["whiten_frozen"])
 
 
 def resize(x: torch.Tensor, pixels: int) -> torch.Tensor:
@@ -116,6 +118,7 @@ def shifted(x: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
 
 
 def setup(c: dict[str, Any], device: str):  # type: ignore[no-untyped-def]
+    c = {**c, "seed": c["seed"] + c["seed_offset"]}
     torch.manual_seed(c["seed"])
     recipe = apply_overrides(get_recipe("default"), {
         "batch_size": c["batch"], "lr": c["lr"], "warmup": c["warmup"],
@@ -124,7 +127,7 @@ def setup(c: dict[str, Any], device: str):  # type: ignore[no-untyped-def]
     mean, std = pixel_stats(recipe, data)
     model = Net(c).to(device).to(memory_format=torch.channels_last)
     if c["whiten"]:
-        whiten_first_conv(model, data.train_images.to(device), mean, std, c["whiten_frozen"])
+        whiten_first_conv(model, data.train_images.to(device), mean, std, c)
     opt = make_optimizer(recipe, model, recipe.lr)
     batches = Batches(data.train_images.to(device), data.train_labels.to(device),
                       recipe.batch_size, mean=mean, std=std, shuffle=True,
