@@ -29,7 +29,7 @@ from benchmarks.__main__ import show
 from benchmarks.common import machine_line
 
 ROOT = Path(__file__).resolve().parent.parent
-PAGES = ("README.md", "docs/*.md")
+PAGES = ("README.md", "docs/*.md", "benchmarks/results/*.md")
 # a marker stands alone on its line (a mention inside a sentence is not one)
 BLOCK = re.compile(r"^(<!-- table: (?P<spec>[^>]*?) -->\n)(?P<body>.*?)^(<!-- end table -->)$",
                    re.S | re.M)
@@ -123,10 +123,38 @@ def sweep_block(path: str, page: Path) -> str:
     ])
 
 
+def screen_block(paths: list[str], page: Path) -> str:
+    """`benchmarks/probes/default_screen.py screen` rows: each candidate's test accuracy per
+    seed and its mean under three test-time augmentations, best first."""
+    rows = [json.loads(x) for path in paths for x in (ROOT / path).read_text().splitlines() if x.strip()]
+    by_name: dict[str, list[dict]] = {}
+    for row in rows:
+        by_name.setdefault(row["name"], []).append(row)
+    base = json.loads((ROOT / "benchmarks/probes/screen_base.json").read_text())
+
+    def mean(runs: list[dict], key: str) -> float:
+        return sum(r[key] for r in runs) / len(runs)
+
+    def changes(cfg: dict) -> str:
+        return ", ".join(f"{k} {json.dumps(v)}" for k, v in cfg.items()
+                         if k != "seed" and v != base.get(k)) or "—"
+
+    lines = ["| candidate | changes from the default of the time | flip TTA, seeds 0 / 1 / 2 (+ seed_offset) | mean | "
+             "no TTA | flip + shifts |", "| --- | --- | --- | ---: | ---: | ---: |"]
+    for name, runs in sorted(by_name.items(), key=lambda kv: -mean(kv[1], "flip")):
+        runs.sort(key=lambda r: r["cfg"]["seed"] + r["cfg"].get("seed_offset", 0))
+        seeds = " / ".join(f"{r['flip']:.2f}" for r in runs)
+        lines.append(f"| {name} | {changes(runs[0]['cfg'])} | {seeds} | {mean(runs, 'flip'):.2f} % | "
+                     f"{mean(runs, 'none'):.2f} % | {mean(runs, 'flip_sx'):.2f} % |")
+    return "\n".join([*lines, "", "From " + " and ".join(link(p, page) for p in paths) + "."])
+
+
 def render(spec: str, page: Path) -> str:
     words = spec.split()
     if words == ["headline"]:
         body = headline_block(page)
+    elif words[0] == "screen":
+        body = screen_block(words[1:], page)
     elif "sweep-vs-default" in words[0]:
         body = sweep_block(words[0], page)
     else:

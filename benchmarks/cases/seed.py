@@ -7,6 +7,7 @@ same Quickstart runs, whose time it should stay within 2x of."""
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shlex
@@ -40,7 +41,8 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                                         str(tmp / f"seed-{i}")), env=env))
         plain.append(run_child([*PLAIN_CMD, str(tmp)], env=env, cwd=str(tmp)))
         res, metrics = train(tmp / f"default-{i}", *epochs)
-        default.append({**res, "accuracy": metrics[-1]["test_accuracy"]})
+        recipe = json.loads((tmp / f"default-{i}" / "config.json").read_text())
+        default.append({**res, "accuracy": metrics[-1]["test_accuracy"], "recipe": recipe})
     for r in ours + ref + plain:
         r["accuracy"] = last_accuracy(r.pop("stdout"))
     for r in default:

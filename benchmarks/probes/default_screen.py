@@ -50,11 +50,8 @@ from fmnist.recipes import apply_overrides, get_recipe  # noqa: E402
 from fmnist.train.data import load_data, pixel_stats  # noqa: E402
 from fmnist.train.optim import make_optimizer, make_scheduler  # noqa: E402
 
-BASE: dict[str, Any] = {
-    "widths": [16, 32, 96], "sizes": [[6, 28]], "batch": 128, "lr": 0.1, "warmup": 0.2,
-    "ls": 0.1, "wd": 5e-4, "residual": False, "act": "relu", "whiten": False,
-    "whiten_frozen": False, "whiten_k": 9, "whiten_eps": 1e-2, "ema": 0.0, "seed": 0, "seed_offset": 0,
-}
+# the default recipe of the time (cnn 16,32,96, 6 epochs) and every option off
+BASE: dict[str, Any] = json.loads((Path(__file__).parent / "screen_base.json").read_text())
 ACTS = {"relu": lambda: nn.ReLU(inplace=True), "gelu": nn.GELU, "silu": lambda: nn.SiLU(inplace=True)}
 
 

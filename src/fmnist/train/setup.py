@@ -17,6 +17,7 @@ from fmnist.inference import autocast_for
 from fmnist.loader import Augment, Batches
 from fmnist.models import build_model
 from fmnist.recipes import Recipe, sized_for
+from fmnist.train import whitening
 from fmnist.train.data import Data, check_same_data, load_data, pixel_stats, split_holdout
 from fmnist.train.optim import Schedule, make_optimizer, make_scheduler
 
@@ -81,6 +82,10 @@ def build(setup: Setup, resumed: ResumeState | None) -> Parts:
     recipe, info, device, data = setup.recipe, setup.info, setup.device, setup.data
     torch.manual_seed(recipe.seed)
     model = build_model(recipe.model, {**recipe.model_config, "num_classes": len(data.classes)})
+    if recipe.whiten:
+        if resumed is None:  # a resumed run's first conv comes from its checkpoint
+            whitening.whiten(model, data.train_images, setup.mean, setup.std)
+        whitening.freeze(model)
     model.to(device)
     if recipe.channels_last:
         model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]

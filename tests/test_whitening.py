@@ -1,0 +1,87 @@
+"""The whitened first conv (recipe field `whiten`): what it computes, that training keeps it
+fixed, that a resumed run does too, and its one-line errors."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from synthetic import make_data
+from test_train import SMALL, Interrupt, weights
+
+from fmnist.errors import ConfigError
+from fmnist.loader import to_input
+from fmnist.models import build_model
+from fmnist.recipes import apply_overrides, get_recipe
+from fmnist.train import fit, whitening
+from fmnist.train.data import pixel_stats
+from fmnist.train.optim import make_optimizer
+
+WHITE = apply_overrides(SMALL, {"whiten": True})  # first conv: 8 channels = 4 directions x 2 signs
+
+
+def patch_covariance(images, mean, std):
+    x = to_input(images, mean, std)
+    patches = F.unfold(x, 3, padding=1).transpose(1, 2).reshape(-1, 9).double()
+    return torch.cov(patches.T)
+
+
+def test_the_filters_whiten_the_leading_directions_of_the_patches():
+    data = make_data(n_train=200)
+    mean, std = 0.2, 0.3
+    conv = torch.nn.Conv2d(1, 12, 3, padding=1, bias=False)
+    filters = whitening.patch_whitening(data.train_images, mean, std, conv).double()
+    assert filters.shape == (12, 1, 3, 3)
+    k = 6
+    top, negatives = filters[:k].reshape(k, 9), filters[k:].reshape(k, 9)
+    assert torch.equal(negatives, -top)
+    cov = patch_covariance(data.train_images, mean, std)
+    eigenvalues = torch.linalg.eigvalsh(cov)[-k:]
+    # each filter's output over the patches: uncorrelated, variance lambda / (lambda + eps)
+    out = top @ cov @ top.T
+    expected = torch.diag(eigenvalues / (eigenvalues + whitening.EPS))
+    assert torch.allclose(out, expected, atol=1e-4)
+
+
+def test_a_whitened_run_keeps_its_first_conv_and_trains_the_rest():
+    data = make_data()
+    initial = weights(build_model(WHITE.model, {**WHITE.model_config, "num_classes": 10}))
+    result = fit(apply_overrides(WHITE, {"epochs": 1}), data=data, display=False)
+    mean, std = pixel_stats(WHITE, data)
+    conv = whitening.first_conv(result.model)
+    expected = whitening.patch_whitening(data.train_images, mean, std, conv)
+    assert torch.equal(conv.weight, expected)
+    after = weights(result.model)
+    name = "features.0.0.weight"
+    assert not torch.equal(initial[name], after[name])  # set from the data ...
+    others = [k for k in after if k.endswith("weight") and k != name]
+    assert all(not torch.equal(initial[k], after[k]) for k in others)  # ... the rest trained
+
+
+def test_the_optimizer_leaves_a_frozen_first_conv_out():
+    model = build_model(WHITE.model, WHITE.model_config)
+    whitening.freeze(model)
+    trained = {id(p) for g in make_optimizer(WHITE, model, 0.1).param_groups for p in g["params"]}
+    assert id(whitening.first_conv(model).weight) not in trained
+    assert len(trained) == len(list(model.parameters())) - 1
+
+
+def test_a_resumed_whitened_run_ends_as_an_unbroken_one(tmp_path):
+    full = fit(WHITE, data=make_data(), out=tmp_path / "full", display=False)
+    with pytest.raises(KeyboardInterrupt):
+        fit(WHITE, data=make_data(), out=tmp_path / "cut", callbacks=[Interrupt(after=1)])
+    resumed = fit(resume=tmp_path / "cut", data=make_data(), display=False)
+    wf, wr = weights(full.model), weights(resumed.model)
+    assert all(torch.equal(wf[k], wr[k]) for k in wf)
+
+
+def test_a_model_without_a_first_conv_cannot_be_whitened():
+    with pytest.raises(ConfigError, match="the mlp has none"):
+        apply_overrides(get_recipe("quickstart"), {"whiten": True})
+    with pytest.raises(ConfigError, match="first layer is a convolution"):
+        whitening.first_conv(build_model("mlp"))
+
+
+def test_another_model_asked_of_a_whitened_recipe_is_not_whitened():
+    recipe = get_recipe("default")
+    assert recipe.whiten
+    assert not apply_overrides(recipe, {"model": "mlp"}).whiten
+    assert apply_overrides(recipe, {"model": "resnet", "whiten": True}).whiten
