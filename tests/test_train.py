@@ -53,10 +53,13 @@ class Interrupt(Callback):
             raise KeyboardInterrupt
 
 
-def test_interrupted_then_resumed_run_ends_with_the_same_weights(tmp_path):
-    full = fit(SMALL, data=make_data(), out=tmp_path / "full", display=False)
+# whitened: its first conv, set from the data and frozen, must stay frozen after a resume
+@pytest.mark.parametrize("recipe", [SMALL, apply_overrides(SMALL, {"whiten": True})],
+                         ids=["plain", "whitened"])
+def test_interrupted_then_resumed_run_ends_with_the_same_weights(tmp_path, recipe):
+    full = fit(recipe, data=make_data(), out=tmp_path / "full", display=False)
     with pytest.raises(KeyboardInterrupt):
-        fit(SMALL, data=make_data(), out=tmp_path / "cut", callbacks=[Interrupt(after=1)])
+        fit(recipe, data=make_data(), out=tmp_path / "cut", callbacks=[Interrupt(after=1)])
     resumed = fit(resume=tmp_path / "cut", data=make_data(), display=False)
     wf, wr = weights(full.model), weights(resumed.model)
     assert all(torch.equal(wf[k], wr[k]) for k in wf)

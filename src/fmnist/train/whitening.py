@@ -8,7 +8,7 @@ as the brightness (the largest), which the rest of the net then learns from at o
 first learning its own first layer. On Fashion-MNIST with the default cnn it is worth two epochs
 at this length: 4 epochs reach 93.1 % (3 seeds), which took 6 before
 (benchmarks/results/2026-11-27-default-screen.md). Kept fixed, the layer also costs no backward
-pass: the step is ~10 % faster.
+pass: 1.1-1.4x the training images/s on a 2-core avx2 EPYC.
 """
 
 from __future__ import annotations
