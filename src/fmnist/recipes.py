@@ -95,8 +95,9 @@ RECIPES: dict[str, Recipe] = {
     # 93 % within twice the Quickstart program's time on 2 CPU cores, fp32 (AVX2 has no bf16).
     # The cnn 16,32,96 (the cheapest of 28 widths/epochs/lr candidates x 3 seeds to reach 93 %:
     # 6 epochs, 93.09 %; benchmarks/results/2026-11-27-recipe-frontier.md) with its first conv
-    # whitened and fixed reaches it in 4: 93.11 % over 6 seeds (fp32 on a GPU), with 1.1-1.4x the
-    # images/s (no backward pass for that layer). Screened beside it, 3 seeds each at 4 epochs unless said
+    # whitened and fixed reaches it in 4: 93.11 % over 6 seeds (fp32 on a GPU; 93.02 % over 3 on
+    # a 2-core avx2 EPYC), with 1.1-1.4x the images/s (no backward pass for that layer).
+    # Screened beside it, 3 seeds each at 4 epochs unless said
     # (benchmarks/results/2026-11-27-default-screen.md): plain 92.73 %; whitened but trained
     # 92.90 %; residual 92.48 %; GELU 92.72 %; EMA 92.61 %; lr 0.2 92.74 %; batch 256 92.59 %;
     # progressive resizing (first epochs at 14x14) lost 0.1-0.5 points for its time; shift TTA

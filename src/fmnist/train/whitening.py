@@ -5,10 +5,10 @@ covariance of the images' 3x3 patches, each scaled by 1/sqrt(eigenvalue + eps), 
 negatives beside them (the ReLU after the layer keeps each sign's half). Such a layer passes on
 every direction of pixel variation at unit variance, the fine detail (small eigenvalues) as loud
 as the brightness (the largest), which the rest of the net then learns from at once instead of
-first learning its own first layer. On Fashion-MNIST with the default cnn it is worth two epochs
-at this length: 4 epochs reach 93.1 % (3 seeds), which took 6 before
-(benchmarks/results/2026-11-27-default-screen.md). Kept fixed, the layer also costs no backward
-pass: 1.1-1.4x the training images/s on a 2-core avx2 EPYC.
+first learning its own first layer. On Fashion-MNIST with the default cnn it is worth two
+epochs at this length: 4 epochs reach 93.1 % (6 seeds on a GPU; 93.0 % over 3 on a CPU), which
+took 6 before (benchmarks/results/2026-11-27-default-screen.md). Kept fixed, the layer also
+costs no backward pass: 1.1-1.4x the training images/s on a 2-core avx2 EPYC.
 """
 
 from __future__ import annotations
