@@ -21,6 +21,7 @@ HELP = {
     "lr_scaling": "none or linear (lr x world size under torchrun)",
     "threads": "torch intra-op threads (0: torch's default)",
     "tta_flip": "average with the mirrored image at evaluation and prediction",
+    "whiten": "set the first conv from the training images' patch whitening and keep it fixed",
     "normalize": "standardise inputs with the training set's mean and std (else just /255)",
     "eval_loss": "test loss as the mean over images, or of per-batch means (the Quickstart's)",
     "min_steps": "on small data, shrink the batch (to 32) and add epochs until the run takes "
