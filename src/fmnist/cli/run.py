@@ -29,7 +29,8 @@ def run(args: argparse.Namespace) -> int:
     recipe = get_recipe(args.recipe)
     if args.epochs is not None:
         recipe = apply_overrides(recipe, {"epochs": args.epochs})
-    print(f"Training recipe '{recipe.name}': {recipe.model}, {recipe.epochs} epochs, "
+    whitened = " (first conv whitened)" if recipe.whiten else ""
+    print(f"Training recipe '{recipe.name}': {recipe.model}{whitened}, {recipe.epochs} epochs, "
           f"batch {recipe.batch_size}, {recipe.optimizer} lr {recipe.lr}")
     run_dir = fit(recipe, out=args.out, data_dir=args.data_dir).run_dir
     assert run_dir is not None  # fit saves by default
