@@ -63,6 +63,8 @@ def test_interrupted_then_resumed_run_ends_with_the_same_weights(tmp_path, recip
     resumed = fit(resume=tmp_path / "cut", data=make_data(), display=False)
     wf, wr = weights(full.model), weights(resumed.model)
     assert all(torch.equal(wf[k], wr[k]) for k in wf)
+    first = next(resumed.model.parameters())
+    assert first.requires_grad is not recipe.whiten and (first.grad is None) is recipe.whiten
     assert [r["epoch"] for r in resumed.rows] == [1, 2, 3]
     lines = (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["test_loss"] for line in lines] == [r["test_loss"] for r in full.rows]

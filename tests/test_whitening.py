@@ -1,6 +1,9 @@
 """The whitened first conv (recipe field `whiten`): what it computes, that training keeps it
 fixed (and a resumed run too: test_train's resume test) and its one-line errors."""
 
+import json
+from dataclasses import asdict
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -10,7 +13,7 @@ from test_train import SMALL, weights
 from fmnist.errors import ConfigError
 from fmnist.loader import to_input
 from fmnist.models import build_model
-from fmnist.recipes import apply_overrides, get_recipe
+from fmnist.recipes import apply_overrides, get_recipe, read_config_file
 from fmnist.train import fit, whitening
 from fmnist.train.data import pixel_stats
 from fmnist.train.optim import make_optimizer
@@ -50,10 +53,8 @@ def test_a_whitened_run_keeps_its_first_conv_and_trains_the_rest():
     expected = whitening.patch_whitening(data.train_images, mean, std, conv)
     assert torch.equal(conv.weight, expected)
     after = weights(result.model)
-    name = "features.0.0.weight"
-    assert not torch.equal(initial[name], after[name])  # set from the data ...
-    others = [k for k in after if k.endswith("weight") and k != name]
-    assert all(not torch.equal(initial[k], after[k]) for k in others)  # ... the rest trained
+    others = [k for k in after if k.endswith("weight") and k != "features.0.0.weight"]
+    assert all(not torch.equal(initial[k], after[k]) for k in others)  # the rest trained
 
 
 def test_the_optimizer_leaves_a_frozen_first_conv_out():
@@ -69,6 +70,22 @@ def test_a_model_without_a_first_conv_cannot_be_whitened():
         apply_overrides(get_recipe("quickstart"), {"whiten": True})
     with pytest.raises(ConfigError, match="first layer is a convolution"):
         whitening.first_conv(build_model("mlp"))
+
+
+@pytest.mark.parametrize("channels", [1, 19, 64])  # a 3x3 grey patch has 9 directions x 2 signs
+def test_a_first_conv_whitening_cannot_fill_is_one_clear_error(channels):
+    conv = torch.nn.Conv2d(1, channels, 3, padding=1, bias=False)
+    with pytest.raises(ConfigError, match=f"2 to 18 channels .* has {channels}"):
+        whitening.patch_whitening(make_data().train_images, 0.0, 1.0, conv)
+
+
+def test_an_old_runs_config_json_repeats_it_unwhitened(tmp_path):
+    old = {k: v for k, v in asdict(get_recipe("default")).items() if k != "whiten"}
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    recipe = apply_overrides(get_recipe("default"), read_config_file(tmp_path / "config.json"))
+    assert not recipe.whiten
+    (tmp_path / "mine.toml").write_text("lr = 0.05\n")  # a user's partial file: the recipe's rest
+    assert apply_overrides(get_recipe("default"), read_config_file(tmp_path / "mine.toml")).whiten
 
 
 def test_another_model_asked_of_a_whitened_recipe_is_not_whitened():

@@ -28,8 +28,9 @@ class Recipe:
     steps: int = 0
     # At least this many optimiser steps (0: no minimum): on a small dataset the batch shrinks
     # (down to 32), then the epochs grow, until the run takes them. A few hundred images at
-    # batch 128 for 6 epochs are 12 steps, too few for any schedule to learn from. Asking for
-    # epochs, steps or a batch size (a flag or a config key) turns it off: they are kept.
+    # batch 128 for 6 epochs (the default's length then) are 12 steps, too few for any schedule
+    # to learn from. Asking for epochs, steps or a batch size (a flag or a config key) turns it
+    # off: they are kept.
     min_steps: int = 0
     batch_size: int = 256
     # optimisation
@@ -49,7 +50,7 @@ class Recipe:
     shift: int = 2  # random translation, pixels
     flip: bool = True  # random horizontal flips
     # the first conv set from the training images' patch whitening and kept fixed
-    # (fmnist/train/whitening.py); needs a model whose first layer is a convolution
+    # (fmnist/train/whitening.py); needs a first layer that is a conv of 2-18 channels
     whiten: bool = False
     holdout: int = 0  # train images held out to report accuracy not measured on the test set
     # evaluation
@@ -71,6 +72,10 @@ class Recipe:
 # images (240 to train on) with the default recipe: 12 steps at batch 128 stayed at chance
 # (33.33 %, the loss diverging to 15.6); batch 32 for 12 epochs (96 steps) reached 96.67 %.
 MIN_STEPS = 100
+
+# Recipe fields added after runs had written config.json files, with the value those runs
+# trained with, so that `--config OLD_RUN/config.json` still repeats them.
+ADDED_LATER: dict[str, Any] = {"whiten": False}
 
 CHOICES = {
     "optimizer": ("sgd", "adamw"),
@@ -95,7 +100,7 @@ RECIPES: dict[str, Recipe] = {
     # 93 % within twice the Quickstart program's time on 2 CPU cores, fp32 (AVX2 has no bf16).
     # The cnn 16,32,96 (the cheapest of 28 widths/epochs/lr candidates x 3 seeds to reach 93 %:
     # 6 epochs, 93.09 %; benchmarks/results/2026-11-27-recipe-frontier.md) with its first conv
-    # whitened and fixed reaches it in 4: 93.11 % over 6 seeds (fp32 on a GPU; 93.02 % over 3 on
+    # whitened and fixed reaches it in 4: 93.14 % over 3 seeds (fp32 on a GPU; 93.02 % over 3 on
     # a 2-core avx2 EPYC), with 1.1-1.4x the images/s (no backward pass for that layer).
     # Screened beside it, 3 seeds each at 4 epochs unless said
     # (benchmarks/results/2026-11-27-default-screen.md): plain 92.73 %; whitened but trained
@@ -133,6 +138,10 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"Config file {path} is not valid {path.suffix[1:].upper() or 'TOML'}: {e}.") from e
     if not isinstance(data, dict):
         raise ConfigError(f"Config file {path} must hold a table of recipe fields.")
+    if {"name", "model_config", "seed"} <= set(data):
+        # a run's config.json (every run writes these keys) from before a field existed: that
+        # run had the field's old behaviour, not what today's named recipe sets
+        data = {**ADDED_LATER, **data}
     return data
 
 

@@ -3,12 +3,17 @@
 airbench's trick, for grey 28x28 images: the first conv's filters are the eigenvectors of the
 covariance of the images' 3x3 patches, each scaled by 1/sqrt(eigenvalue + eps), with their
 negatives beside them (the ReLU after the layer keeps each sign's half). Such a layer passes on
-every direction of pixel variation at unit variance, the fine detail (small eigenvalues) as loud
-as the brightness (the largest), which the rest of the net then learns from at once instead of
-first learning its own first layer. On Fashion-MNIST with the default cnn it is worth two
-epochs at this length: 4 epochs reach 93.1 % (6 seeds on a GPU; 93.0 % over 3 on a CPU), which
-took 6 before (benchmarks/results/2026-11-27-default-screen.md). Kept fixed, the layer also
-costs no backward pass: 1.1-1.4x the training images/s on a 2-core avx2 EPYC.
+every leading direction of pixel variation, the fine detail as well as the brightness, which
+the rest of the net then learns from at once instead of first learning its own first layer.
+(In fmnist's models BatchNorm follows the conv, so each filter's scale, and with it EPS, is
+normalised away: what counts is the directions.) On Fashion-MNIST with the default cnn it is
+worth about two epochs at this length: 4 epochs reach 93.14 % (3 seeds, fp32 on a GPU) and
+93.02 % (3 seeds on a CPU), which took 6 before (benchmarks/results/2026-11-27-default-screen.md).
+Kept fixed, the layer also costs no backward pass: 1.1-1.4x the training images/s on a 2-core
+avx2 EPYC.
+
+A conv of 2k channels is whitened in k directions (a 3x3 grey patch has 9, so 2 to 18 channels);
+a wider one is refused rather than half-whitened with frozen random filters beside.
 """
 
 from __future__ import annotations
@@ -20,9 +25,8 @@ from torch import nn
 from fmnist.errors import ConfigError
 from fmnist.loader import to_input
 
-# Added to each eigenvalue: keeps the flattest directions (pixel noise) from being amplified
-# without bound. The smallest eigenvalue of Fashion-MNIST's normalised 3x3 patches is ~0.02;
-# 1e-3 and 1e-2 train alike, 0.1 (fine detail damped) costs 0.2-0.3 points.
+# Added to each eigenvalue, so that the flattest directions (pixel noise) are not amplified
+# without bound where nothing normalises the conv's output; Fashion-MNIST's smallest is ~0.02.
 EPS = 1e-2
 SAMPLE = 2_000  # images the covariance is estimated from (1.6 M patches), spread evenly over the set
 
@@ -32,26 +36,29 @@ def first_conv(model: nn.Module) -> nn.Conv2d:
     first = next((m for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)), None)
     if not isinstance(first, nn.Conv2d):
         raise ConfigError(f"whiten needs a model whose first layer is a convolution; "
-                          f"{type(model).__name__.lower()} has none (try --no-whiten).")
+                          f"{type(model).__name__.lower()} has none (use --no-whiten).")
     return first
 
 
 def patch_whitening(images: torch.Tensor, mean: float, std: float, conv: nn.Conv2d) -> torch.Tensor:
     """Filters (2k, C, kh, kw) for `conv`: the k leading whitening directions of the patches
-    `conv` sees in uint8 `images` (N, 28, 28), then their negatives; k = min(patch size,
-    out_channels // 2)."""
+    `conv` sees in uint8 `images` (N, 28, 28), then their negatives; k = out_channels // 2 (an
+    odd last channel keeps its random initialisation)."""
     kh, kw = conv.kernel_size
     if isinstance(conv.padding, str):  # "same"/"valid": not a layout the models here use
         raise ConfigError(f"whiten needs a first conv with numeric padding, not '{conv.padding}'.")
     dim = conv.in_channels * kh * kw
-    k = min(dim, conv.out_channels // 2)
+    if not 2 <= conv.out_channels <= 2 * dim:
+        raise ConfigError(f"whiten sets a first conv of 2 to {2 * dim} channels ({dim} directions x 2 "
+                          f"signs); this model's has {conv.out_channels} (use --no-whiten).")
+    k = conv.out_channels // 2
     step = max(1, len(images) // SAMPLE)
     gram = torch.zeros(dim, dim, dtype=torch.float64)
     total = torch.zeros(dim, dtype=torch.float64)
     n = 0
     for chunk in images[::step].split(2000):  # ~56 MB of patches at a time
         x = to_input(chunk, mean, std)
-        patches = F.unfold(x, (kh, kw), padding=conv.padding)  # (B, dim, L)
+        patches = F.unfold(x, (kh, kw), dilation=conv.dilation, padding=conv.padding)  # (B, dim, L)
         patches = patches.transpose(0, 1).reshape(dim, -1)  # (dim, B * L)
         # float32 products (a 9x9 result from ~1.6 M patches), summed in float64 across chunks
         gram += (patches @ patches.T).double()
@@ -67,8 +74,7 @@ def patch_whitening(images: torch.Tensor, mean: float, std: float, conv: nn.Conv
 
 
 def whiten(model: nn.Module, images: torch.Tensor, mean: float, std: float) -> None:
-    """Set the first conv's leading 2k filters to the patch whitening of `images`; any
-    further filters keep their random initialisation."""
+    """Set the first conv's filters to the patch whitening of `images`."""
     conv = first_conv(model)
     filters = patch_whitening(images, mean, std, conv)
     with torch.no_grad():
