@@ -97,7 +97,8 @@ def test_a_planned_run_ends_its_schedule_and_its_config_records_it(tmp_path, cap
     # A fixed measurement: 2,560 img/s = 0.1 s an epoch of 256 images, 0.05 s an evaluation ->
     # 20 steps in 0.3 s. This machine is slower, so the run re-plans as it goes.
     monkeypatch.setattr(fmnist.train.throughput, "measure", lambda setup: Measured(2_560.0, 256, 0.05))
-    recipe = apply_overrides(SMALL, {"epochs": 1, "schedule": "onecycle"})
+    # eval_every 0 (the default's) is planned as 1: the re-plans measure an epoch's end from them
+    recipe = apply_overrides(SMALL, {"epochs": 1, "schedule": "onecycle", "eval_every": 0})
     planned = fit(recipe, data=make_data(), out=tmp_path / "planned", time_budget="0.3s")
     out = capsys.readouterr().out
     assert out.startswith("Plan for a 0.3 s budget: cnn 8,8,16, ")
@@ -105,6 +106,7 @@ def test_a_planned_run_ends_its_schedule_and_its_config_records_it(tmp_path, cap
     epochs, steps = config["epochs"], config["steps"]
     assert 0 < steps <= 20 and epochs == -(-steps // 8)  # 8 batches an epoch
     assert len(planned.rows) == epochs and planned.rows[-1]["epoch"] == epochs
+    assert config["eval_every"] == 1 and all("test_accuracy" in r for r in planned.rows)
     replans = json.loads((tmp_path / "planned" / "status.json").read_text()).get("replans")
     if replans:  # config.json says what ran, and the log said why
         assert replans[-1]["steps"] == steps and f"-> {steps:,} steps" in out

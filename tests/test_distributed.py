@@ -38,10 +38,12 @@ B = 16  # per process; the single-process reference uses 2B
 RUN_FILES = {"config.json", "metrics.jsonl", "model.safetensors", "model.json", "resume.pt",
              "curves.png", "status.json", ".claim", "current", "checkpoints"}
 # The synthetic classes are mirror images of each other: no flips. Tiny widths keep CPU runs short.
+# eval_every 1 (the default recipe evaluates its last epoch only): the ranks' shared evaluation
+# is compared epoch by epoch
 MLP = {"model": "mlp", "epochs": 2, "flip": False, "tta_flip": False, "bf16": "off",
-       "channels_last": False}
+       "channels_last": False, "eval_every": 1}
 CNN = {"model": "cnn", "model_config": {"widths": [8, 8, 16]}, "epochs": 2, "flip": False,
-       "tta_flip": False, "bf16": "off", "channels_last": False}
+       "tta_flip": False, "bf16": "off", "channels_last": False, "eval_every": 1}
 
 
 # ---- helpers ----------------------------------------------------------------------------------

@@ -607,3 +607,40 @@ def test_a_resumed_run_evaluates_as_an_unbroken_one(tmp_path):
     assert [{k: v for k, v in r.items() if k not in timing} for r in resumed.rows] == [
         {k: v for k, v in r.items() if k not in timing} for r in full.rows]
     assert [r["tta"] for r in resumed.rows] == [False, False, True]
+
+
+class Forwards(Evaluations):
+    """The model's forward calls alone."""
+
+    def on_epoch_end(self, state, row):
+        pass
+
+
+@pytest.mark.parametrize(("every", "tested"), [(0, [3]), (2, [2, 3]), (1, [1, 2, 3])])
+def test_eval_every_evaluates_those_epochs_and_always_the_last(tmp_path, capsys, every, tested):
+    evals = Forwards()
+    recipe = apply_overrides(TTA, {"eval_every": every})
+    result = fit(recipe, data=make_data(), out=tmp_path / "r", callbacks=[evals])
+    assert [r["epoch"] for r in result.rows if "test_accuracy" in r] == tested
+    assert [r.get("tta") for r in result.rows] == [
+        None if e not in tested else e == 3 for e in (1, 2, 3)]
+    assert evals.forwards == 3 * STEPS + len(tested) - 1 + 2  # plain passes, then one TTA pass
+    assert all("train_loss" in r for r in result.rows)
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch")]
+    assert ["test acc" in line for line in lines] == [e in tested for e in (1, 2, 3)]
+    # what reads the rows takes the ones without a test pass
+    from fmnist.runs import read_run
+
+    run = read_run(tmp_path / "r")
+    assert run.final_accuracy == result.rows[-1]["test_accuracy"]
+    assert (tmp_path / "r" / "curves.png").stat().st_size > 0
+
+
+def test_an_old_runs_config_json_evaluates_every_epoch_as_it_did(tmp_path):
+    from fmnist.recipes import read_config_file
+
+    old = {k: v for k, v in vars(get_recipe("default")).items() if k != "eval_every"}
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    assert get_recipe("default").eval_every == 0
+    assert apply_overrides(get_recipe("default"), read_config_file(tmp_path / "config.json")
+                           ).eval_every == 1

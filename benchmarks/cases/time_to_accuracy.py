@@ -21,7 +21,8 @@ REFERENCE = {"time_to": {"0.90": None, "0.92": 35.0, "0.93": 90.0},
 
 def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     seeds = [0] if args.quick else list(range(args.seeds))
-    extra = ["--epochs", "1"] if args.quick else []
+    # every epoch evaluated (the default evaluates its last only): the times read the curve
+    extra = ["--eval-every", "1", *(["--epochs", "1"] if args.quick else [])]
     commands = [shlex.join(train_cmd("--recipe", "default", "--seed", "S", *extra, "--out", "TMP"))]
     runs = []
     for seed in seeds:
@@ -35,7 +36,8 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         })
     holdout = None
     if args.holdout and not args.quick:
-        flags = ["--recipe", "default", "--seed", "0", "--holdout", str(args.holdout)]
+        flags = ["--recipe", "default", "--seed", "0", "--holdout", str(args.holdout),
+                 "--eval-every", "1"]
         commands.append(shlex.join(train_cmd(*flags, "--out", "TMP")))
         res, metrics = train(tmp / "holdout", *flags)
         holdout = {"holdout": args.holdout, "seed": 0, "wall_s": res["wall_s"], "rows": metrics,

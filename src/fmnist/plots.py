@@ -61,17 +61,19 @@ def save_curves(runs: Mapping[str, Sequence[dict[str, Any]]], path: str | Path) 
             return f"C{i}" if several else alone
 
         label = f"{name}: " if several else ""
-        epochs = [r["epoch"] for r in rows]
         # the training loss includes label smoothing, so it sits above the test loss
-        ax_loss.plot(epochs, [r["train_loss"] for r in rows], "o--" if several else "o-",
-                     color=colour("C0"), label=f"{label}train (as optimised)")
-        ax_loss.plot(epochs, [r["test_loss"] for r in rows], "o-", color=colour("C1"),
+        ax_loss.plot([r["epoch"] for r in rows], [r["train_loss"] for r in rows],
+                     "o--" if several else "o-", color=colour("C0"),
+                     label=f"{label}train (as optimised)")
+        tested = [r for r in rows if "test_accuracy" in r]  # --eval-every may skip epochs
+        epochs = [r["epoch"] for r in tested]
+        ax_loss.plot(epochs, [r["test_loss"] for r in tested], "o-", color=colour("C1"),
                      label=f"{label}test")
-        ax_acc.plot(epochs, [100 * r["test_accuracy"] for r in rows], "o-", color=colour("C2"),
+        ax_acc.plot(epochs, [100 * r["test_accuracy"] for r in tested], "o-", color=colour("C2"),
                     label=f"{label}test")
-        if rows and "holdout_accuracy" in rows[0]:
+        if tested and "holdout_accuracy" in tested[0]:
             holdout = True
-            ax_acc.plot(epochs, [100 * r["holdout_accuracy"] for r in rows],
+            ax_acc.plot(epochs, [100 * r["holdout_accuracy"] for r in tested],
                         "o:" if several else "o-", color=colour("C1"),
                         label=f"{label}held-out train slice")
     ax_loss.set(xlabel="epoch", ylabel="loss", title="Loss")

@@ -138,9 +138,10 @@ def _fill(run: Run, path: Path) -> None:
     saved = status.get("epoch")
     run.epochs = max(run.rows[-1]["epoch"] if run.rows else 0, saved if isinstance(saved, int) else 0)
     if run.rows:
-        accs = [r["test_accuracy"] for r in run.rows]
+        accs = [r["test_accuracy"] for r in run.rows if "test_accuracy" in r]  # --eval-every
         last = run.rows[-1]
-        run.final_accuracy, run.best_accuracy = accs[-1], max(accs)
+        if accs:
+            run.final_accuracy, run.best_accuracy = accs[-1], max(accs)
         run.train_seconds = last.get("train_seconds")
         speeds = sorted(r["images_per_s"] for r in run.rows if "images_per_s" in r)
         run.images_per_s = speeds[len(speeds) // 2] if speeds else None  # the median epoch
@@ -172,7 +173,7 @@ def _read_rows(path: Path) -> list[dict[str, Any]]:
             row = json.loads(line)
         except json.JSONDecodeError:
             raise _Damaged(f"{METRICS} line {n} is not JSON") from None
-        if not isinstance(row, dict) or not {"epoch", "test_accuracy"} <= set(row):
+        if not isinstance(row, dict) or not {"epoch", "train_loss"} <= set(row):
             raise _Damaged(f"{METRICS} line {n} is not an epoch's metrics")
         rows.append(row)
     return rows

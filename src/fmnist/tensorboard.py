@@ -81,8 +81,9 @@ class TensorBoardLog(Callback):
         self._write_pending()
         step = state.epoch * state.steps_per_epoch
         w = self.writer
-        w.add_scalar("test/loss", row["test_loss"], step)
-        w.add_scalar("test/accuracy", row["test_accuracy"], step)
+        if "test_accuracy" in row:  # not an epoch that --eval-every skips
+            w.add_scalar("test/loss", row["test_loss"], step)
+            w.add_scalar("test/accuracy", row["test_accuracy"], step)
         if "holdout_accuracy" in row:
             w.add_scalar("holdout/accuracy", row["holdout_accuracy"], step)
             w.add_scalar("holdout/loss", row["holdout_loss"], step)
@@ -167,7 +168,7 @@ class TensorBoardLog(Callback):
 
         from fmnist.recipes import to_dict
 
-        rows = state.rows
+        rows = [r for r in state.rows if "test_accuracy" in r]
         if not rows:
             return
         params = {k: v if isinstance(v, int | float | str | bool) else json.dumps(v)
@@ -177,7 +178,7 @@ class TensorBoardLog(Callback):
             rows[-1]["test_loss"], rows[-1].get("train_seconds", 0.0)), strict=True))
         for summary in hparams(params, metrics):
             self.writer.file_writer.add_summary(summary)
-        step = len(rows) * state.steps_per_epoch
+        step = len(state.rows) * state.steps_per_epoch
         for tag, value in metrics.items():
             self.writer.add_scalar(tag, value, step)
 

@@ -22,6 +22,7 @@ HELP = {
     "threads": "torch intra-op threads (0: torch's default)",
     "tta_flip": "average with the mirrored image at evaluation and prediction",
     "whiten": "set the first conv from the training images' patch whitening and keep it fixed",
+    "eval_every": "evaluate the test set after every N epochs and the last (0: the last only)",
     "normalize": "standardise inputs with the training set's mean and std (else just /255)",
     "eval_loss": "test loss as the mean over images, or of per-batch means (the Quickstart's)",
     "min_steps": "on small data, shrink the batch (to 32) and add epochs until the run takes "

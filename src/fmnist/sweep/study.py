@@ -125,7 +125,9 @@ def sweep(
     seconds = None if budget is None else parse_duration(budget)
     per_trial = None if trial_budget is None else parse_duration(trial_budget)
     check_args(space, trials, seconds, per_trial, pruner, final)
-    recipe = replace(recipe, dataset=datasets.canonical_name(recipe.dataset), holdout=0)
+    # every epoch evaluated (on the validation split): the pruner compares trials epoch by epoch
+    recipe = replace(recipe, dataset=datasets.canonical_name(recipe.dataset), holdout=0,
+                     eval_every=1)
     sweep_dir = Path(out) if out is not None else Path("sweeps") / name
     sweep_dir.mkdir(parents=True, exist_ok=True)
     url = storage or default_url(sweep_dir)

@@ -76,8 +76,9 @@ class QuickstartLog(Callback):
             print(f"loss: {loss.item():>7f}  [{seen:>5d}/{state.samples_per_epoch:>5d}]")
 
     def on_epoch_end(self, state: RunState, row: dict[str, Any]) -> None:
-        acc, loss = 100 * row["test_accuracy"], row["test_loss"]
-        print(f"Test Error: \n Accuracy: {acc:>0.1f}%, Avg loss: {loss:>8f} \n")
+        if "test_accuracy" in row:  # not an epoch that --eval-every skips
+            acc, loss = 100 * row["test_accuracy"], row["test_loss"]
+            print(f"Test Error: \n Accuracy: {acc:>0.1f}%, Avg loss: {loss:>8f} \n")
 
     def on_fit_end(self, state: RunState) -> None:
         print("Done!")
@@ -108,11 +109,16 @@ class ProgressBar(Callback):
     def on_epoch_end(self, state: RunState, row: dict[str, Any]) -> None:
         if self.bar is not None:
             self.bar.close()
-        extra = f"  holdout {100 * row['holdout_accuracy']:.2f}%" if "holdout_accuracy" in row else ""
+        if "test_accuracy" in row:
+            test = f"test loss {row['test_loss']:.4f}  test acc {100 * row['test_accuracy']:.2f}%"
+        else:
+            every = state.recipe.eval_every  # --eval-every skipped this epoch
+            test = "test set: after the last epoch" if every == 0 else f"test set: every {every} epochs"
+        if "holdout_accuracy" in row:
+            test += f"  holdout {100 * row['holdout_accuracy']:.2f}%"
         print(
             f"epoch {row['epoch']:>3}/{state.epochs}  train loss {row['train_loss']:.4f}  "
-            f"test loss {row['test_loss']:.4f}  test acc {100 * row['test_accuracy']:.2f}%{extra}  "
-            f"{row['seconds']:.1f}s  {row['images_per_s']:,.0f} img/s",
+            f"{test}  {row['seconds']:.1f}s  {row['images_per_s']:,.0f} img/s",
             flush=True,
         )
 

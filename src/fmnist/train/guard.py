@@ -28,12 +28,12 @@ DIVERGED = 2.0
 def check_learning(row: dict[str, Any], classes: int, recipe: Recipe, last: bool) -> None:
     """Raise DivergedError when the epoch's `row` (the run's `last`?) shows a diverged run."""
     limit = DIVERGED * math.log(max(2, classes))
-    train, test = row["train_loss"], row["test_loss"]
-    if not (math.isfinite(train) and math.isfinite(test)):
+    train, test = row["train_loss"], row.get("test_loss")  # None: an epoch not evaluated
+    if not math.isfinite(train) or (test is not None and not math.isfinite(test)):
         what = "the loss is not a number"
     elif row["epoch"] > 1 and train > limit:
         what = f"the training loss is {train:.2f}, far above chance ({limit / DIVERGED:.2f})"
-    elif last and test > limit:
+    elif last and test is not None and test > limit:
         what = (f"the test loss ends at {test:.2f}, far above chance ({limit / DIVERGED:.2f}): "
                 "the model did not learn")
     else:

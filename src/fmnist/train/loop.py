@@ -1,4 +1,4 @@
-"""The training loop: `fit(recipe)` trains, evaluates after every epoch, and (on rank 0) writes
+"""The training loop: `fit(recipe)` trains, evaluates the test set as the recipe says, and (on rank 0) writes
 the run folder (fmnist.rundir). Progress, logging, metrics and status are callbacks hung off
 the loop (fmnist.train.callbacks); setting up and building what it trains is fmnist.train.setup.
 """
@@ -137,7 +137,8 @@ def restore(state: RunState, resumed: ResumeState | None, info: distributed.Dist
 
 
 def run_epochs(state: RunState, callbacks: Sequence[Callback], stops: Stops, save: bool) -> None:
-    """The loop: train, evaluate, check and save each epoch left, calling the callbacks."""
+    """The loop: train, evaluate (every `eval_every` epochs and the last), check and save each
+    epoch left, calling the callbacks."""
     setup, parts = state.setup, state.parts
     assert setup is not None and parts is not None
     for cb in callbacks:
@@ -150,11 +151,13 @@ def run_epochs(state: RunState, callbacks: Sequence[Callback], stops: Stops, sav
         for cb in callbacks:
             cb.on_epoch_start(state)
         row = train_epoch(state, callbacks, stops, save)
-        # plain while more epochs follow, the recipe's TTA for the last (see evaluate_final)
-        evaluated = evaluate_epoch(parts.model, setup, final=epoch >= parts.epochs)
-        row |= evaluated.row
-        state.test_logits = evaluated.test_logits
-        check_learning(row, len(setup.data.classes), state.recipe, epoch == parts.epochs)
+        last = epoch >= parts.epochs
+        if last or evaluates(state.recipe, epoch):
+            # plain while more epochs follow, the recipe's TTA for the last (see evaluate_final)
+            evaluated = evaluate_epoch(parts.model, setup, final=last)
+            row |= evaluated.row
+            state.test_logits = evaluated.test_logits
+        check_learning(row, len(setup.data.classes), state.recipe, last)
         state.rows.append(row)
         state.progress = EpochProgress()
         if save:
@@ -169,14 +172,22 @@ def run_epochs(state: RunState, callbacks: Sequence[Callback], stops: Stops, sav
         cb.on_fit_end(state)
 
 
+def evaluates(recipe: Recipe, epoch: int) -> bool:
+    """Whether `epoch` (not the last, which always is) has its test set evaluated."""
+    return recipe.eval_every > 0 and epoch % recipe.eval_every == 0
+
+
 def evaluate_final(state: RunState, save: bool) -> None:
-    """The last epoch evaluated plain because it became the last only afterwards (a time budget
-    re-planned at its end) is evaluated again with the recipe's TTA, once: its row and
-    checkpoint then report what the model serves."""
+    """The last epoch evaluated plain (or not at all) because it became the last only afterwards
+    (a time budget re-planned at its end) is evaluated again with the recipe's TTA, once: its
+    row and checkpoint then report what the model serves."""
     setup, parts = state.setup, state.parts
     assert setup is not None and parts is not None
-    if not setup.recipe.tta_flip or not state.rows or state.rows[-1].get("tta", True):
-        return  # no TTA to add, no epoch run, or a row saved before rows said (every one was TTA)
+    if not state.rows:
+        return
+    row = state.rows[-1]
+    if "test_accuracy" in row and (not setup.recipe.tta_flip or row.get("tta", True)):
+        return  # TTA as the recipe says (a row saved before rows said "tta" had it)
     evaluated = evaluate_epoch(parts.model, setup, final=True)
     state.rows[-1] |= evaluated.row
     state.test_logits = evaluated.test_logits

@@ -25,7 +25,9 @@ def plan_for(setup: Setup, seconds: float, show: bool) -> Recipe:
     plan = budget.plan(setup.recipe, seconds, lambda r: measure(replace(setup, recipe=r)))
     if show:
         print(plan.describe(), flush=True)
-    return plan.recipe
+    # every epoch evaluated: the plan counts an evaluation per epoch, and BudgetKeeper measures
+    # from them what the end of an epoch (and the last one's TTA) costs
+    return replace(plan.recipe, eval_every=1)
 
 
 def measure(setup: Setup) -> budget.Measured:
