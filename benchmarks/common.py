@@ -39,7 +39,9 @@ def machine_info() -> dict[str, Any]:
     return {
         "cpu": hardware.cpu_model(),
         "cpu_class": hardware.cpu_class(flags),
-        "cores": os.cpu_count(),
+        # the cores this process may run on: a run pinned with taskset counts its own
+        "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "machine_cores": os.cpu_count(),
         "memory_gb": mem_gb,
         "amx_bf16": "amx_bf16" in flags,
         "avx512_bf16": "avx512_bf16" in flags,
@@ -53,7 +55,9 @@ def machine_info() -> dict[str, Any]:
 def machine_line(info: dict[str, Any]) -> str:
     # results saved before cpu_class was recorded only know whether the CPU had AMX
     klass = info.get("cpu_class") or ("amx" if info.get("amx_bf16") else "not recorded")
-    return (f"Machine: {info['cpu']} (CPU class {klass}), {info['cores']} cores, "
+    whole = info.get("machine_cores")
+    pinned = f" (pinned, of {whole})" if whole and whole != info["cores"] else ""
+    return (f"Machine: {info['cpu']} (CPU class {klass}), {info['cores']} cores{pinned}, "
             f"{info['memory_gb']} GB, torch {info['torch']} ({info['torch_threads']} threads), "
             f"Python {info['python']}")
 

@@ -40,7 +40,7 @@ RESULTS = "benchmarks/results/"
 # training run's metrics, whose file records no machine: it ran on the 2-core Intel Xeon (class
 # amx) of the earlier benchmarks.
 HEADLINE = {
-    "seed": RESULTS + "2026-11-27-amd-epyc-2c-seed-avx2-whiten.json",
+    "seed": RESULTS + "2026-11-27-amd-epyc-2c-seed-avx2-evallast.json",
     "best": RESULTS + "2026-11-27-intel-xeon-2c-best-b128-metrics.jsonl",
     "best_machine": "2-core Intel Xeon (CPU class amx)",
 }
