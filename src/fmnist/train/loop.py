@@ -1,6 +1,7 @@
-"""The training loop: `fit(recipe)` trains, evaluates the test set as the recipe says, and (on rank 0) writes
-the run folder (fmnist.rundir). Progress, logging, metrics and status are callbacks hung off
-the loop (fmnist.train.callbacks); setting up and building what it trains is fmnist.train.setup.
+"""The training loop: `fit(recipe)` trains, evaluates the test set when the recipe says, and (on
+rank 0) writes the run folder (fmnist.rundir). Progress, logging, metrics and status are
+callbacks hung off the loop (fmnist.train.callbacks); setting up and building what it trains is
+fmnist.train.setup.
 """
 
 from __future__ import annotations
