@@ -79,7 +79,8 @@ def time_to(rows: list[dict[str, Any]], wall: list[float], target: float) -> dic
 
 
 def one_config(base: Recipe, data: Data, device: str, compile_: bool) -> dict[str, Any]:
-    recipe = replace(base, device=device, bf16="on", compile=compile_)
+    # every epoch evaluated: the time to each accuracy is read off the per-epoch rows
+    recipe = replace(base, device=device, bf16="on", compile=compile_, eval_every=1)
     print(f"{recipe.name} recipe, {device}, bf16 on, compile {'on' if compile_ else 'off'}, "
           f"batch {recipe.batch_size}, "
           f"{recipe.epochs} epochs, {len(data.train_images):,} train images", flush=True)

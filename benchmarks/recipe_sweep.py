@@ -70,7 +70,8 @@ def run_one(name: str, seed: int, args: argparse.Namespace, tmp: Path) -> dict[s
     config = tmp / f"{name}.toml"
     out = tmp / f"{name}-s{seed}"
     cmd = [sys.executable, "-m", "fmnist", "train", "--config", str(config), "--seed", str(seed),
-           "--bf16", "off", "--device", args.device, "--out", str(out), *args.extra]  # fmt: skip
+           "--bf16", "off", "--device", args.device, "--eval-every", "1",  # the curve: every epoch
+           "--out", str(out), *args.extra]  # fmt: skip
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     row: dict[str, Any] = {"candidate": name, "overrides": CANDIDATES[name], "seed": seed,

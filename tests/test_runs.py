@@ -176,3 +176,24 @@ def test_bad_input_is_one_sentence(runs_dir, capsys, monkeypatch, argv, message)
 def test_an_empty_runs_folder(tmp_path, capsys):
     assert main(["runs", str(tmp_path)]) == 0
     assert capsys.readouterr().out.strip() == f"No runs in {tmp_path}."
+
+
+def test_a_run_stopped_after_an_epoch_not_evaluated_has_no_final_accuracy_yet(tmp_path, capsys):
+    class StopAt4(Callback):
+        def on_epoch_start(self, state):
+            if state.epoch == 4:
+                raise KeyboardInterrupt
+
+    run = tmp_path / "r"
+    with pytest.raises(KeyboardInterrupt):
+        fit(apply_overrides(SMALL, {"epochs": 4, "eval_every": 2}), data=make_data(), out=run,
+            display=False, callbacks=[StopAt4()])
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert ["test_accuracy" in r for r in rows] == [False, True, False]
+    listed = read_run(run)
+    assert listed.final_accuracy is None and listed.best_accuracy == rows[1]["test_accuracy"]
+    capsys.readouterr()
+    assert main(["runs", str(tmp_path)]) == 0 and "interrupted" in capsys.readouterr().out
+    fit(resume=run, data=make_data(), display=False)
+    last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    assert last["epoch"] == 4 and read_run(run).final_accuracy == last["test_accuracy"]

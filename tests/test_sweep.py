@@ -26,6 +26,7 @@ optuna = pytest.importorskip("optuna", reason="the sweep extra is not installed"
 import fmnist.datasets  # noqa: E402
 from fmnist import runs  # noqa: E402
 from fmnist.cli import main  # noqa: E402
+from fmnist.errors import ConfigError  # noqa: E402
 from fmnist.recipes import Recipe, apply_overrides, read_config_file  # noqa: E402
 from fmnist.sweep import parse_space, sweep  # noqa: E402
 from fmnist.sweep.storage import with_driver  # noqa: E402
@@ -119,6 +120,9 @@ def test_finds_the_better_setting_prunes_resumes_and_never_reads_the_test_split(
     assert second.final_dir is not None and second.final_accuracy > 0.6
     final = read_config_file(second.final_dir / "config.json")
     assert final["lr"] == 0.01 and final["holdout"] == 0
+    # trials evaluated every epoch for the pruner; the final run as the recipe says (last only)
+    assert final["eval_every"] == 0
+    assert read_config_file(Path(again[0].user_attrs["run_dir"]) / "config.json")["eval_every"] == 1
     apply_overrides(Recipe(), final)  # reusable as --config
     best_json = json.loads((out / "best.json").read_text())
     assert best_json["changed"] == {}  # lr 0.01 is the recipe's own: the table says so
@@ -270,3 +274,31 @@ def test_two_workers_share_one_study_on_postgresql(dataset, tmp_path, postgres):
     for t in ran:  # ... in the folder of the worker that the study says ran it
         assert Path(t.user_attrs["run_dir"]).parent.parent.name in folders
         assert t.number in folders[Path(t.user_attrs["run_dir"]).parent.parent.name]
+
+
+class StoredStudy:
+    """The part of an Optuna study check_same_settings reads and writes."""
+
+    study_name = "s"
+
+    def __init__(self, attrs):
+        self.user_attrs = attrs
+
+    def set_user_attr(self, key, value):
+        self.user_attrs[key] = value
+
+
+def test_a_study_from_before_a_recipe_field_continues_with_its_old_value(tmp_path):
+    from fmnist.sweep.study import LOCAL, check_same_settings
+
+    recipe, space = small("csv:x"), parse_space(TWO_LRS, small("csv:x"))
+    fresh = StoredStudy({})
+    check_same_settings(fresh, recipe, space, None, 0.2)
+    old = json.loads(json.dumps(fresh.user_attrs))  # a study stored before whiten and eval_every
+    for added in ("whiten", "eval_every"):
+        old["fmnist"]["recipe"].pop(added, None)
+    assert "eval_every" in LOCAL and "whiten" not in LOCAL
+    check_same_settings(StoredStudy(old), recipe, space, None, 0.2)  # whiten False as it was
+    check_same_settings(StoredStudy(old), replace(recipe, eval_every=0), space, None, 0.2)
+    with pytest.raises(ConfigError, match="recipe field whiten"):  # its trials were unwhitened
+        check_same_settings(StoredStudy(old), replace(recipe, whiten=True), space, None, 0.2)

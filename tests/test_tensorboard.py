@@ -195,3 +195,16 @@ def test_the_pr_curves_reuse_the_final_evaluation_and_pass_over_nothing_again(tm
         (event,) = acc.Tensors(f"pr/c{k}")
         want = compute_curve(data.test_labels.numpy() == k, probs[:, k].numpy(), num_thresholds=127)
         assert make_ndarray(event.tensor_proto) == pytest.approx(want)
+
+
+def test_epochs_that_eval_every_skips_have_no_test_scalars(tmp_path):
+    run_dir = tmp_path / "run"
+    result = fit(apply_overrides(SMALL, {"epochs": 3, "eval_every": 2}), data=make_data(),
+                 out=run_dir, display=False, callbacks=[TensorBoardLog()])
+    acc = events(run_dir)
+    assert [e.step for e in acc.Scalars("test/accuracy")] == [2 * STEPS_PER_EPOCH,
+                                                              3 * STEPS_PER_EPOCH]
+    assert len(acc.Scalars("train/epoch_loss")) == 3
+    tested = [r["test_accuracy"] for r in result.rows if "test_accuracy" in r]
+    assert acc.Scalars("hparam/best_test_accuracy")[-1].value == pytest.approx(max(tested))
+    assert acc.Scalars("hparam/test_accuracy")[-1].step == 3 * STEPS_PER_EPOCH

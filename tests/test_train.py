@@ -633,6 +633,7 @@ def test_eval_every_evaluates_those_epochs_and_always_the_last(tmp_path, capsys,
 
     run = read_run(tmp_path / "r")
     assert run.final_accuracy == result.rows[-1]["test_accuracy"]
+    assert run.best_accuracy == max(r["test_accuracy"] for r in result.rows if "test_accuracy" in r)
     assert (tmp_path / "r" / "curves.png").stat().st_size > 0
 
 

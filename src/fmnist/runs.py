@@ -140,8 +140,9 @@ def _fill(run: Run, path: Path) -> None:
     if run.rows:
         accs = [r["test_accuracy"] for r in run.rows if "test_accuracy" in r]  # --eval-every
         last = run.rows[-1]
-        if accs:
-            run.final_accuracy, run.best_accuracy = accs[-1], max(accs)
+        # a run stopped after an epoch --eval-every skipped has no final figure yet
+        run.final_accuracy = last.get("test_accuracy")
+        run.best_accuracy = max(accs) if accs else None
         run.train_seconds = last.get("train_seconds")
         speeds = sorted(r["images_per_s"] for r in run.rows if "images_per_s" in r)
         run.images_per_s = speeds[len(speeds) // 2] if speeds else None  # the median epoch

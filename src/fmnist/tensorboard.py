@@ -4,8 +4,8 @@
 What it writes:
 - at the start: a grid of training inputs (images/train_inputs);
 - every `every` steps: the training loss and learning rate (train/loss, train/lr);
-- every epoch: test/loss, test/accuracy (holdout/... with a holdout), train/epoch_loss and
-  train/images_per_s;
+- every epoch: train/epoch_loss and train/images_per_s; test/loss, test/accuracy (holdout/...
+  with a holdout) for the epochs the recipe evaluates (`eval_every`);
 - at the end: the model's graph, the confusion matrix as a figure, per-class precision-recall
   curves on the test set (both from the final evaluation's logits: no second pass over it),
   and the recipe as hyper-parameters with the final metrics (the HParams tab).

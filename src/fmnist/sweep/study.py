@@ -26,15 +26,16 @@ from fmnist import datasets, rundir
 from fmnist.atomic import write_text
 from fmnist.budget import parse_duration
 from fmnist.errors import ConfigError, DivergedError
-from fmnist.recipes import Recipe, to_dict
+from fmnist.recipes import ADDED_LATER, Recipe, to_dict
 from fmnist.sweep import report
 from fmnist.sweep.space import Space, default_space, describe, fixed_length, sample, to_recipe
 from fmnist.sweep.storage import default_url, hide_password, open_storage, optuna
 from fmnist.train import Callback, Data, EndRun, RunState, fit
 
 VALIDATION_SEED = 31337  # the validation split is the same for every trial, seed and worker
-# Recipe fields that may differ between the workers of one study (paths, machines).
-LOCAL = ("dataset", "device", "threads", "log")
+# Recipe fields that may differ between the workers of one study (paths, machines; and
+# eval_every, which trials override: they evaluate every epoch).
+LOCAL = ("dataset", "device", "threads", "log", "eval_every")
 
 
 class Surplus(Exception):
@@ -125,9 +126,7 @@ def sweep(
     seconds = None if budget is None else parse_duration(budget)
     per_trial = None if trial_budget is None else parse_duration(trial_budget)
     check_args(space, trials, seconds, per_trial, pruner, final)
-    # every epoch evaluated (on the validation split): the pruner compares trials epoch by epoch
-    recipe = replace(recipe, dataset=datasets.canonical_name(recipe.dataset), holdout=0,
-                     eval_every=1)
+    recipe = replace(recipe, dataset=datasets.canonical_name(recipe.dataset), holdout=0)
     sweep_dir = Path(out) if out is not None else Path("sweeps") / name
     sweep_dir.mkdir(parents=True, exist_ok=True)
     url = storage or default_url(sweep_dir)
@@ -158,7 +157,9 @@ def sweep(
         if not data:
             data.append(trial_data(recipe, data_dir, validation))
         values = sample(trial, space)
-        trial_recipe = to_recipe(recipe, values)
+        # every epoch evaluated (on the validation split): the pruner compares trials epoch by
+        # epoch; the final run evaluates as the recipe says
+        trial_recipe = replace(to_recipe(recipe, values), eval_every=1)
         run_dir = sweep_dir / "trials" / f"{trial.number:04d}"
         trial.set_user_attr("values", values)
         trial.set_user_attr("run_dir", str(run_dir.resolve()))
@@ -252,6 +253,9 @@ def check_same_settings(study: Any, recipe: Recipe, space: Space, per_trial: flo
                 "space": describe(space), "trial_budget": per_trial, "validation": validation}
     settings = json.loads(json.dumps(settings))  # as the storage gives it back
     stored = study.user_attrs.get("fmnist")
+    if stored is not None and "recipe" in stored:  # a study from before a field existed
+        before = {k: v for k, v in ADDED_LATER.items() if k not in LOCAL}
+        stored = {**stored, "recipe": {**before, **stored["recipe"]}}
     if stored is None:
         study.set_user_attr("fmnist", settings)
     elif stored != settings:
