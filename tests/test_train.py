@@ -97,6 +97,11 @@ def test_refuses_to_overwrite_an_existing_run(tmp_path):
     with pytest.raises(ConfigError, match="already holds a run"):
         new_run_dir(tmp_path / "r", SMALL.name)
     assert (tmp_path / "r" / "model.safetensors").read_bytes() == before
+    # fit says so before it looks for data or builds anything (here there is no data to find)
+    for taken, says in ((tmp_path / "r", "already holds a run"), (tmp_path, "not an empty folder")):
+        with pytest.raises(ConfigError, match=says):
+            fit(apply_overrides(SMALL, {"dataset": "mnist"}), out=taken,
+                data_dir=tmp_path / "no-data-here", display=False)
 
 
 def test_holdout_is_reported_and_taken_out_of_training():

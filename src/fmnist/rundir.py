@@ -50,6 +50,23 @@ CURRENT = "current"
 # ---- claiming a new folder ----------------------------------------------------------------------
 
 
+def refuse_taken(run_dir: Path) -> None:
+    """ConfigError when `run_dir` holds a run or anything else (it must be new or empty). Reads
+    only: `fit` asks before it loads data or builds anything, `new_run_dir` again as it claims."""
+    if (run_dir / WEIGHTS).exists() or (run_dir / RESUME).exists():
+        raise ConfigError(
+            f"Run folder {run_dir} already holds a run: use --resume {run_dir} to continue it, "
+            "or pick another --out."
+        )
+    if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
+        raise _taken(run_dir)
+
+
+def _taken(run_dir: Path) -> ConfigError:
+    return ConfigError(f"--out {run_dir} exists and is not an empty folder: pick a new folder, so "
+                       "nothing in it is overwritten.")
+
+
 def new_run_dir(out: str | Path | None, name: str) -> Path:
     """A fresh run folder, claimed atomically (two runs never share one): `out`, which must be
     new or empty, or runs/<time>-<name>.
@@ -71,24 +88,15 @@ def new_run_dir(out: str | Path | None, name: str) -> Path:
         point_latest(run_dir)
         return run_dir
     run_dir = Path(out)
-    if (run_dir / WEIGHTS).exists() or (run_dir / RESUME).exists():
-        raise ConfigError(
-            f"Run folder {run_dir} already holds a run: use --resume {run_dir} to continue it, "
-            "or pick another --out."
-        )
-    taken = ConfigError(
-        f"--out {run_dir} exists and is not an empty folder: pick a new folder, so nothing in it "
-        "is overwritten."
-    )
+    refuse_taken(run_dir)
     try:
         run_dir.mkdir(parents=True)
     except FileExistsError:
-        if not run_dir.is_dir() or any(run_dir.iterdir()):
-            raise taken from None
+        refuse_taken(run_dir)  # made between our look and now
     try:
         os.close(os.open(run_dir / CONFIG, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
     except FileExistsError:  # another run claimed it between our look and now
-        raise taken from None
+        raise _taken(run_dir) from None
     if run_dir.resolve().parent.name == "runs":
         point_latest(run_dir)
     return run_dir

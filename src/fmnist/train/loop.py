@@ -86,6 +86,8 @@ def fit(
                           "under torchrun each epoch is saved as it ends.")
     parts: Parts | None = None
     claim: rundir.Claim | None = None
+    if save and out is not None and not info.enabled:
+        rundir.refuse_taken(Path(out))  # at once, not after the data and the model (~4 s)
     try:
         if save and info.is_main and resume is not None:  # before anything is written to it
             claim = rundir.Claim(Path(resume))
