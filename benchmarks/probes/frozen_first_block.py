@@ -15,8 +15,7 @@ from dataclasses import replace
 import fmnist.train.setup as setup_module
 from fmnist.hardware import cpu_class, cpu_model
 from fmnist.recipes import get_recipe
-from fmnist.train import fit
-from fmnist.train import whitening
+from fmnist.train import fit, whitening
 
 freeze_conv = whitening.freeze
 
