@@ -6,9 +6,8 @@ emulates autocast's numerics in fp32 instead: every conv and linear layer rounds
 weight and its output to bf16 (and their gradients on the way back), as oneDNN's bf16 kernels
 do (bf16 operands, fp32 accumulation). Variants:
 
-    fp32          the product as it runs here
-    bf16          every conv and linear layer emulated
-    bf16-first32  the same, but the whitened first conv left in fp32
+    fp32   the product as it runs here
+    bf16   every conv and linear layer emulated
 
     python benchmarks/probes/bf16_emulated.py bf16 --seeds 0,1,2 >> rows.jsonl
 """
@@ -56,10 +55,9 @@ class LinearBF16(nn.Linear):
         return r(F.linear(r(x), r(self.weight), None if self.bias is None else r(self.bias)))
 
 
-def emulate(model: nn.Module, skip_first: bool) -> nn.Module:
-    layers = [m for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
-    for i, m in enumerate(layers):
-        if skip_first and i == 0:
+def emulate(model: nn.Module) -> nn.Module:
+    for m in model.modules():
+        if not isinstance(m, nn.Conv2d | nn.Linear):
             continue
         m.__class__ = Conv2dBF16 if isinstance(m, nn.Conv2d) else LinearBF16
     return model
@@ -67,13 +65,13 @@ def emulate(model: nn.Module, skip_first: bool) -> nn.Module:
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("variant", choices=("fp32", "bf16", "bf16-first32"))
+    p.add_argument("variant", choices=("fp32", "bf16"))
     p.add_argument("--seeds", default="0")
     args = p.parse_args()
     build_model = setup_module.build_model
     if args.variant != "fp32":
         setup_module.build_model = lambda *a, **k: emulate(  # type: ignore[assignment]
-            build_model(*a, **k), skip_first=args.variant == "bf16-first32")
+            build_model(*a, **k))
     for seed in map(int, args.seeds.split(",")):
         t0 = time.perf_counter()
         result = fit(replace(get_recipe("default"), seed=seed, bf16="off"), save=False,

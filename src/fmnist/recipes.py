@@ -55,7 +55,7 @@ class Recipe:
     holdout: int = 0  # train images held out to report accuracy not measured on the test set
     # evaluation
     # the test set after every N epochs and after the last; 0: after the last only (each one
-    # skipped is a forward pass over 10,000 images, ~1.5 s of the default's ~130 s on 2 cores)
+    # skipped is a forward pass over 10,000 images, ~1.5 s of the default's ~130 s on a 2-core avx2 EPYC)
     eval_every: int = 1
     tta_flip: bool = True  # average logits with the flipped image's at evaluation
     eval_batch_size: int = 1024
