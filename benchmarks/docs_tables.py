@@ -40,7 +40,7 @@ RESULTS = "benchmarks/results/"
 # training run's metrics, whose file records no machine: it ran on the 2-core Intel Xeon (class
 # amx) of the earlier benchmarks.
 HEADLINE = {
-    "seed": RESULTS + "2026-11-27-amd-epyc-2c-seed-avx2-evallast.json",
+    "seed": RESULTS + "2026-11-28-amd-epyc-2c-seed-avx2-pooled.json",
     "best": RESULTS + "2026-11-27-intel-xeon-2c-best-b128-metrics.jsonl",
     "best_machine": "2-core Intel Xeon (CPU class amx)",
 }
@@ -65,8 +65,11 @@ def default_recipe(seed: dict) -> str:
     """What the seed case's `fmnist train` ran, from the config.json it recorded (files from
     before it did ran the 6-epoch default of the time)."""
     recipe = seed["cases"]["seed"]["runs"]["default"][0].get("recipe", {"epochs": 6})
-    whitened = ", its first conv whitened" if recipe.get("whiten") else ""
-    return f"a small cnn{whitened}, {recipe['epochs']} epochs"
+    traits = [text for text, on in (
+        ("its first conv whitened", recipe.get("whiten")),
+        ("its last stage pooled", recipe.get("model_config", {}).get("pool_last_stage")),
+    ) if on]
+    return ", ".join(["a small cnn", *traits, f"{recipe['epochs']} epochs"])
 
 
 def headline_block(page: Path) -> str:

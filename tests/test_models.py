@@ -70,6 +70,28 @@ def test_print_model_shows_the_layers_then_parameters_and_flops(name, capsys):
     assert f"{count_parameters(model):,} parameters" in last and "MFLOPs per image" in last
 
 
+def last_conv_side(model) -> int:
+    """The height of the maps the model's last conv runs on, for one 28x28 image."""
+    seen = []
+    last = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)][-1]
+    handle = last.register_forward_hook(lambda m, i, out: seen.append(out.shape[-1]))
+    model.eval()(torch.randn(1, 1, 28, 28))
+    handle.remove()
+    return seen[0]
+
+
+def test_cnn_pool_last_stage_runs_the_last_conv_on_3x3_and_old_configs_keep_7x7(tmp_path):
+    pooled = build_model("cnn", {"widths": [8, 8, 16], "pool_last_stage": True})
+    plain = build_model("cnn", {"widths": [8, 8, 16]})  # a checkpoint's config from before the option
+    assert (last_conv_side(pooled), last_conv_side(plain)) == (3, 7)
+    assert flops_per_image(pooled) < flops_per_image(plain)
+    # pooling has no weights, so only the saved config tells the two apart
+    save_model(tmp_path, pooled, {"classes": [str(i) for i in range(10)],
+                                  "normalize": {"mean": 0.0, "std": 1.0}})
+    loaded, meta = load_model(tmp_path)
+    assert meta["model_config"]["pool_last_stage"] is True and last_conv_side(loaded) == 3
+
+
 def test_unknown_model_and_option_name_the_valid_ones():
     with pytest.raises(ConfigError, match="Valid models: mlp, cnn, resnet"):
         build_model("vgg")

@@ -74,9 +74,9 @@ def main() -> None:
             build_model(*a, **k))
     for seed in map(int, args.seeds.split(",")):
         t0 = time.perf_counter()
-        result = fit(replace(get_recipe("default"), seed=seed, bf16="off"), save=False,
-                     display=False)
-        print(json.dumps({"variant": args.variant, "seed": seed,
+        recipe = replace(get_recipe("default"), seed=seed, bf16="off")
+        result = fit(recipe, save=False, display=False)
+        print(json.dumps({"variant": args.variant, "seed": seed, "model_config": recipe.model_config,
                           "test_accuracy": result.rows[-1]["test_accuracy"],
                           "train_seconds": round(result.rows[-1]["train_seconds"], 1),
                           "wall_s": round(time.perf_counter() - t0, 1),

@@ -16,7 +16,9 @@ batch 128, one-cycle lr 0.1, label smoothing 0.1, flips, flip TTA) plus options 
   eigenvectors scaled by 1/sqrt(eigenvalue), and their negatives (airbench's patch whitening);
   `whiten_frozen` keeps it fixed;
 - `ema`: decay of an exponential moving average of weights and BN statistics, evaluated at the end;
-- `sep5`: the last conv (96->96 at 7x7, half the FLOPs) depthwise-separable.
+- `sep5`: the last conv (96->96 at 7x7, half the FLOPs) depthwise-separable;
+- `pool4`: "floor" | "ceil": the 4th conv's output max-pooled (7x7 -> 3x3 or 4x4), so the last
+  conv runs on 9 or 16 pixels instead of 49.
 
 `train` reports test accuracy under several test-time augmentations: none, flip (fmnist's),
 flip x {0, +-1 px in x} (6 views) and flip x {0, +-1 px in x, +-1 px in y} (10 views); on a CPU
@@ -78,6 +80,8 @@ class Net(nn.Module):
         self.l2 = block(w1, w2, c["act"], pool=False)
         self.l3 = block(w2, w2, c["act"], pool=True)
         self.l4 = block(w2, w3, c["act"], pool=False)
+        if c.get("pool4"):
+            self.l4.insert(1, nn.MaxPool2d(2, ceil_mode=c["pool4"] == "ceil"))
         self.l5 = block(w3, w3, c["act"], pool=False)
         if c.get("sep5"):  # depthwise 3x3 then pointwise 1x1: ~1/8 of the 3x3 conv's FLOPs
             self.l5 = nn.Sequential(nn.Conv2d(w3, w3, 3, padding=1, groups=w3, bias=False),
