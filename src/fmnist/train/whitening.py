@@ -7,10 +7,10 @@ every leading direction of pixel variation, the fine detail as well as the brigh
 the rest of the net then learns from at once instead of first learning its own first layer.
 (In fmnist's models BatchNorm follows the conv, so each filter's scale, and with it EPS, is
 normalised away: what counts is the directions.) On Fashion-MNIST with the cnn 16,32,96 (its
-last stage unpooled, the default of the time) it is worth about two epochs at this length: 4 epochs reach 93.14 % (3 seeds, fp32 on a GPU) and
-93.02 % (3 seeds on a CPU), which took 6 before (benchmarks/results/2026-11-27-default-screen.md).
-Kept fixed, the layer also costs no backward pass: 1.1-1.4x the training images/s on a 2-core
-avx2 EPYC.
+last stage unpooled, the default of the time) it is worth about two epochs at this length: 4
+epochs reach 93.14 % (3 seeds, fp32 on a GPU) and 93.02 % (3 seeds on a CPU), which took 6
+before (benchmarks/results/2026-11-27-default-screen.md). Kept fixed, the layer also costs no
+backward pass: 1.1-1.4x the training images/s on a 2-core avx2 EPYC.
 
 A conv of 2k channels is whitened in k directions (a 3x3 grey patch has 9, so 2 to 18 channels);
 a wider one is refused rather than half-whitened with frozen random filters beside.
