@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -23,23 +24,30 @@ def _own_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FMNIST_CACHE_DIR", str(tmp_path / "cache"))
 
 
-def draw(path: Path, seed: int, size: tuple[int, int] = (40, 30), fmt: str = "PNG") -> Path:
-    """A colour image: a bright rectangle, placed by `seed`, on a dark background."""
+def draw(path: Path, seed: int, size: tuple[int, int] = (40, 30), fmt: str = "PNG",
+         shade: int | None = None) -> Path:
+    """A colour image: a bright rectangle, placed by `seed`, on a dark background; its colour
+    drawn by `seed` too, or a grey `shade`."""
     rng = np.random.default_rng(seed)
     w, h = size
     pixels = np.full((h, w, 3), 20, dtype=np.uint8)
     x0, y0 = rng.integers(0, w // 2), rng.integers(0, h // 2)
-    pixels[y0 : y0 + h // 2, x0 : x0 + w // 2] = rng.integers(100, 256, 3, dtype=np.uint8)
+    colour = rng.integers(100, 256, 3, dtype=np.uint8) if shade is None else shade
+    pixels[y0 : y0 + h // 2, x0 : x0 + w // 2] = colour
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(pixels).save(path, format=fmt)
     return path
 
 
 def make_folder(root: Path, counts: dict[str, int], suffix: str = ".png") -> Path:
-    for c, n in counts.items():
+    """`counts[c]` images in `root/c` for each class c. Each class has a shade of its own, so a
+    model can tell them apart; placements are seeded by file name, the same in every run
+    (seeding with hash() changed the images with each process's hash seed, and a model
+    trained on them could fail to learn in one run of ten)."""
+    for k, (c, n) in enumerate(counts.items()):
         for i in range(n):
-            draw(root / c / f"{i:03d}{suffix}", seed=hash((c, i)) % 1000,
-                 fmt="JPEG" if suffix == ".jpg" else "PNG")
+            draw(root / c / f"{i:03d}{suffix}", seed=zlib.crc32(f"{c}/{i}".encode()),
+                 fmt="JPEG" if suffix == ".jpg" else "PNG", shade=100 + 150 * k // max(1, len(counts) - 1))
     return root
 
 
