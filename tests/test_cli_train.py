@@ -96,6 +96,15 @@ def test_another_model_drops_the_recipes_model_config():
     assert kept.model_config == {"blocks": [1, 1, 1]}
 
 
+def test_run_names_what_it_trains():
+    from fmnist.cli.run import recipe_line
+    from fmnist.recipes import get_recipe
+
+    assert recipe_line(get_recipe("default")).startswith(
+        "Training recipe 'default': cnn (first conv whitened, last stage pooled), 4 epochs")
+    assert recipe_line(get_recipe("quickstart")).startswith("Training recipe 'quickstart': mlp, 5 epochs")
+
+
 @pytest.mark.realdata
 def test_run_is_the_whole_workflow(capsys, tmp_path):
     import re

@@ -4,9 +4,12 @@ back from disk, evaluate it, and predict test image 0 the way the Quickstart doe
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fmnist.cli.common import add_command
+
+if TYPE_CHECKING:
+    from fmnist.recipes import Recipe
 
 
 def add_parser(sub: Any) -> None:
@@ -16,6 +19,16 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--data-dir", metavar="DIR")
     p.add_argument("--out", metavar="RUN_DIR", help="run folder (default: runs/<time>-<recipe>)")
     p.set_defaults(func=run)
+
+
+def recipe_line(recipe: Recipe) -> str:
+    """What `fmnist run` is about to train, in one line."""
+    traits = [text for text, on in (("first conv whitened", recipe.whiten),
+                                    ("last stage pooled", recipe.model_config.get("pool_last_stage")))
+              if on]
+    shown = f" ({', '.join(traits)})" if traits else ""
+    return (f"Training recipe '{recipe.name}': {recipe.model}{shown}, {recipe.epochs} epochs, "
+            f"batch {recipe.batch_size}, {recipe.optimizer} lr {recipe.lr}")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -29,9 +42,7 @@ def run(args: argparse.Namespace) -> int:
     recipe = get_recipe(args.recipe)
     if args.epochs is not None:
         recipe = apply_overrides(recipe, {"epochs": args.epochs})
-    whitened = " (first conv whitened)" if recipe.whiten else ""
-    print(f"Training recipe '{recipe.name}': {recipe.model}{whitened}, {recipe.epochs} epochs, "
-          f"batch {recipe.batch_size}, {recipe.optimizer} lr {recipe.lr}")
+    print(recipe_line(recipe))
     run_dir = fit(recipe, out=args.out, data_dir=args.data_dir).run_dir
     assert run_dir is not None  # fit saves by default
 
