@@ -164,7 +164,9 @@ def test_a_killed_worker_leaves_the_study_usable_and_its_trial_failed_and_retrie
     assert worker.poll() is None, "the trial ended before it could be killed mid-way"
     worker.send_signal(signal.SIGKILL)
     worker.wait()
-    time.sleep(2.5)  # past the grace period (2 heartbeats)
+    # past the grace period (2 heartbeats = 2 s) by more than a second: SQLite stamps heartbeats
+    # in whole seconds, so 2.5 s after the last beat can read as 2 s, not yet stale (it failed so)
+    time.sleep(3.5)
 
     # The same command in another process: the dead trial is failed and its place retried.
     assert main(command[3:]) == 0
