@@ -27,6 +27,7 @@ from pathlib import Path
 
 from benchmarks.__main__ import show
 from benchmarks.common import machine_line
+from fmnist.recipes import Recipe, traits
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = ("README.md", "docs/*.md", "benchmarks/results/*.md")
@@ -65,11 +66,8 @@ def default_recipe(seed: dict) -> str:
     """What the seed case's `fmnist train` ran, from the config.json it recorded (files from
     before it did ran the 6-epoch default of the time)."""
     recipe = seed["cases"]["seed"]["runs"]["default"][0].get("recipe", {"epochs": 6})
-    traits = [text for text, on in (
-        ("its first conv whitened", recipe.get("whiten")),
-        ("its last stage pooled", recipe.get("model_config", {}).get("pool_last_stage")),
-    ) if on]
-    return ", ".join(["a small cnn", *traits, f"{recipe['epochs']} epochs"])
+    ran = Recipe(whiten=bool(recipe.get("whiten")), model_config=recipe.get("model_config", {}))
+    return ", ".join(["a small cnn", *(f"its {t}" for t in traits(ran)), f"{recipe['epochs']} epochs"])
 
 
 def headline_block(page: Path) -> str:

@@ -231,5 +231,12 @@ def sized_for(recipe: Recipe, train_images: int) -> Recipe:
     return replace(recipe, batch_size=batch, epochs=epochs, lr=lr)
 
 
+def traits(recipe: Recipe) -> list[str]:
+    """What sets the recipe's network apart beyond its name, in words ("first conv whitened")."""
+    return [text for text, on in (("first conv whitened", recipe.whiten),
+                                  ("last stage pooled", recipe.model_config.get("pool_last_stage")))
+            if on]
+
+
 def to_dict(recipe: Recipe) -> dict[str, Any]:
     return asdict(recipe)

@@ -23,10 +23,10 @@ def add_parser(sub: Any) -> None:
 
 def recipe_line(recipe: Recipe) -> str:
     """What `fmnist run` is about to train, in one line."""
-    traits = [text for text, on in (("first conv whitened", recipe.whiten),
-                                    ("last stage pooled", recipe.model_config.get("pool_last_stage")))
-              if on]
-    shown = f" ({', '.join(traits)})" if traits else ""
+    from fmnist.recipes import traits
+
+    words = traits(recipe)
+    shown = f" ({', '.join(words)})" if words else ""
     return (f"Training recipe '{recipe.name}': {recipe.model}{shown}, {recipe.epochs} epochs, "
             f"batch {recipe.batch_size}, {recipe.optimizer} lr {recipe.lr}")
 
