@@ -15,7 +15,7 @@ UV     := $(VENV)/bin/uv pip install -q --compile-bytecode --python $(PY)
 RUN_STAMP  := $(VENV)/.installed-run
 FULL_STAMP := $(VENV)/.installed-full
 
-.PHONY: setup setup-full data run test lint lint-only bench bench-serve clean
+.PHONY: setup setup-full data run test lint lint-only bench bench-serve mutants clean
 
 setup: $(RUN_STAMP) data
 
@@ -67,6 +67,12 @@ bench: setup-full
 bench-serve: setup-full
 	bash scripts/ensure-deb.sh /usr/bin/wrk wrk "the load benchmark cannot run"
 	$(PY) -m benchmarks.serve_load
+
+# Mutation testing of one module (MODULE=rundir, train/stops, budget, ...: pyproject.toml's
+# [tool.mutmut.modules]); slow, so never part of `make test`. mutmut is installed here only.
+mutants: setup-full
+	$(PIP) mutmut==3.8.1
+	$(PY) scripts/mutants.py $(MODULE)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
