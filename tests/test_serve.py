@@ -38,7 +38,8 @@ from fmnist.serve.limits import Limits
 from fmnist.serve.metrics import MULTIPROC_ENV
 from fmnist.serve.schemas import PredictionOut
 
-LIMITS = {"max_upload_bytes": 200_000, "max_batch": 4, "max_pixels": 1_000_000, "max_queue": 8,
+LIMITS = {"max_upload_bytes": 200_000, "max_batch": 4, "max_pixels": 1_000_000,
+          "max_request_pixels": 2_000_000, "max_queue": 8,
           "request_timeout_s": 30.0, "max_uploads": 16, "predict_timeout_s": 30.0}
 
 

@@ -22,6 +22,8 @@ A 28x28 light-on-dark image whose object already spans the box comes out unchang
 from __future__ import annotations
 
 import io
+import struct
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -48,13 +50,31 @@ _WORK_SIZE = 1024
 FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP")
 # A file larger than this is not read at all (the largest sensible photo is far smaller).
 MAX_FILE_BYTES = 50 * 1024 * 1024
+# The PNG chunks a picture needs; every other one is dropped before PIL reads the file. PIL
+# inflates text (zTXt, iTXt) and ICC profiles (iCCP) as it opens a PNG, up to 1 MB a chunk and
+# 64 MB a file: a 67 KB PNG of 64 such chunks cost 0.6 s of CPU before one pixel was decoded.
+# Animation chunks go too: the first frame (IDAT) is what is classified. eXIf stays (rotation).
+_PNG_KEEP = frozenset({b"IHDR", b"PLTE", b"tRNS", b"IDAT", b"IEND", b"eXIf"})
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# A progressive JPEG is decoded once per scan: a small file of thousands of scans costs seconds.
+# Ordinary progressive files have about 10 (libjpeg's own default script: 10).
+MAX_JPEG_SCANS = 100
 
 
-def open_image(source: bytes | str | Path, *, max_pixels: int = MAX_PIXELS) -> Image.Image:
+def open_image(
+    source: bytes | str | Path, *, max_pixels: int = MAX_PIXELS,
+    check_size: Callable[[int, int], None] | None = None,
+) -> Image.Image:  # fmt: skip
     """Decode an image file (PNG, JPEG, WebP, GIF's first frame, BMP, ...) fully, upright.
 
     Raises ImageError with one sentence naming the file (or "upload") for a missing file, a
-    non-image, a corrupt or truncated image, or more than `max_pixels` pixels.
+    non-image, a corrupt or truncated image, or more than `max_pixels` pixels. `check_size`,
+    if given, is called with the width and height before any pixel is decoded (a server's
+    budget for a whole request): it raises to refuse the image.
+
+    The work is bounded before it is done: a PNG's metadata chunks are dropped unread (see
+    `_PNG_KEEP`), a JPEG of more than `MAX_JPEG_SCANS` scans is refused, and the pixel count
+    is checked from the header.
     """
     if isinstance(source, bytes | bytearray | memoryview):
         name, data = "upload", bytes(source)
@@ -77,31 +97,130 @@ def open_image(source: bytes | str | Path, *, max_pixels: int = MAX_PIXELS) -> I
             raise ImageError(f"Cannot read {name}: {e.strerror or e}.") from e
     if not data:
         raise ImageError(f"{_cap(name)} is empty, not an image.")
+    if data.startswith(_PNG_SIGNATURE):
+        data = png_without_metadata(data)
+    elif data.startswith(b"\xff\xd8") and data.count(b"\xff\xda") > MAX_JPEG_SCANS:
+        # 0xFF 0xDA is a start-of-scan marker; inside compressed data 0xFF is always followed
+        # by 0x00 or a restart marker, so this counts scans (and at worst a thumbnail's too)
+        raise ImageError(
+            f"{_cap(name)} is a JPEG of more than {MAX_JPEG_SCANS} scans: save it as an "
+            "ordinary (baseline or progressive) JPEG."
+        )
     try:
         img: Image.Image = Image.open(io.BytesIO(data), formats=FORMATS)
         width, height = img.size  # known from the header, before any pixel is decoded
-        if width * height > max_pixels:
-            raise ImageError(
-                f"{_cap(name)} is {width}x{height} pixels, more than the {max_pixels:,} accepted: "
-                "resize it first."
-            )
+    except Exception as e:
+        raise _image_error(name, e) from e
+    check_pixels(name, width, height, max_pixels)
+    if check_size is not None:  # outside the try: what it raises is the caller's own
+        check_size(width, height)
+    try:
         img.load()  # decode everything here so a truncated file fails now, not later
         img = ImageOps.exif_transpose(img) or img
         # copy() detaches the first frame of an animation from its decoder
         img = img.copy()
-    except ImageError:
-        raise
-    except UnidentifiedImageError:
-        raise ImageError(
-            f"{_cap(name)} is not an image PIL can read (expected PNG, JPEG, WebP, GIF or BMP)."
-        ) from None
-    except Image.DecompressionBombError as e:
-        raise ImageError(f"{_cap(name)} has too many pixels to decode safely ({e}).") from e
     except Exception as e:
-        # PIL reports truncated and corrupt data through many types (OSError, SyntaxError,
-        # ValueError, EOFError, NotImplementedError from plugins...): all mean "bad image".
-        raise ImageError(f"{_cap(name)} is a corrupt or truncated image ({e}).") from e
+        raise _image_error(name, e) from e
     return img
+
+
+def check_pixels(name: str, width: int, height: int, max_pixels: int = MAX_PIXELS) -> None:
+    """ImageError if an image of `width` x `height` is over `max_pixels` (decompression bombs)."""
+    if width * height > max_pixels:
+        raise ImageError(
+            f"{_cap(name)} is {width}x{height} pixels, more than the {max_pixels:,} accepted: "
+            "resize it first."
+        )
+
+
+def png_without_metadata(data: bytes) -> bytes:
+    """A PNG file with only the chunks in `_PNG_KEEP`: its picture, none of its metadata. The
+    chunks are walked by their lengths (no CRC check, no inflating); a file that ends inside a
+    chunk keeps its tail, so that PIL says it is truncated."""
+    parts = [data[:8]]
+    pos, end = 8, len(data)
+    while pos + 8 <= end:
+        length, kind = struct.unpack_from(">I4s", data, pos)
+        stop = pos + 12 + length  # length, type, data, CRC
+        if kind in _PNG_KEEP or stop > end:
+            parts.append(data[pos:stop])
+        pos = stop
+        if kind == b"IEND":
+            break
+    parts.append(data[pos:])  # whatever follows IEND, or a partial chunk header
+    return b"".join(parts)
+
+
+def declared_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) as an image file's first bytes declare them, read at fixed offsets
+    without PIL (constant work, for a server's event loop); None when the format or its header
+    is not one read here. A lie is caught later: `open_image` checks the size PIL finds."""
+    try:
+        if data.startswith(_PNG_SIGNATURE) and data[12:16] == b"IHDR":
+            return struct.unpack_from(">II", data, 16)
+        if data[:6] in (b"GIF87a", b"GIF89a"):
+            return struct.unpack_from("<HH", data, 6)
+        if data.startswith(b"BM"):
+            header = struct.unpack_from("<I", data, 14)[0]
+            if header == 12:  # OS/2 BITMAPCOREHEADER: 16-bit sizes
+                return struct.unpack_from("<HH", data, 18)
+            w, h = struct.unpack_from("<ii", data, 18)
+            return abs(w), abs(h)
+        if data.startswith(b"RIFF") and data[8:12] == b"WEBP":
+            return _webp_size(data)
+        if data.startswith(b"\xff\xd8"):
+            return _jpeg_size(data)
+    except (struct.error, IndexError):  # too short for its own header
+        return None
+    return None
+
+
+def _webp_size(data: bytes) -> tuple[int, int] | None:
+    kind = data[12:16]
+    if kind == b"VP8 ":
+        w, h = struct.unpack_from("<HH", data, 26)
+        return w & 0x3FFF, h & 0x3FFF
+    if kind == b"VP8L":
+        bits = struct.unpack_from("<I", data, 21)[0]
+        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    if kind == b"VP8X":
+        w = int.from_bytes(data[24:27], "little") + 1
+        h = int.from_bytes(data[27:30], "little") + 1
+        return w, h
+    return None
+
+
+def _jpeg_size(data: bytes, max_segments: int = 64) -> tuple[int, int] | None:
+    """The size in a JPEG's frame header (SOFn), found by jumping from segment to segment:
+    at most `max_segments` jumps (ordinary files have fewer than 20 before it)."""
+    pos = 2
+    for _ in range(max_segments):
+        if data[pos] != 0xFF:
+            return None
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        length = struct.unpack_from(">H", data, pos + 2)[0]
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            h, w = struct.unpack_from(">HH", data, pos + 5)
+            return w, h
+        pos += 2 + length
+    return None
+
+
+def _image_error(name: str, e: Exception) -> ImageError:
+    if isinstance(e, ImageError):
+        return e
+    if isinstance(e, UnidentifiedImageError):
+        return ImageError(
+            f"{_cap(name)} is not an image PIL can read (expected PNG, JPEG, WebP, GIF or BMP)."
+        )
+    if isinstance(e, Image.DecompressionBombError):
+        return ImageError(f"{_cap(name)} has too many pixels to decode safely ({e}).")
+    # PIL reports truncated and corrupt data through many types (OSError, SyntaxError,
+    # ValueError, EOFError, NotImplementedError from plugins...): all mean "bad image".
+    return ImageError(f"{_cap(name)} is a corrupt or truncated image ({e}).")
 
 
 def _cap(name: str) -> str:

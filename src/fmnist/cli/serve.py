@@ -49,6 +49,10 @@ def add_parser(sub: Any) -> None:
                    help="largest request body accepted, in MiB (default 10)")
     p.add_argument("--max-batch", type=int, default=64,
                    help="most images per request (default 64)")
+    p.add_argument("--max-image-megapixels", type=float, default=40.0,
+                   help="largest image accepted, in millions of pixels (default 40)")
+    p.add_argument("--max-request-megapixels", type=float, default=64.0,
+                   help="most pixels in all of one request's images, in millions (default 64)")
     p.add_argument("--batch-window-ms", type=float, default=2.0,
                    help="how long a request waits for others to share its forward pass "
                         "(default 2)")
@@ -111,6 +115,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--max-batch, --max-upload-mb, --batch-size and --max-queue must be positive.")
     if args.max_uploads < 1:
         raise ConfigError("--max-uploads must be positive.")
+    if args.max_image_megapixels <= 0 or args.max_request_megapixels <= 0:
+        raise ConfigError("--max-image-megapixels and --max-request-megapixels must be positive.")
     if args.batch_window_ms < 0 or args.drain_delay < 0:
         raise ConfigError("--batch-window-ms and --drain-delay must be 0 or more.")
     if args.request_timeout <= 0 or args.predict_timeout <= 0 or args.graceful_timeout <= 0:
@@ -118,6 +124,8 @@ def run(args: argparse.Namespace) -> int:
     options: dict[str, Any] = {
         "max_upload_bytes": int(args.max_upload_mb * 2**20),  # MiB, like the app's default
         "max_batch": args.max_batch,
+        "max_pixels": int(args.max_image_megapixels * 1e6),
+        "max_request_pixels": int(args.max_request_megapixels * 1e6),
         "max_queue": args.max_queue,
         "request_timeout_s": args.request_timeout,
         "max_uploads": args.max_uploads,

@@ -57,6 +57,7 @@ def create_app(
     max_upload_bytes: int = _DEFAULT.max_upload_bytes,
     max_batch: int = _DEFAULT.max_batch,
     max_pixels: int = _DEFAULT.max_pixels,
+    max_request_pixels: int = _DEFAULT.max_request_pixels,
     batching: Batching | None = None,
     max_queue: int = _DEFAULT.max_queue,
     request_timeout_s: float = _DEFAULT.request_timeout_s,
@@ -66,7 +67,8 @@ def create_app(
 ) -> FastAPI:
     """The ASGI app serving `predictor`.
 
-    `max_batch` is the most images one request may hold; `batching` says how requests share
+    `max_batch` is the most images one request may hold, `max_pixels` the most pixels one
+    image may have and `max_request_pixels` all of a request's images together; `batching` says how requests share
     forward passes; past `max_queue` predictions queued or `max_uploads` bodies arriving a
     request gets 503 at once (see `Limits`).
 
@@ -74,8 +76,10 @@ def create_app(
     503 until it is done; pass False when the predictor is already warm (the CLI warms it before
     it binds the port).
     """
-    limits = Limits(max_upload_bytes, max_batch, max_pixels, max_queue, request_timeout_s,
-                    max_uploads, predict_timeout_s)  # fmt: skip
+    limits = Limits(max_upload_bytes=max_upload_bytes, max_batch=max_batch, max_pixels=max_pixels,
+                    max_request_pixels=max_request_pixels, max_queue=max_queue,
+                    request_timeout_s=request_timeout_s, max_uploads=max_uploads,
+                    predict_timeout_s=predict_timeout_s)  # fmt: skip
     engine = Engine(as_backend(predictor), limits, batching)
     if not warmup:
         engine.ready.set()

@@ -2,15 +2,23 @@
 time), answers, and the counters /v1/stats reports. Its methods run off the event loop.
 
 Requests share forward passes (`batching.Batcher`): those that arrive within `window_ms` of
-each other go through the model together. The batcher's thread decodes each request (while
-the window is open), runs the pass and formats the answers, so a request crosses threads twice.
-Large images are the exception: a request with more than `INLINE_PIXELS` pixels in all (read
-from the images' headers, nothing decoded) is decoded first in a small pool of threads of its
-own (`DECODE_THREADS`) and queued only then, so that one huge upload (up to `max_pixels`, 40 M
-by default) delays no other request's pass; it only holds one decoding thread. Why not every
-request in the pool: the two extra thread crossings cost a third of the requests/s for small
-images (measured: 471-511 vs 749 requests/s, 8 clients, 2 workers, 2 busy cores). The event
-loop only parses HTTP.
+each other go through the model together. The batcher's thread decodes each small request
+(while the window is open), runs the pass and formats the answers, so a request crosses
+threads twice. Anything larger is decoded first in a small pool of threads of its own
+(`DECODE_THREADS`) and queued only then, so that one huge upload (up to `max_pixels`, 40 M by
+default) delays no other request's pass; it only holds one decoding thread. "Small" is at most
+`INLINE_PIXELS` pixels and `INLINE_BYTES` bytes in all, as the images' first bytes declare
+them (read at fixed offsets, `fmnist.images.declared_size`; an image whose size cannot be read
+so is not small). Why not every request in the pool: the two extra thread crossings cost a
+third of the requests/s for small images (measured: 471-511 vs 749 requests/s, 8 clients, 2
+workers, 2 busy cores).
+
+Bounded work: the event loop only parses HTTP and reads those fixed offsets; no image library
+runs on it. A request whose images declare more than `max_request_pixels` in all is refused
+(413) before anything is decoded, and decoding checks the same budget again, image by image,
+with the sizes PIL finds. Decoding is part of the request's wait: the `predict_timeout_s`
+deadline and the hang-up watch cover it, and when either fires the request's queue slot is
+freed at once and its decoding stops at the next image (`Job.cancelled`).
 
 Admission (`admit_upload`, `admit`): a request is counted twice, first while its body arrives
 (bounded by `max_uploads`), then from its body's end to its answer (bounded by `max_queue`), so
@@ -26,7 +34,6 @@ server process then exits, see fmnist.serve.server).
 from __future__ import annotations
 
 import asyncio
-import io
 import os
 import threading
 import time
@@ -38,11 +45,9 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
-from PIL import Image
-from starlette.concurrency import run_in_threadpool
 
 from fmnist.errors import ImageError
-from fmnist.images import FORMATS, open_image
+from fmnist.images import declared_size, open_image
 from fmnist.serve.answers import answer
 from fmnist.serve.backends import Backend
 from fmnist.serve.batching import Batched, Batcher, BatcherClosed
@@ -52,15 +57,20 @@ from fmnist.serve.metrics import Metrics
 from fmnist.serve.requests import FIELDS, Item, Job
 from fmnist.serve.samples import Samples
 
-# Threads decoding uploads before they are queued (batched only). More than one, so that a huge
-# image holds one of them while small ones go on being decoded beside it; few, because each
-# holds a decoded image (up to 40 M pixels, 160 MB as RGBA) and they share the cores with the
-# forward passes.
+# Threads decoding uploads before they are queued (unbatched: answering them). More than one,
+# so that a huge image holds one of them while small ones go on being decoded beside it; few,
+# because each holds a decoded image (up to 40 M pixels, 160 MB as RGBA) and they share the
+# cores with the forward passes.
 DECODE_THREADS = 4
-# A request with more pixels than this (its images' headers say) is decoded in that pool; one
-# with fewer, on the batcher's thread. 1 M pixels decode in a few ms: the most one request
-# may delay the others' pass by.
+# A request with more pixels or bytes than these is decoded in that pool; one with fewer, on
+# the batcher's thread. 1 M pixels in 256 KB decode in a few ms: the most one request may
+# delay the others' pass by (the bytes bound the work PIL does outside the pixels).
 INLINE_PIXELS = 1_000_000
+INLINE_BYTES = 256 * 1024
+
+
+class Abandoned(Exception):
+    """Nobody waits for this request's answer any more: its decoding stops."""
 
 
 @dataclass
@@ -90,8 +100,7 @@ class Engine:
                     max_images=batching.max_images, window_s=batching.window_ms / 1e3)
             if batching.enabled else None
         )  # fmt: skip
-        self._decoders = (ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="fmnist-decode")
-                          if batching.enabled else None)  # fmt: skip
+        self._decoders = ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="fmnist-decode")
         self.ready = threading.Event()
         self.draining = threading.Event()  # set when shutdown begins (fmnist.serve.server)
         self.internal_errors = 0
@@ -111,8 +120,7 @@ class Engine:
     def close(self, timeout: float = 10.0) -> None:
         if self.batcher is not None:
             self.batcher.close(timeout)
-        if self._decoders is not None:
-            self._decoders.shutdown(wait=False, cancel_futures=True)
+        self._decoders.shutdown(wait=False, cancel_futures=True)
 
     @property
     def failed(self) -> bool:
@@ -169,54 +177,85 @@ class Engine:
             self.in_flight -= 1
             self.metrics.queued.dec()
 
-    def decode(self, items: list[Item]) -> np.ndarray:
-        """uint8 (N, 28, 28): what the model sees; a bad image is this request's 422 alone."""
+    def decode(self, items: list[Item], abandoned: threading.Event | None = None) -> np.ndarray:
+        """uint8 (N, 28, 28): what the model sees; a bad image is this request's 422 alone, and
+        images over the request's pixel budget its 413. Stops (Abandoned) at the next image
+        once `abandoned` is set."""
         arrays = []
+        spent = 0
+
+        def spend(width: int, height: int) -> None:
+            nonlocal spent
+            spent += width * height
+            if spent > self.limits.max_request_pixels:
+                raise self._too_many_pixels(spent)
+
         for item in items:
+            if abandoned is not None and abandoned.is_set():
+                raise Abandoned()
             if isinstance(item.data, np.ndarray):
                 arrays.append(item.data)
                 continue
             try:
-                image = open_image(item.data, max_pixels=self.limits.max_pixels)
+                image = open_image(item.data, max_pixels=self.limits.max_pixels, check_size=spend)
             except ImageError as e:
                 raise ApiError(422, f"{item.name}: {e}") from None
             arrays.append(self.backend.preprocess(image))
         return np.stack(arrays)
+
+    def _declared(self, items: list[Item]) -> tuple[int, bool]:
+        """(pixels in `items`' images as their first bytes declare them, whether every size
+        could be read so): constant work per image, for the event loop. An image declaring
+        more than `max_pixels` is left out of the sum and not small: PIL reads its header in
+        the pool and refuses it (422) before decoding, saying what it really is."""
+        total, known = 0, True
+        for item in items:
+            if isinstance(item.data, np.ndarray):
+                total += item.data.size
+                continue
+            size = declared_size(item.data)
+            if size is None or size[0] * size[1] > self.limits.max_pixels:
+                known = False
+            else:
+                total += size[0] * size[1]
+        return total, known
+
+    def _too_many_pixels(self, pixels: int) -> ApiError:
+        return ApiError(413, f"The request's images hold {pixels:,} pixels or more; this server "
+                        f"decodes at most {self.limits.max_request_pixels:,} per request: send "
+                        "fewer or smaller images.")  # fmt: skip
 
     async def run(
         self, items: list[Item], fields: tuple[str, ...] = FIELDS,
         disconnected: Callable[[], Awaitable[Any]] | None = None,
     ) -> dict[str, Any]:  # fmt: skip
         """The answer to one request, awaited on the event loop without blocking it, for at
-        most `predict_timeout_s` (then 503). Batched, `disconnected()` (it returns once the
-        client has hung up) is watched meanwhile: a request whose client is gone is cancelled,
-        and the batcher drops it unless its forward pass has begun (then 499)."""
-        if self.batcher is None:  # a comparison mode: a thread's work cannot be called back
-            return await run_in_threadpool(self.predict, items, fields)
+        most `predict_timeout_s` from here, decoding included (then 503). `disconnected()`
+        (it returns once the client has hung up) is watched meanwhile: a request whose client
+        is gone is cancelled, and the batcher drops it unless its forward pass has begun
+        (then 499). Either way the request stops holding its queue slot at once."""
         job = Job(items, fields)
-        # A dead or closed batcher refuses the request first (503), before anything is decoded.
-        self.batcher.check_open()
-        if _pixels(items) > INLINE_PIXELS:  # decoded in the pool, then queued
-            try:
-                decoding = self._decoders.submit(self._decode_timed, job)  # type: ignore[union-attr]
-            except RuntimeError:  # the pool has been shut down, with the batcher (engine.close)
-                raise BatcherClosed("The server is shutting down.") from None
-            images: np.ndarray = await asyncio.wrap_future(decoding)
-            job.images = images
-        # no thread is held while the answer is awaited
-        answer = asyncio.wrap_future(self.batcher.submit(job, len(items)))
-        waits: set[asyncio.Future[Any]] = {answer}
+        pixels, known = self._declared(items)  # fixed offsets only: nothing decoded on the loop
+        if pixels > self.limits.max_request_pixels:
+            raise self._too_many_pixels(pixels)
+        if self.batcher is not None:  # a dead or closed batcher refuses first (503)
+            self.batcher.check_open()
+        small = known and pixels <= INLINE_PIXELS and _bytes(items) <= INLINE_BYTES
+        work = asyncio.ensure_future(self._work(job, small))
+        waits: set[asyncio.Future[Any]] = {work}
         if disconnected is not None:
             waits.add(asyncio.ensure_future(disconnected()))
         try:
             done, _ = await asyncio.wait(waits, timeout=self.limits.predict_timeout_s,
                                          return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
         finally:
-            for w in waits:  # the answer's future cancels the batcher's request with it
-                if w is not answer or not answer.done():
+            for w in waits:  # cancelling the work cancels its decoding or its batcher request
+                if w is not work or not work.done():
                     w.cancel()
-        if answer in done:
-            return answer.result()
+            if not work.done():
+                job.cancelled.set()
+        if work in done:
+            return work.result()
         if done:  # the client hung up: nobody will read this (499, as nginx logs it)
             self.rejected["client_gone"] += 1
             self.metrics.rejected.labels("client_gone").inc()
@@ -226,10 +265,24 @@ class Engine:
         raise ApiError(503, f"The prediction was not answered within {self.limits.predict_timeout_s:g} s: "
                        "retry shortly.", headers={"Retry-After": "1"})  # fmt: skip
 
-    def predict(self, items: list[Item], fields: tuple[str, ...] = FIELDS) -> dict[str, Any]:
+    async def _work(self, job: Job, small: bool) -> dict[str, Any]:
+        """Decode `job` (in the pool unless it is small and batched), then its answer."""
+        loop = asyncio.get_running_loop()
+        try:
+            if self.batcher is None:  # a comparison mode: one request at a time, in the pool
+                return await loop.run_in_executor(self._decoders, self.predict, job)
+            if not small:  # decoded in the pool, then queued
+                job.images = await loop.run_in_executor(self._decoders, self._decode_timed, job)
+        except RuntimeError as e:  # the pool has been shut down, with the batcher (engine.close)
+            if "shutdown" not in str(e):
+                raise
+            raise BatcherClosed("The server is shutting down.") from None
+        # no thread is held while the answer is awaited
+        return await asyncio.wrap_future(self.batcher.submit(job, len(job.items)))
+
+    def predict(self, job: Job) -> dict[str, Any]:
         """Unbatched: the answer to one request, in the calling thread, one pass at a time."""
-        job = Job(items, fields)
-        batch = self.decode(items)
+        batch = self.decode(job.items, job.cancelled)
         t1 = time.perf_counter()
         with self.lock:
             probs = self.backend.predict_arrays(batch)
@@ -250,7 +303,7 @@ class Engine:
     def _decode_timed(self, job: Job) -> np.ndarray:
         t0 = time.perf_counter()
         try:
-            return self.decode(job.items)
+            return self.decode(job.items, job.cancelled)
         finally:
             job.decode_s = time.perf_counter() - t0
 
@@ -311,16 +364,5 @@ class Engine:
         return self._samples.pick(n, seed)
 
 
-def _pixels(items: list[Item]) -> int:
-    """The pixels in `items`' images as their headers declare them (PIL reads only the header
-    here); an unreadable one counts as 0: decoding it gives its error."""
-    total = 0
-    for item in items:
-        if isinstance(item.data, np.ndarray):
-            continue
-        try:
-            with Image.open(io.BytesIO(item.data), formats=FORMATS) as img:
-                total += img.width * img.height
-        except Exception:  # any header PIL cannot read: decode() says why, later
-            continue
-    return total
+def _bytes(items: list[Item]) -> int:
+    return sum(len(item.data) for item in items if not isinstance(item.data, np.ndarray))

@@ -21,6 +21,9 @@ class Limits:
     max_upload_bytes: int = 10 * 1024 * 1024
     max_batch: int = 64  # images in one request
     max_pixels: int = MAX_PIXELS  # in one decoded image (decompression bombs)
+    # in all of one request's images: 64 blank 6324x6324 PNGs are 2.6 MB on the wire and 2.6 G
+    # pixels; a request is refused (413) as soon as its headers say it holds more than this
+    max_request_pixels: int = 64_000_000
     # past this many predictions admitted (body read, waiting for or in a forward pass) a
     # request gets 503 at once: that bounds the queue, and so the latency of what is admitted
     max_queue: int = 64

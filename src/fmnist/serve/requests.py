@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,6 +48,9 @@ class Job:
     t0: float = field(default_factory=time.perf_counter)
     images: np.ndarray | None = None  # (N, 28, 28) uint8 once decoded
     decode_s: float = 0.0
+    # set when nobody waits for the answer any more (deadline, hang-up): decoding stops at the
+    # next image
+    cancelled: threading.Event = field(default_factory=threading.Event)
 
 
 def parse_fields(text: str | None) -> tuple[str, ...]:
