@@ -97,7 +97,7 @@ def test_another_model_drops_the_recipes_model_config():
 
 
 def test_run_names_what_it_trains():
-    from fmnist.cli.run import recipe_line
+    from fmnist.cli.demo import recipe_line
     from fmnist.recipes import get_recipe
 
     assert recipe_line(get_recipe("default")).startswith(

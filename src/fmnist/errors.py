@@ -7,6 +7,8 @@ class FmnistError(Exception):
     is the process that raised it (the message names it too)."""
 
     rank: int | None = None
+    # the CLI's exit status for it (fmnist.cli.EXIT_CODES says what each means)
+    exit_code: int = 2
 
 
 class DatasetError(FmnistError):
@@ -27,6 +29,8 @@ class ConfigError(FmnistError):
 
 class DivergedError(FmnistError):
     """Training stopped learning: a non-finite loss, or one far above chance."""
+
+    exit_code = 3  # its own status: a script can retry with a lower lr, not fix its flags
 
 
 class WriteError(FmnistError):

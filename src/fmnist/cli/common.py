@@ -3,9 +3,19 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 from fmnist.errors import ConfigError
+
+# The names `--help` lists, spelled out here because fmnist.models and fmnist.datasets import
+# torch (2-3 s) and every command builds every parser; tests/test_cli_help.py keeps them equal to
+# fmnist.models.MODELS, fmnist.datasets.SPECS and DEFAULT_DATASET.
+MODEL_NAMES = ("mlp", "cnn", "resnet")
+DATASET_NAMES = ("fashion-mnist", "mnist", "kmnist")
+DEFAULT_DATASET = "fashion-mnist"
+# Where `fmnist train` puts its runs and `fmnist runs` looks for them.
+RUNS_DIR = "runs"
 
 # `--debug` is accepted after any sub-command too (`fmnist train --debug`).
 _debug = argparse.ArgumentParser(add_help=False)
@@ -14,9 +24,27 @@ _debug.add_argument(
 )
 
 
-def add_command(sub: Any, name: str, help: str, **kwargs: Any) -> argparse.ArgumentParser:
-    """Add a sub-command parser that knows `--debug`."""
-    return sub.add_parser(name, help=help, description=help, parents=[_debug], **kwargs)
+def add_command(sub: Any, name: str, help: str, hidden_aliases: tuple[str, ...] = (),
+                **kwargs: Any) -> argparse.ArgumentParser:
+    """Add a sub-command parser that knows `--debug`. `hidden_aliases` are old names that still
+    work but are not listed (argparse lists every alias it is given, so they are mapped by hand)."""
+    parser = sub.add_parser(name, help=help, description=help, parents=[_debug], **kwargs)
+    for alias in hidden_aliases:
+        sub._name_parser_map[alias] = parser
+    return parser
+
+
+def hidden_alias(p: argparse.ArgumentParser, old: str, dest: str, **kwargs: Any) -> None:
+    """An option's old name: still accepted, not shown in --help."""
+    p.add_argument(old, dest=dest, help=argparse.SUPPRESS, default=argparse.SUPPRESS, **kwargs)
+
+
+def run_path(given: str, root: str = RUNS_DIR) -> str:
+    """A run as `fmnist runs` names it (`2026-01-02-0304-default`, `latest`) is the folder of
+    that name under runs/; anything that exists as given is taken as it is."""
+    if given and not Path(given).exists() and (Path(root) / given).exists():
+        return str(Path(root) / given)
+    return given
 
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:

@@ -48,11 +48,11 @@ def _per_class(text: str) -> int:
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    from fmnist.datasets import DEFAULT_DATASET, SPECS
+    from fmnist.cli.common import DATASET_NAMES, DEFAULT_DATASET
 
     parser.add_argument(
         "--dataset", default=DEFAULT_DATASET, metavar="NAME",
-        help=f"one of: {', '.join(SPECS)} (default {DEFAULT_DATASET}); or csv:PATH for Kaggle's "
+        help=f"one of: {', '.join(DATASET_NAMES)} (default {DEFAULT_DATASET}); or csv:PATH for Kaggle's "
              "CSV files, folder:DIR for a folder of images per class",
     )  # fmt: skip
     parser.add_argument(

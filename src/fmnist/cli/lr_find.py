@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from fmnist.cli.common import add_command
+from fmnist.cli.common import add_command, hidden_alias
 
 # Fields the range test does not use: it sets the lr itself and runs its own number of steps.
 NOT_USED = ("lr", "epochs", "steps", "schedule", "warmup", "lr_scaling", "log")
@@ -21,8 +21,10 @@ def add_parser(sub: Any) -> None:
     add_recipe_arguments(p, skip=NOT_USED)
     p.add_argument("--start", type=float, default=START, help=f"first lr (default {START:g})")
     p.add_argument("--end", type=float, default=END, help=f"last lr (default {END:g})")
-    p.add_argument("--steps", dest="test_steps", type=int, default=STEPS,
-                   help=f"steps from start to end (default {STEPS}); stops early on divergence")
+    # --test-steps, not --steps: `fmnist train --steps` is a recipe's length, this the test's
+    p.add_argument("--test-steps", dest="test_steps", type=int, default=STEPS, metavar="N",
+                   help=f"steps from --start to --end (default {STEPS}); stops early on divergence")
+    hidden_alias(p, "--steps", dest="test_steps", type=int)
     p.add_argument("--data-dir", metavar="DIR", help="folder holding the dataset files")
     p.add_argument("--plot", metavar="PNG", help="default: lr-find-<recipe>.png here")
     p.set_defaults(func=run)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from fmnist.cli.common import add_command
+from fmnist.cli.common import add_command, hidden_alias
 
 # The sweep chooses these itself (a trial's length comes from the recipe or --trial-budget).
 NOT_USED = ("holdout", "log")
@@ -20,7 +20,10 @@ def add_parser(sub: Any) -> None:
     add_recipe_arguments(p, skip=NOT_USED)
     p.add_argument("--space", metavar="TOML", help="space file (default: a space for the model)")
     p.add_argument("--trials", type=int, help="finished trials the study should have")
-    p.add_argument("--budget", metavar="DURATION", help="wall clock for this command (e.g. 20m)")
+    # the name `fmnist train` uses for the same thing; --budget was this one's first name
+    p.add_argument("--time-budget", dest="budget", metavar="DURATION",
+                   help="wall clock for this command (e.g. 20m)")
+    hidden_alias(p, "--budget", dest="budget")
     p.add_argument("--trial-budget", metavar="DURATION",
                    help="every trial (and the final run) planned to this time, e.g. 60s")
     p.add_argument("--validation", type=float, default=0.1,
@@ -57,5 +60,5 @@ def run(args: argparse.Namespace) -> int:
                    seed=args.sampler_seed, final=args.final, data_dir=args.data_dir,
                    heartbeat=args.heartbeat, verbose=args.verbose)
     print(f"Sweep folder: {result.sweep_dir} (trials.md, best.json, history.png, "
-          f"importances.png; trial runs: fmnist runs {result.sweep_dir / 'trials'})")
+          f"importances.png; trial runs: fmnist runs --dir {result.sweep_dir / 'trials'})")
     return 0

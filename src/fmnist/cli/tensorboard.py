@@ -29,8 +29,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"Runs folder {args.runs_dir} does not exist: train a run first "
                           "(`fmnist train`), or name the folder that holds them.")
     if not available():
-        raise ConfigError("TensorBoard is not installed: pip install 'fmnist[tensorboard]' "
-                          "(or `make setup`).")
+        raise ConfigError("TensorBoard is not installed: pip install tensorboard (in a clone: "
+                          "pip install -e '.[tensorboard]', or make setup).")
     print(f"TensorBoard on http://{args.host}:{args.port}/ (Ctrl-C stops it)", flush=True)
     return subprocess.call([sys.executable, "-m", "tensorboard.main",
                             *logdir_args(Path(args.runs_dir)),

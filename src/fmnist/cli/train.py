@@ -56,15 +56,19 @@ def add_parser(sub: Any) -> None:
     p.set_defaults(func=run)
 
 
-def add_recipe_arguments(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
-    """--recipe, --config and a flag per recipe field but those in `skip` (`fmnist lr-find`
-    takes them too)."""
-    from fmnist.datasets import SPECS
-    from fmnist.models import MODELS
+def add_recipe_arguments(p: argparse.ArgumentParser, skip: tuple[str, ...] = (),
+                         recipe_option: bool = True) -> None:
+    """--recipe, --config and a flag per recipe field but those in `skip` (`fmnist lr-find`,
+    `sweep` and `recipes` take them too). Each flag's help ends with the default recipe's value:
+    `fmnist recipes NAME` shows another recipe's."""
+    from fmnist.cli.common import DATASET_NAMES, MODEL_NAMES
     from fmnist.recipes import CHOICES, RECIPES
 
-    choices = {**CHOICES, "model": tuple(MODELS), "dataset": tuple(SPECS)}
-    p.add_argument("--recipe", default="default", help=f"one of: {', '.join(RECIPES)} (default: default)")
+    choices = {**CHOICES, "model": MODEL_NAMES, "dataset": DATASET_NAMES}
+    default = RECIPES["default"]
+    if recipe_option:
+        p.add_argument("--recipe", default="default",
+                       help=f"one of: {', '.join(RECIPES)} (default: default)")
     p.add_argument("--config", metavar="FILE", help="TOML or JSON file of recipe fields (flags win)")
     for f in recipe_flags():
         if f.name in skip:
@@ -73,6 +77,9 @@ def add_recipe_arguments(p: argparse.ArgumentParser, skip: tuple[str, ...] = ())
         text = HELP.get(f.name) or (f"one of: {', '.join(choices[f.name])}" if f.name in choices else None)
         if f.name == "dataset":
             text = f"{text}; or csv:PATH (Kaggle's CSV), folder:DIR (images per class)"
+        value = getattr(default, f.name)
+        shown = ("on" if value else "off") if isinstance(value, bool) else value
+        text = f"{text + ' ' if text else ''}[default recipe: {shown}]".replace("%", "%%")
         if f.type in (bool, "bool"):
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
         else:
