@@ -42,7 +42,7 @@ data: $(RUN_STAMP)
 
 # The main job: train the default recipe on the real data, evaluate, save, reload, predict.
 run: setup
-	$(PY) -m fmnist run
+	$(PY) -m fmnist demo
 
 test: setup-full
 	bash scripts/ensure-browser.sh
