@@ -165,3 +165,13 @@ def test_a_decode_whose_client_hung_up_frees_its_slot_and_stops(predictor: Predi
     spy.release.set()
     time.sleep(0.3)
     assert spy.preprocessed == 1
+
+
+@pytest.mark.parametrize("mode", ["1", "P", "PA", "I;16", "RGBA"])
+def test_a_large_image_of_any_mode_is_prepared_like_its_grayscale(mode: str) -> None:
+    # found by the decoder fuzzer: a large 1-bit PNG made reduce() raise (a 500)
+    image = Image.new("L", (3000, 2100))
+    image.paste(255, (1000, 500, 2000, 1500))
+    from fmnist.images import preprocess
+
+    assert np.array_equal(preprocess(image.convert(mode)), preprocess(image))

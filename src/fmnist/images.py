@@ -33,7 +33,7 @@ from fmnist.errors import ImageError
 
 # Bump when a change to this file changes what `preprocess` returns for some image: decoded
 # image folders cached by an older version are then decoded again (fmnist.datasets.folder).
-PREPROCESS_VERSION = 1
+PREPROCESS_VERSION = 2
 
 # Decompression-bomb guard: a 100 KB PNG can declare 50000x50000 pixels (10 GB decoded).
 MAX_PIXELS = 40_000_000
@@ -250,9 +250,17 @@ def _gray(image: Image.Image) -> np.ndarray:
 
 def _shrink(image: Image.Image) -> Image.Image:
     factor = max(image.size) // _WORK_SIZE
-    if factor >= 2:
-        return image.reduce(factor)
-    return image
+    if factor < 2:
+        return image
+    # reduce() averages pixel values: it refuses 1-bit and 16-bit images, and would average
+    # a palette's indices, not its colours
+    if image.mode == "1":
+        image = image.convert("L")
+    elif image.mode in ("P", "PA"):
+        image = image.convert("RGBA")
+    elif image.mode.startswith("I;16"):
+        image = image.convert("I")
+    return image.reduce(factor)
 
 
 def preprocess(image: Image.Image, *, box: int = DEFAULT_BOX) -> np.ndarray:
