@@ -1,11 +1,13 @@
 """Atomic file writes: every file fmnist writes goes through `write_bytes` (or `write_text`).
 
-The bytes are written beside the target, then `os.replace`d into place, so a reader (or a crash)
-never sees half a file and a failed write leaves the old file untouched. Serialisers (safetensors,
-torch.save, savefig, ONNX, np.save) produce bytes in memory first: our files are a few MB, and
-then every disk error surfaces here, as an OSError we can name, rather than as each library's own
-exception type. A disk that is full, read-only, failing or forbidden becomes a `WriteError`: one
-sentence saying what was being written, where, and why.
+The bytes are written beside the target, flushed to the disk (fsync), then `os.replace`d into
+place and the folder flushed too, so a reader, a crash or a power cut never leaves half a file
+(or an empty one: without the fsync a rename can reach the disk before the data does), and a
+failed write leaves the old file untouched. Serialisers (safetensors, torch.save, savefig, ONNX,
+np.save) produce bytes in memory first: our files are a few MB, and then every disk error
+surfaces here, as an OSError we can name, rather than as each library's own exception type. A
+disk that is full, read-only, failing or forbidden becomes a `WriteError`: one sentence saying
+what was being written, where, and why.
 """
 
 from __future__ import annotations
@@ -37,6 +39,17 @@ def _write_file(path: Path, data: bytes) -> None:
     fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
     with os.fdopen(fd, "wb") as f:
         f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def fsync_dir(path: Path) -> None:
+    """Flush a folder's entries (a rename into it, a new file) to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def write_bytes(path: str | Path, data: bytes, what: str = "file") -> Path:
@@ -47,6 +60,7 @@ def write_bytes(path: str | Path, data: bytes, what: str = "file") -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         _write_file(tmp, data)
         os.replace(tmp, path)
+        fsync_dir(path.parent)
     except BaseException as e:
         # The temp file may not exist, and a read-only disk refuses even its removal (EROFS):
         # the error to report is the first one.

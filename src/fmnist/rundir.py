@@ -32,7 +32,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from fmnist.atomic import as_write_error, write_text
+from fmnist.atomic import as_write_error, fsync_dir, write_text
 from fmnist.errors import ConfigError, WriteError
 
 CONFIG = "config.json"
@@ -170,7 +170,7 @@ def commit(run_dir: Path, files: dict[str, bytes], label: str,
         for name in keep:
             if (run_dir / name).exists():
                 os.link((run_dir / name).resolve(), tmp / name)
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         where = run_dir
         final = store / label
         n = 1
@@ -178,14 +178,14 @@ def commit(run_dir: Path, files: dict[str, bytes], label: str,
             n += 1
             final = store / f"{label}-{n}"
         os.rename(tmp, final)
-        _fsync_dir(store)
+        fsync_dir(store)
         previous = (run_dir / CURRENT).resolve() if (run_dir / CURRENT).is_symlink() else None
         _link(run_dir / CURRENT, f"{CHECKPOINTS}/{final.name}")
         for name in [*files, *keep]:  # once per folder (and over the plain files of older versions)
             link = run_dir / name
             if not (link.is_symlink() and os.readlink(link) == f"{CURRENT}/{name}"):
                 _link(link, f"{CURRENT}/{name}")
-        _fsync_dir(run_dir)
+        fsync_dir(run_dir)
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
         error = as_write_error(e, "checkpoint", where)
@@ -213,14 +213,6 @@ def _link(path: Path, target: str) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # ---- status.json ----------------------------------------------------------------------------------
