@@ -11,6 +11,7 @@ from __future__ import annotations
 import signal
 import threading
 import time
+from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
@@ -38,11 +39,13 @@ class Stops:
     """While entered (in the main thread), the signals above set `signum` instead of ending the
     process; `due()` says whether the loop should save now."""
 
-    def __init__(self, checkpoint_every: float | None = None, enabled: bool = True) -> None:
+    def __init__(self, checkpoint_every: float | None = None, enabled: bool = True,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.checkpoint_every = checkpoint_every
         self.enabled = enabled and threading.current_thread() is threading.main_thread()
+        self.clock = clock
         self.signum: int | None = None
-        self.last_save = time.monotonic()
+        self.last_save = clock()
         self.previous: dict[int, Any] = {}
 
     def __enter__(self) -> Stops:
@@ -66,10 +69,10 @@ class Stops:
         if self.signum is not None:
             return True
         every = self.checkpoint_every
-        return every is not None and time.monotonic() - self.last_save >= every
+        return every is not None and self.clock() - self.last_save >= every
 
     def saved(self) -> None:
         """The state was saved: raise Interrupted if that was for a signal, else restart the timer."""
         if self.signum is not None:
             raise Interrupted(self.signum)
-        self.last_save = time.monotonic()
+        self.last_save = self.clock()

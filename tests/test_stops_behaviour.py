@@ -1,0 +1,138 @@
+"""What stopping a run leaves behind for the process and the folder: the process's own signal
+handlers back once `fit` returns, a timed checkpoint that waits its interval again after each
+save, and a claim let go so cleanly that the next resume has nobody to take over from."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from dataclasses import replace
+
+import pytest
+from synthetic import make_data
+
+from fmnist import rundir
+from fmnist.recipes import Recipe
+from fmnist.train import Callback, fit
+from fmnist.train.stops import SIGNALS, Interrupted, Stops
+
+TINY = Recipe(name="t", model="cnn", model_config={"widths": [4, 4, 8]}, epochs=2, batch_size=32,
+              lr=0.05, bf16="off", eval_batch_size=64, channels_last=False, flip=False,
+              tta_flip=False, device="cpu", min_steps=0)
+
+
+def tiny_data():
+    return make_data(n_train=96, n_test=32)  # 3 steps an epoch
+
+
+class SignalAt(Callback):
+    """Sends `signum` to this process (as `kill` or Ctrl-C would) at `(epoch, step)`."""
+
+    def __init__(self, epoch: int, step: int, signum: int) -> None:
+        self.at, self.signum = (epoch, step), signum
+
+    def on_step(self, state, step, loss, batch):
+        if (state.epoch, step) == self.at:
+            os.kill(os.getpid(), self.signum)
+
+
+def test_after_fit_returns_the_process_has_its_own_signal_handlers_again():
+    def mine(signum, frame):
+        seen.append(signum)
+
+    seen: list[int] = []
+    before = {s: signal.signal(s, mine) for s in SIGNALS}
+    try:
+        fit(TINY, data=tiny_data(), save=False, display=False)
+        assert {s: signal.getsignal(s) for s in SIGNALS} == {s: mine for s in SIGNALS}
+        os.kill(os.getpid(), signal.SIGHUP)  # a real signal now reaches the program's handler
+        deadline = time.monotonic() + 5
+        while not seen and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert seen == [signal.SIGHUP]
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
+
+
+def test_ctrl_c_interrupts_the_program_again_once_an_interrupted_fit_has_returned(tmp_path):
+    with pytest.raises(Interrupted):
+        fit(TINY, data=tiny_data(), out=tmp_path / "run", display=False,
+            callbacks=[SignalAt(1, 1, signal.SIGINT)])
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    with pytest.raises(KeyboardInterrupt):  # Python's own Ctrl-C, not a note for a finished run
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(5)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_timed_checkpoint_waits_its_whole_interval_again_after_each_save():
+    """--checkpoint-every 10m over an hour of one-minute steps saves 6 times, not at every step
+    once the first ten minutes are up. The loop asks `due()` after each step and says `saved()`
+    after it saved (fmnist.train.loop)."""
+    clock = FakeClock()
+    stops = Stops(checkpoint_every=600, clock=clock)
+    saved_at = []
+    for minute in range(1, 61):
+        clock.now += 60
+        if stops.due():
+            saved_at.append(minute)
+            stops.saved()
+    assert saved_at == [10, 20, 30, 40, 50, 60]
+
+
+def test_no_timed_checkpoint_before_its_interval_and_none_without_one():
+    clock = FakeClock()
+    every_ten, never = Stops(checkpoint_every=600, clock=clock), Stops(clock=clock)
+    clock.now += 599
+    assert not every_ten.due() and not never.due()
+    clock.now += 1
+    assert every_ten.due() and not never.due()
+
+
+def test_a_run_with_an_hourly_checkpoint_saves_only_at_its_epochs(tmp_path):
+    seen = []
+
+    class Watch(Callback):
+        def on_step(self, state, step, loss, batch):
+            seen.append(os.path.realpath(state.run_dir / rundir.CURRENT))
+
+    fit(TINY, data=tiny_data(), out=tmp_path / "run", display=False, callbacks=[Watch()],
+        checkpoint_every="1h")
+    names = {os.path.basename(p) for p in seen}
+    assert names <= {rundir.CURRENT, "epoch-0001"}  # no part-epoch save: "epoch-0001-step-..."
+
+
+def test_a_run_stopped_by_ctrl_c_lets_go_so_its_resume_takes_over_from_nobody(tmp_path, capsys):
+    run = tmp_path / "run"
+    with pytest.raises(Interrupted):
+        fit(TINY, data=tiny_data(), out=run, display=False,
+            callbacks=[SignalAt(2, 1, signal.SIGINT)])
+    claim = (run / rundir.CLAIM).read_text()
+    assert "pid" not in claim and "host" not in claim, claim
+    assert rundir.owner(run) is None
+    capsys.readouterr()
+    fit(resume=run, data=tiny_data(), display=False)
+    err = capsys.readouterr().err
+    assert "Taking over" not in err and "no longer running" not in err, err
+    assert (run / rundir.CLAIM).read_text() == ""  # and let go again at the end
+
+
+def test_a_run_that_fails_lets_go_of_its_folder_too(tmp_path, capsys):
+    class Boom(Callback):
+        def on_epoch_end(self, state, row):
+            raise RuntimeError("boom")
+
+    run = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="boom"):
+        fit(replace(TINY, epochs=1), data=tiny_data(), out=run, display=False,
+            callbacks=[Boom()])
+    assert (run / rundir.CLAIM).read_text() == ""
