@@ -1,0 +1,76 @@
+"""The time-budget re-planner judges by what the machine does now: on a machine that slows down
+for half a minute and then recovers, the step time it plans with (status.json's `replans`) is
+the recent one, not the run's or the epoch's average, and the run still ends on time.
+
+A fake clock drives a budgeted run's steps (two minutes of them: the real thing would be slow and
+its timing noisy); the schedule, epochs and re-planning are the real ones."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+from synthetic import make_data
+from test_train import SMALL
+
+from fmnist.budget import END_SECONDS, Measured, steps_for
+from fmnist.distributed import DistInfo
+from fmnist.train import RunState
+from fmnist.train.setup import build, set_up
+from fmnist.train.throughput import BudgetKeeper
+
+BATCH, PER_EPOCH = 8, 1000  # long epochs: a window the re-planner forgets must lie inside one
+FAST, SLOW = 0.05, 0.2  # seconds a step
+SLOW_FROM, SLOW_UNTIL = 5.0, 35.0
+OVERHEAD = 0.5  # an epoch's end: evaluation and saving
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def step_seconds(now: float) -> float:
+    return SLOW if SLOW_FROM <= now < SLOW_UNTIL else FAST
+
+
+def budgeted_run(budget_s: float) -> tuple[float, list[dict]]:
+    """A run planned for `budget_s` at the fast step time, driven as fmnist.train.loop drives it;
+    when it ended, and its re-plans."""
+    recipe = replace(SMALL, batch_size=BATCH, epochs=1)
+    setup = set_up(recipe, DistInfo(), make_data(n_train=BATCH * PER_EPOCH, n_test=8), None, None)
+    measured = Measured(BATCH / FAST, BATCH * PER_EPOCH, OVERHEAD)
+    setup = replace(setup, recipe=replace(recipe, steps=steps_for(budget_s - END_SECONDS,
+                                                                  measured, BATCH)))
+    parts = build(setup, None)
+    state = RunState(setup.recipe, None, True, PER_EPOCH, BATCH * PER_EPOCH, parts.epochs,
+                     setup=setup, parts=parts)
+    clock = FakeClock()
+    keeper = BudgetKeeper(budget_s, show=False, every=1.0, clock=clock)
+    epoch = 0
+    while epoch < parts.epochs:
+        epoch += 1
+        state.epoch = epoch
+        keeper.on_epoch_start(state)
+        for step in range(PER_EPOCH):
+            if state.global_step + step >= parts.total_steps:
+                break
+            clock.now += step_seconds(clock.now)
+            keeper.on_step(state, step, torch.zeros(()), BATCH)
+        clock.now += OVERHEAD
+        keeper.on_epoch_end(state, {"tta": True})
+    return clock.now + END_SECONDS, keeper.replans
+
+
+def test_after_a_slow_spell_the_replanner_plans_with_the_recent_step_time():
+    budget = 120.0
+    end, replans = budgeted_run(budget)
+    # re-plans made once the windows since the recovery hold only fast steps
+    after = [r for r in replans if budget - r["seconds_left"] >= SLOW_UNTIL + 1.0]
+    during = [r for r in replans if SLOW_FROM + 1.0 <= budget - r["seconds_left"] < SLOW_UNTIL]
+    assert during and all(abs(r["step_ms"] - 1000 * SLOW) < 1 for r in during), during
+    assert after and all(abs(r["step_ms"] - 1000 * FAST) < 1 for r in after), after
+    assert 0.95 * budget <= end <= budget
