@@ -1,5 +1,21 @@
 # The project's front door. `make run` and `make test` work on a fresh clone.
+#
+# What they install:
+#   make run    .venv (Python >= 3.11): torch 2.13.0, uv, fmnist and its dependencies, TensorBoard;
+#               the real Fashion-MNIST (Debian's dataset-fashion-mnist via apt where apt exists,
+#               else a verified download into the user cache)
+#   make test   the above, plus the server, ONNX, Optuna and the test tools in .venv, and two
+#               system packages via apt (scripts/ensure-*.sh): chromium (the browser tests) and
+#               postgresql (the shared-study sweep test)
+# Variables:
+#   SYSTEM_PACKAGES=no   install nothing with apt: the data is downloaded instead, and the tests
+#                        needing a missing chromium or postgresql are skipped, saying why
+#   TORCH_INDEX=URL      where pip gets torch, e.g. https://download.pytorch.org/whl/cpu (the CPU
+#                        build; pip's default on Linux is a CUDA build of several GB)
 PYTHON ?= python3
+SYSTEM_PACKAGES ?= yes
+TORCH_INDEX ?=
+export SYSTEM_PACKAGES
 VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip install -q --disable-pip-version-check
@@ -24,7 +40,8 @@ setup: $(RUN_STAMP) data
 # extra: training logs to it when it is installed) comes with every setup.
 $(RUN_STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) torch==2.13.0 uv
+	$(PIP) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) torch==2.13.0
+	$(PIP) uv
 	$(UV) -e '.[tensorboard]'
 	touch $@
 
