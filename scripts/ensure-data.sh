@@ -9,8 +9,10 @@ if "$PY" -m fmnist data info >/dev/null 2>&1; then
     exit 0
 fi
 
-# Debian's dataset-fashion-mnist is the offline source; only try apt where it exists.
-if command -v apt-get >/dev/null 2>&1 && ! dpkg -s dataset-fashion-mnist >/dev/null 2>&1; then
+# Debian's dataset-fashion-mnist is the offline source; only try apt where it exists and
+# system packages are wanted (`make ... SYSTEM_PACKAGES=no` downloads instead).
+if [ "${SYSTEM_PACKAGES:-yes}" != no ] && command -v apt-get >/dev/null 2>&1 \
+        && ! dpkg -s dataset-fashion-mnist >/dev/null 2>&1; then
     SUDO=""
     if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1; then SUDO="sudo -n"; fi
     # `apt-get update` only when the package index does not know the package yet.
