@@ -18,7 +18,7 @@ from typing import Any
 
 from fmnist.errors import ConfigError
 
-INSTALL = "pip install 'fmnist[sweep]' (or `make setup-full` in a clone)"
+INSTALL = "pip install optuna psycopg2-binary (in the fmnist folder: pip install -e '.[sweep]', or make setup-full)"
 DB_FILE = "study.db"
 
 
