@@ -219,7 +219,7 @@ def last_of(study: Any) -> Any:
 def check_args(space: Space, trials: int | None, seconds: float | None, per_trial: float | None,
                pruner: str, final: bool) -> None:
     if trials is None and seconds is None:
-        raise ConfigError("Say how long to sweep: --trials N, --budget DURATION, or both.")
+        raise ConfigError("Say how long to sweep: --trials N, --time-budget DURATION, or both.")
     if trials is not None and trials < 1:
         raise ConfigError(f"--trials must be at least 1, got {trials}.")
     if pruner not in ("median", "none"):
@@ -230,7 +230,7 @@ def check_args(space: Space, trials: int | None, seconds: float | None, per_tria
     if seconds is not None and per_trial is not None and seconds < per_trial * (2 if final else 1):
         need = "a trial and the final run" if final else "one trial"
         raise ConfigError(f"A budget of {seconds:g} s cannot hold {need} of {per_trial:g} s each: "
-                          "give a larger --budget or a smaller --trial-budget.")
+                          "give a larger --time-budget or a smaller --trial-budget.")
 
 
 def sampler(op: Any, seed: int | None, storage: Any, name: str) -> Any:
