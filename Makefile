@@ -89,7 +89,7 @@ bench-serve: setup-full
 # [tool.mutmut.modules]); slow, so never part of `make test`. mutmut is installed here only.
 mutants: setup-full
 	$(PIP) mutmut==3.8.1
-	$(PY) scripts/mutants.py $(MODULE)
+	$(PY) scripts/mutants.py $(MODULE) $(TESTS)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

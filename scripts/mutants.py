@@ -49,16 +49,20 @@ def pyproject_for(module: str, common: dict, tests: list[str]) -> str:
 
 def main(argv: list[str]) -> int:
     common, modules = settings()
-    if len(argv) != 1 or argv[0] not in modules:
-        print(f"Usage: make mutants MODULE=<one of: {', '.join(modules)}>", file=sys.stderr)
+    if not argv or argv[0] not in modules:
+        print(f"Usage: make mutants MODULE=<one of: {', '.join(modules)}> [TESTS='test files "
+              "to run instead of the module's own']", file=sys.stderr)
         return 2
-    module = argv[0]
+    module, tests = argv[0], argv[1:] or modules[argv[0]]
     work = ROOT / ".mutants" / module.replace("/", "-")
     shutil.rmtree(work, ignore_errors=True)  # mutmut keeps what it finds: start clean
     work.mkdir(parents=True)
     shutil.copytree(ROOT / "src", work / "src", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(ROOT / "tests", work / "tests", ignore=shutil.ignore_patterns("__pycache__"))
-    (work / "pyproject.toml").write_text(pyproject_for(module, common, modules[module]))
+    (work / "pyproject.toml").write_text(pyproject_for(module, common, tests))
+    # made now, not by mutmut: a PYTHONPATH folder missing when Python starts is remembered as
+    # missing (sys.path_importer_cache), and the tests would quietly import the unmutated code
+    (work / "mutants" / "src").mkdir(parents=True)
     env = {**os.environ, "PYTHONPATH": str(work / "mutants" / "src")}
     mutmut = str(Path(sys.executable).with_name("mutmut"))
     children = os.environ.get("MUTANTS_CHILDREN", "1")  # 2 shared cores: one test run at a time
