@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from fmnist.cli.common import add_command
+from fmnist.cli.common import add_command, run_path
 from fmnist.errors import ConfigError
 
 
@@ -25,6 +25,7 @@ def add_parser(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from fmnist.tensorboard import available
 
+    args.runs_dir = run_path(args.runs_dir)  # one run, named as `fmnist runs` lists it
     if not Path(args.runs_dir).is_dir():
         raise ConfigError(f"Runs folder {args.runs_dir} does not exist: train a run first "
                           "(`fmnist train`), or name the folder that holds them.")
