@@ -256,6 +256,7 @@ def test_prediction_top():
         "top": [{"label": "b", "probability": 0.5}, {"label": "c", "probability": 0.3},
                 {"label": "a", "probability": 0.2}],
         "probabilities": {"a": 0.2, "b": 0.5, "c": 0.3},
+        "set": None, "recognised": None, "ood_score": None,
     }
 
 

@@ -52,12 +52,14 @@ def test_conformal_sets_cover_the_true_class_at_the_level_asked(score, level):
     mask = trust.set_mask(test_p, score, threshold)
     coverage = mask[np.arange(len(test_y)), test_y].mean()
     # the guarantee: at least `level` (up to sampling noise); LAC's sets no more than that
-    # (APS without randomisation, and with the top class always in, covers more)
+    # (APS without randomisation covers more)
     assert coverage >= level - 0.01
     if score == "lac":
         assert coverage <= level + 0.02
     assert 1 < mask.sum(1).mean() < 10  # sets that say something
-    assert mask[np.arange(len(test_p)), test_p.argmax(1)].all()  # the top class always in
+    # a set holds classes most probable first: the top class is in every non-empty one
+    top_in = mask[np.arange(len(test_p)), test_p.argmax(1)]
+    assert (top_in | ~mask.any(1)).all()
 
 
 def test_too_few_held_out_images_for_a_level_give_every_class():
@@ -103,8 +105,9 @@ def test_assess_gives_sets_most_probable_first_and_marks_strange_inputs():
 def test_a_checkpoint_without_trust_predicts_at_temperature_one_with_nothing_else():
     t = Trust.from_meta({"classes": ["a", "b"]})
     assert t.temperature == 1.0 and not t.calibrated
+    entropy = -(0.6 * np.log(0.6) + 0.4 * np.log(0.4))
     assert t.assess(np.array([[0.6, 0.4]])) == [{"set": None, "recognised": None,
-                                                 "ood_score": pytest.approx(-0.6)}]
+                                                 "ood_score": pytest.approx(entropy)}]
 
 
 @pytest.mark.parametrize("coverage", [0.3, 1.0, 99])

@@ -2,6 +2,9 @@
 
     open_image / preprocess (fmnist.images)  ->  uint8 (28, 28)
     Predictor.predict(...)                   ->  one forward pass per batch -> [Prediction]
+
+Probabilities are calibrated with the checkpoint's temperature, and every prediction carries
+its set of likely classes and whether the input was recognised (fmnist.trust).
 """
 
 from __future__ import annotations
@@ -20,15 +23,23 @@ from fmnist.checkpoint import normalization
 from fmnist.errors import ImageError
 from fmnist.images import BOX_SIZE, DEFAULT_BOX, SIZE, preprocess
 from fmnist.inference import predict_logits, prepare_for_inference
+from fmnist.trust import Trust, say_once
 
 
 @dataclass
 class Prediction:
-    """One image's result: the top class and the probability of every class (class order)."""
+    """One image's result: the top class, the (calibrated) probability of every class (class
+    order), the set of likely classes at the predictor's coverage (most probable first), and
+    whether the input looks like the training images at all (`recognised`, from `ood_score`:
+    higher is stranger). `set` and `recognised` are None for a checkpoint fitted without
+    held-out images (see fmnist.trust)."""
 
     index: int
     label: str
     probabilities: dict[str, float] = field(default_factory=dict)
+    set: list[str] | None = None
+    recognised: bool | None = None
+    ood_score: float | None = None
 
     def top(self, k: int = 3) -> list[tuple[str, float]]:
         """The k most probable classes, most probable first."""
@@ -44,6 +55,9 @@ class Prediction:
             "probability": self.probabilities[self.label],
             "top": [{"label": c, "probability": p} for c, p in self.top(k)],
             "probabilities": self.probabilities,
+            "set": self.set,
+            "recognised": self.recognised,
+            "ood_score": self.ood_score,
         }
 
 
@@ -58,21 +72,27 @@ class Predictor:
     It predicts with an inference copy of `model` (see `prepare_for_inference`): the caller's
     model is not moved, converted or put in eval mode. `tta=None` predicts the way the run was
     evaluated (flip TTA when it trained with `tta_flip`), so the accuracy a checkpoint reports
-    is the accuracy it serves; True/False force it.
+    is the accuracy it serves; True/False force it. `coverage` is the prediction sets' (default
+    90 %, see fmnist.trust).
 
     Thread-safe for concurrent `predict*` calls (the model stays in eval mode under no_grad).
     """
 
     def __init__(
         self, model: nn.Module, meta: dict[str, Any], device: str | torch.device = "cpu",
-        *, tta: bool | None = None,
+        *, tta: bool | None = None, coverage: float | None = None,
     ) -> None:
         self.device = torch.device(device)
         self.model = prepare_for_inference(model, self.device)
-        self._set_meta(meta, tta)
+        self._set_meta(meta, tta, coverage)
 
-    def _set_meta(self, meta: dict[str, Any], tta: bool | None) -> None:
+    def _set_meta(self, meta: dict[str, Any], tta: bool | None, coverage: float | None) -> None:
         self.meta = meta
+        self.trust = Trust.from_meta(meta, coverage)
+        if "trust" not in meta:
+            say_once("this model has no fitted temperature (it was trained before calibration, "
+                     "or without held-out images): its probabilities are uncalibrated "
+                     "(temperature 1), with no prediction sets or not-recognised mark.")
         self.classes: list[str] = list(meta["classes"])
         self.mean, self.std = normalization(meta)
         self.tta = bool(meta.get("tta_flip")) if tta is None else tta
@@ -82,19 +102,19 @@ class Predictor:
     @classmethod
     def from_checkpoint(
         cls, path: str | Path, model: str | None = None, device: str | torch.device = "cpu",
-        *, tta: bool | None = None,
+        *, tta: bool | None = None, coverage: float | None = None,
     ) -> Predictor:
         """Load a run folder, `model.safetensors` or Quickstart `model.pth` (see checkpoint.py)."""
         from fmnist.checkpoint import load_model
 
         net, meta = load_model(path, model=model, device=device)
-        return cls(net, meta, device, tta=tta)
+        return cls(net, meta, device, tta=tta, coverage=coverage)
 
     def preprocess(self, image: Image.Image) -> np.ndarray:
         return preprocess(image, box=self.box)
 
     def predict_arrays(self, images: np.ndarray | torch.Tensor) -> np.ndarray:
-        """uint8 (N, 28, 28) -> float32 probabilities (N, C)."""
+        """uint8 (N, 28, 28) -> float32 calibrated probabilities (N, C): softmax(logits / T)."""
         x = torch.as_tensor(images)
         if x.dtype != torch.uint8 or x.ndim != 3 or tuple(x.shape[1:]) != (SIZE, SIZE):
             raise ImageError(
@@ -103,7 +123,8 @@ class Predictor:
             )
         if len(x) == 0:
             return np.zeros((0, len(self.classes)), dtype=np.float32)
-        return torch.softmax(self.logits(x), dim=1).cpu().numpy().astype(np.float32, copy=False)
+        logits = self.logits(x) / self.trust.temperature
+        return torch.softmax(logits, dim=1).cpu().numpy().astype(np.float32, copy=False)
 
     def logits(self, images: torch.Tensor) -> torch.Tensor:
         """float32 logits (N, C) of checked uint8 images (N, 28, 28): the one place a backend
@@ -132,10 +153,14 @@ class Predictor:
     def prediction(self, probs: np.ndarray) -> Prediction:
         """A `Prediction` from one row of `predict_arrays`' probabilities."""
         index = int(np.argmax(probs))
+        trust = self.trust.assess(np.asarray(probs)[None])[0]
         return Prediction(
             index=index,
             label=self.classes[index],
             probabilities={c: float(p) for c, p in zip(self.classes, probs, strict=True)},
+            set=None if trust["set"] is None else [self.classes[i] for i in trust["set"]],
+            recognised=trust["recognised"],
+            ood_score=trust["ood_score"],
         )
 
     def warmup(self) -> None:
