@@ -8,7 +8,8 @@ that cover it, so a run does not pay for the whole suite on every mutant.
 Each module runs in its own copy of the project, .mutants/<module>/ (two modules can run at
 once; `cd .mutants/<module> && mutmut show <name>` shows a survivor afterwards), with only that
 module mutated and only its tests run. PYTHONPATH points at the mutated copy, so the tests' own
-subprocesses (`python -m fmnist ...`, a signalled run) run the mutant too.
+subprocesses (`python -m fmnist ...`, a signalled run) run the mutant too. MUTANTS_SUFFIX=-after
+keeps a second run of the same module apart (.mutants/<module>-after/: a before/after score).
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ def main(argv: list[str]) -> int:
               "to run instead of the module's own']", file=sys.stderr)
         return 2
     module, tests = argv[0], argv[1:] or modules[argv[0]]
-    work = ROOT / ".mutants" / module.replace("/", "-")
+    work = ROOT / ".mutants" / (module.replace("/", "-") + os.environ.get("MUTANTS_SUFFIX", ""))
     shutil.rmtree(work, ignore_errors=True)  # mutmut keeps what it finds: start clean
     work.mkdir(parents=True)
     shutil.copytree(ROOT / "src", work / "src", ignore=shutil.ignore_patterns("__pycache__"))
