@@ -34,6 +34,7 @@ from fmnist.serve import create_app
 from fmnist.serve.app import SETTINGS_ENV, app_from_env
 from fmnist.serve.batching import Batcher, BatcherDied
 from fmnist.serve.engine import Batching
+from fmnist.serve.pinning import Pinned, write_current
 from fmnist.serve.server import Server
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -319,13 +320,13 @@ def test_a_slow_decode_does_not_delay_another_requests_answer(predictor: Predict
     slow_body, decode = png(1200, 1000, seed=1), engine.decode  # 1.2 M pixels: a large upload
     entered, release, left = threading.Event(), threading.Event(), threading.Event()
 
-    def held_decode(items: Any) -> np.ndarray:
+    def held_decode(items: Any, abandoned: Any = None) -> np.ndarray:
         if items[0].data != slow_body:
-            return decode(items)
+            return decode(items, abandoned)
         entered.set()
         try:
             assert release.wait(30), "the test never released the slow decode"
-            return decode(items)
+            return decode(items, abandoned)
         finally:
             left.set()
 
@@ -483,13 +484,15 @@ def test_workers_that_cannot_start_back_off_and_then_the_supervisor_exits_1(make
         server.stop()
 
 
-def test_a_worker_loads_and_warms_its_model_before_it_listens(make_checkpoint, monkeypatch) -> None:
+def test_a_worker_loads_and_warms_its_model_before_it_listens(make_checkpoint, monkeypatch, tmp_path) -> None:
     """What a worker the supervisor starts runs: its app (model loaded, one forward pass done)
     is built before its port listens, so a restarted worker takes no traffic cold."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    monkeypatch.setenv(SETTINGS_ENV, json.dumps({"checkpoint": str(make_checkpoint("mlp")), "backend": "torch"}))
+    current = tmp_path / "current.json"
+    write_current(current, Pinned(str(make_checkpoint("mlp") / "model.safetensors"), None, "torch", "0" * 16, "x"))
+    monkeypatch.setenv(SETTINGS_ENV, json.dumps({"current": str(current)}))
     seen: list[str] = []
     warmup = Predictor.warmup
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import itertools
 import json
 import logging
 import os
 import shutil
 import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -77,6 +79,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--drain-delay", type=float, default=0.0,
                    help="on SIGTERM/SIGINT, seconds to keep accepting with /readyz at 503, so a "
                         "load balancer stops sending first (default 0)")
+    p.add_argument("--watchdog-timeout", type=float, default=10.0,
+                   help="with several workers, seconds a worker's event loop may stay stuck before "
+                        "it is killed and replaced (default 10; 0: never)")
     p.add_argument("--log-level", default="info",
                    choices=["critical", "error", "warning", "info", "debug"])
     p.set_defaults(func=run)  # fmt: skip
@@ -119,6 +124,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--max-image-megapixels and --max-request-megapixels must be positive.")
     if args.batch_window_ms < 0 or args.drain_delay < 0:
         raise ConfigError("--batch-window-ms and --drain-delay must be 0 or more.")
+    if args.watchdog_timeout < 0:
+        raise ConfigError("--watchdog-timeout must be 0 (off) or more.")
     if args.request_timeout <= 0 or args.predict_timeout <= 0 or args.graceful_timeout <= 0:
         raise ConfigError("--request-timeout, --predict-timeout and --graceful-timeout must be positive.")
     options: dict[str, Any] = {
@@ -136,63 +143,77 @@ def run(args: argparse.Namespace) -> int:
     common = {"host": args.host, "port": args.port, "log_level": args.log_level,
               "timeout_graceful_shutdown": args.graceful_timeout}  # fmt: skip
 
-    if workers == 1:  # this process serves: it loads the model itself
-        from fmnist.serve.app import Batching, create_app
+    # The model is pinned: resolved once, copied into the server's own folder, loaded from
+    # there (fmnist.serve.pinning). This process loads it first, so that a bad checkpoint fails
+    # now, in one line, and an ONNX export is made once, not once per worker.
+    tmp = Path(tempfile.mkdtemp(prefix="fmnist-serve-"))  # removed when the server stops
+    try:
+        pinned, predictor = load(args, threads, workers, tmp / "model-0")
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _announce(args)
 
-        predictor = load(args, threads, workers)
-        _announce(args)
-        app = create_app(predictor, **{**options, "batching": Batching(**options["batching"])},
-                         warmup=False)  # fmt: skip
-        return serve(uvicorn.Config(app, **common), drain_s=args.drain_delay)
+    if workers == 1:  # this process serves
+        from fmnist.serve.app import Batching, create_app, swap_in
+        from fmnist.serve.prepare import prepare
 
-    from fmnist.serve.backends import OnnxPredictor
+        try:
+            app = create_app(predictor, **{**options, "batching": Batching(**options["batching"])},
+                             warmup=False, model_id=pinned.model_id)  # fmt: skip
+            generations = itertools.count(1)
+
+            def repin() -> tuple[Any, None]:  # SIGHUP: the path again, into a folder of its own
+                into = tmp / f"model-{next(generations)}"
+                return prepare(args.checkpoint, args.model, args.backend, into)[0], None
+
+            app.state.reload = lambda: swap_in(app.state.engine, repin)
+            return serve(uvicorn.Config(app, **common), drain_s=args.drain_delay)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    from fmnist.serve.pinning import write_current
     from fmnist.serve.server import SETTINGS_ENV
 
-    # This process loads the model once: a bad checkpoint fails now, in one line, and an ONNX
-    # export is made once, not once per worker. Then it becomes a lean supervisor (see
-    # become_supervisor): each worker loads the model itself.
-    predictor = load(args, threads, workers)
-    _announce(args)
-    tmp = tempfile.mkdtemp(prefix="fmnist-serve-")  # removed by the supervisor when it stops
-    source, model = str(args.checkpoint), args.model
-    if isinstance(predictor, OnnxPredictor) and not source.endswith(".onnx"):
-        source, model = str(Path(tmp) / "model.onnx"), None
-        Path(source).write_bytes(predictor.onnx_model)
-    # Worker processes import the app by name and load the model themselves.
-    os.environ[SETTINGS_ENV] = json.dumps({
-        "checkpoint": source, "model": model, "backend": predictor.name, "threads": threads,
-        "app": options,
-    })  # fmt: skip
+    # Worker processes import the app by name and load the pinned model themselves; then this
+    # process becomes a lean supervisor (see become_supervisor).
+    current = tmp / "current.json"
+    write_current(current, pinned)
+    os.environ[SETTINGS_ENV] = json.dumps({"current": str(current), "threads": threads, "app": options})
     # /metrics sums every worker's values from files here (prometheus_client reads the
     # variable when the workers import it); an operator's own directory is kept
     if MULTIPROC_ENV not in os.environ:
-        (Path(tmp) / "metrics").mkdir()
-        os.environ[MULTIPROC_ENV] = str(Path(tmp) / "metrics")
+        (tmp / "metrics").mkdir()
+        os.environ[MULTIPROC_ENV] = str(tmp / "metrics")
     del predictor
-    return become_supervisor({"workers": workers, "common": common, "drain_s": args.drain_delay, "tmp": tmp})
+    reload = {"checkpoint": str(args.checkpoint), "model": args.model, "backend": args.backend}
+    return become_supervisor({"workers": workers, "common": common, "drain_s": args.drain_delay,
+                              "tmp": str(tmp), "watchdog_s": args.watchdog_timeout,
+                              "reload": reload})  # fmt: skip
 
 
-def load(args: argparse.Namespace, threads: int, workers: int) -> Any:
-    """The backend serving `args.checkpoint`, warm, with its "Loaded ..." line on stderr."""
+def load(args: argparse.Namespace, threads: int, workers: int, into: Path) -> tuple[Any, Any]:
+    """(the pinned model, its backend, warm), with the "Loaded ..." line on stderr."""
     import torch
 
-    from fmnist.serve.backends import as_backend, load_predictor
+    from fmnist.serve.backends import as_backend
+    from fmnist.serve.prepare import prepare
 
     t0 = time.perf_counter()
     torch.set_num_threads(threads)
-    predictor = as_backend(load_predictor(args.checkpoint, args.model, args.backend))
-    predictor.warmup()
+    pinned, predictor = prepare(args.checkpoint, args.model, args.backend, into)
+    predictor = as_backend(predictor)
     meta = predictor.meta
     acc = (meta.get("metrics") or {}).get("test_accuracy")
     acc_text = f", test accuracy {acc:.2%}" if isinstance(acc, int | float) else ""
     batching = "off" if args.no_batching else f"{args.batch_window_ms:g} ms window, up to {args.batch_size}"
     print(
-        f"Loaded '{meta.get('model')}' from {args.checkpoint}{acc_text} "
-        f"in {time.perf_counter() - t0:.1f} s; backend {predictor.name}, {workers} worker(s) x "
-        f"{threads} thread(s), batching {batching}.",
+        f"Loaded '{meta.get('model')}' from {pinned.source}{acc_text} "
+        f"in {time.perf_counter() - t0:.1f} s; model id {pinned.model_id}; backend "
+        f"{predictor.name}, {workers} worker(s) x {threads} thread(s), batching {batching}.",
         file=sys.stderr,
     )
-    return predictor
+    return pinned, predictor
 
 
 def become_supervisor(spec: dict[str, Any]) -> int:
@@ -218,9 +239,44 @@ def become_supervisor(spec: dict[str, Any]) -> int:
 def supervise(spec: dict[str, Any]) -> int:
     """The supervisor's life: the workers until a signal, then the temporary files go."""
     try:
-        return run_workers(spec["workers"], spec["common"], drain_s=spec["drain_s"])
+        return run_workers(spec["workers"], spec["common"], drain_s=spec["drain_s"],
+                           watchdog_s=spec.get("watchdog_s", 10.0),
+                           reload=reloader(Path(spec["tmp"]), spec["reload"]) if spec.get("reload") else None)  # fmt: skip
     finally:
         shutil.rmtree(spec["tmp"], ignore_errors=True)
+
+
+def reloader(tmp: Path, source: dict[str, Any]) -> Any:
+    """The supervisor's SIGHUP: pin `source` again, in a process of its own (this one holds no
+    torch), and write the result, or why it failed, where the workers read it."""
+    from fmnist.serve.pinning import Pinned, read_current, write_current
+
+    current = tmp / "current.json"
+    generations = itertools.count(1)
+    log = logging.getLogger("uvicorn.error")
+
+    def reload() -> None:
+        into = tmp / f"model-{next(generations)}"
+        log.info("SIGHUP: loading %s again", source["checkpoint"])
+        done = subprocess.run(
+            [sys.executable, "-m", "fmnist.serve.prepare", source["checkpoint"], source["model"] or "",
+             source["backend"], str(into)], capture_output=True, text=True,
+        )  # fmt: skip
+        old, _ = read_current(current)
+        if done.returncode == 0:
+            pinned = Pinned(**json.loads(done.stdout.strip().splitlines()[-1]))
+            write_current(current, pinned)
+            log.info("SIGHUP: model %s from %s is ready; the workers load it now", pinned.model_id,
+                     pinned.source)  # fmt: skip
+        else:
+            lines = done.stderr.strip().splitlines()
+            error = lines[-1] if lines else f"status {done.returncode}"
+            write_current(current, old, f"Reload failed: {error}")
+            shutil.rmtree(into, ignore_errors=True)
+            log.error("SIGHUP: the new model cannot be served, model %s goes on serving: %s",
+                      old.model_id, error)  # fmt: skip
+
+    return reload
 
 
 def _announce(args: argparse.Namespace) -> None:
@@ -232,7 +288,8 @@ def _announce(args: argparse.Namespace) -> None:
           file=sys.stderr)  # fmt: skip
 
 
-def run_workers(workers: int, common: dict[str, Any], drain_s: float = 0.0) -> int:
+def run_workers(workers: int, common: dict[str, Any], drain_s: float = 0.0, watchdog_s: float = 10.0,
+                reload: Any = None) -> int:
     """`workers` processes under fmnist's supervisor, each with a listening socket of its own."""
     import uvicorn
 
@@ -248,7 +305,8 @@ def run_workers(workers: int, common: dict[str, Any], drain_s: float = 0.0) -> i
     else:  # Windows: one socket shared by the workers, as uvicorn makes it
         sock = config.bind_socket()
     try:
-        return Supervisor(config, sock, workers, "fmnist.serve.app:app_from_env", drain_s=drain_s).run()
+        return Supervisor(config, sock, workers, "fmnist.serve.app:app_from_env", drain_s=drain_s,
+                          watchdog_s=watchdog_s, reload=reload).run()
     finally:
         sock.close()
 

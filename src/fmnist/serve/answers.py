@@ -23,8 +23,8 @@ def png_data_url(image: np.ndarray) -> str:
 
 
 def answer(
-    backend: Backend, job: Job, images: np.ndarray, probs: np.ndarray, pass_images: int,
-    decode_s: float, model_s: float,
+    backend: Backend, model_id: str, job: Job, images: np.ndarray, probs: np.ndarray,
+    pass_images: int, decode_s: float, model_s: float,
 ) -> dict[str, Any]:  # fmt: skip
     """`job`'s answer from the images the model saw and their probabilities (class order)."""
     predictions = []
@@ -36,6 +36,7 @@ def answer(
         predictions.append({f: full[f] for f in job.fields})
     return {
         "model": backend.meta.get("model"),
+        "model_id": model_id,  # which files answered (fmnist.serve.pinning)
         "count": len(predictions),
         "predictions": predictions,
         # how many images shared this request's forward pass (its own included)

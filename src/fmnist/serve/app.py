@@ -29,25 +29,30 @@ JSON); `backends` is what runs the model, `schemas` the OpenAPI description.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
+from fmnist.errors import FmnistError
 from fmnist.predict import Predictor
-from fmnist.serve.backends import Backend, as_backend
+from fmnist.serve.backends import Backend, as_backend, load_predictor
 from fmnist.serve.engine import Batching, Engine
 from fmnist.serve.errors import add_error_handlers
 from fmnist.serve.limits import BodyLimit, Limits
 from fmnist.serve.metrics import RequestMetrics
+from fmnist.serve.pinning import Pinned, read_current
 from fmnist.serve.routes import STATIC_DIR, router
 from fmnist.serve.server import SETTINGS_ENV
 
-__all__ = ["SETTINGS_ENV", "STATIC_DIR", "Batching", "app_from_env", "create_app"]
+__all__ = ["SETTINGS_ENV", "STATIC_DIR", "Batching", "app_from_env", "create_app", "swap_in"]
 
+log = logging.getLogger("uvicorn.error")
 _DEFAULT = Limits()
 
 
@@ -64,6 +69,7 @@ def create_app(
     max_uploads: int = _DEFAULT.max_uploads,
     predict_timeout_s: float = _DEFAULT.predict_timeout_s,
     warmup: bool = True,
+    model_id: str | None = None,
 ) -> FastAPI:
     """The ASGI app serving `predictor`.
 
@@ -74,13 +80,14 @@ def create_app(
 
     With `warmup`, one forward pass runs in a background thread at startup and /readyz answers
     503 until it is done; pass False when the predictor is already warm (the CLI warms it before
-    it binds the port).
+    it binds the port). `model_id` names the files served (fmnist.serve.pinning); without it,
+    a hash of the predictor's weights.
     """
     limits = Limits(max_upload_bytes=max_upload_bytes, max_batch=max_batch, max_pixels=max_pixels,
                     max_request_pixels=max_request_pixels, max_queue=max_queue,
                     request_timeout_s=request_timeout_s, max_uploads=max_uploads,
                     predict_timeout_s=predict_timeout_s)  # fmt: skip
-    engine = Engine(as_backend(predictor), limits, batching)
+    engine = Engine(as_backend(predictor), limits, batching, model_id)
     if not warmup:
         engine.ready.set()
 
@@ -118,17 +125,42 @@ def _version() -> str:
 def app_from_env() -> FastAPI:
     """App factory for `uvicorn --factory` with several worker processes, each loading the
     model itself: `fmnist serve` puts its settings in FMNIST_SERVE_SETTINGS as JSON
-    ({"checkpoint", "model", "backend", "threads", "app": create_app's keyword arguments})."""
+    ({"current": the supervisor's model pin file, "threads", "app": create_app's keyword
+    arguments}). On SIGHUP the worker loads what the pin file names then."""
     import torch
-
-    from fmnist.serve.backends import load_predictor
 
     settings = json.loads(os.environ[SETTINGS_ENV])
     if settings.get("threads"):
         torch.set_num_threads(settings["threads"])
-    predictor = load_predictor(settings["checkpoint"], settings.get("model"), settings.get("backend", "torch"))
+    current = Path(settings["current"])
+    pinned, _ = read_current(current)
     # warm before uvicorn listens: a worker the supervisor restarts takes no traffic cold
-    predictor.warmup()
+    predictor = _load(pinned)
     options = dict(settings.get("app", {}))
     options["batching"] = Batching(**options.get("batching", {}))
-    return create_app(predictor, **options, warmup=False)
+    app = create_app(predictor, **options, warmup=False, model_id=pinned.model_id)
+    engine: Engine = app.state.engine
+    app.state.reload = lambda: swap_in(engine, lambda: read_current(current))
+    return app
+
+
+def _load(pinned: Pinned) -> Backend:
+    predictor = as_backend(load_predictor(pinned.path, pinned.model, pinned.backend))
+    predictor.warmup()
+    return predictor
+
+
+def swap_in(engine: Engine, pin: Callable[[], tuple[Pinned, str | None]]) -> None:
+    """A reload: `pin()` says what to serve (and why the last attempt failed, if it did); a
+    model with another id is loaded, warmed and swapped in, while the old one goes on
+    answering. A failure leaves the old one serving, with the reason in the log and in
+    /v1/model (`reload_error`)."""
+    try:
+        pinned, error = pin()
+        if pinned.model_id != engine.model_id:
+            engine.swap(_load(pinned), pinned.model_id)
+            log.info("Reloaded: serving model %s (from %s)", pinned.model_id, pinned.source)
+        engine.reload_error = error
+    except FmnistError as e:
+        engine.reload_error = str(e)
+        log.error("Reload failed; model %s goes on serving: %s", engine.model_id, e)

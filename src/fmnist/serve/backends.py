@@ -27,6 +27,7 @@ from torch import nn
 from fmnist.errors import CheckpointError, ConfigError
 from fmnist.inference import to_input
 from fmnist.predict import Prediction, Predictor
+from fmnist.serve.pinning import content_id
 
 BACKENDS = ("auto", "torch", "onnxruntime")
 
@@ -176,6 +177,20 @@ class OnnxPredictor(Predictor):
         # the image and its mirror in one run: one call's overhead instead of two
         both = self.model(torch.cat([x, x.flip(-1)]))
         return (both[: len(x)] + both[len(x) :]) / 2
+
+
+def content_id_of(backend: Backend) -> str:
+    """The id of a model made in Python rather than pinned from files: a hash of its weights
+    (or its ONNX graph) and its metadata."""
+    meta = json.dumps(backend.meta, sort_keys=True, default=str).encode()
+    onnx = getattr(backend, "onnx_model", None)
+    if isinstance(onnx, bytes):
+        return content_id(onnx, meta)
+    model = backend.predictor.model if isinstance(backend, TorchBackend) else None
+    if model is None:
+        return content_id(meta)
+    state = model.state_dict()
+    return content_id(*(k.encode() + state[k].detach().cpu().numpy().tobytes() for k in sorted(state)), meta)
 
 
 def _installed(module: str) -> bool:

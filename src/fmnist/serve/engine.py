@@ -49,7 +49,7 @@ import numpy as np
 from fmnist.errors import ImageError
 from fmnist.images import declared_size, open_image
 from fmnist.serve.answers import answer
-from fmnist.serve.backends import Backend
+from fmnist.serve.backends import Backend, content_id_of
 from fmnist.serve.batching import Batched, Batcher, BatcherClosed
 from fmnist.serve.errors import ApiError
 from fmnist.serve.limits import Limits
@@ -82,11 +82,22 @@ class Batching:
     max_images: int = 64  # the most images in one pass (a larger request still runs, alone)
 
 
+@dataclass(frozen=True)
+class Served:
+    """The model answering now: its backend and its id (fmnist.serve.pinning). Replaced whole
+    by `Engine.swap`; a pass takes it once, so its answers name the model that computed them."""
+
+    backend: Backend
+    model_id: str
+
+
 class Engine:
     """The backend plus everything the routes need from it."""
 
-    def __init__(self, backend: Backend, limits: Limits, batching: Batching | None = None) -> None:
-        self.backend = backend
+    def __init__(self, backend: Backend, limits: Limits, batching: Batching | None = None,
+                 model_id: str | None = None) -> None:  # fmt: skip
+        self.served = Served(backend, model_id or content_id_of(backend))
+        self.reload_error: str | None = None  # why the last reload failed, for /v1/model
         self.limits = limits
         batching = batching or Batching()
         # Unbatched: one forward pass at a time, since torch already uses every core for one
@@ -94,7 +105,7 @@ class Engine:
         # thread runs the passes, so they never overlap either.
         self.lock = threading.Lock()
         self.metrics = Metrics()
-        self.metrics.set_model(backend.meta.get("model"), backend.name, backend.tta)
+        self.metrics.set_model(backend.meta.get("model"), backend.name, backend.tta, self.served.model_id)
         self.batcher = (
             Batcher(self._forward, prepare=self._job_images, finish=self._answer_job,
                     max_images=batching.max_images, window_s=batching.window_ms / 1e3)
@@ -109,6 +120,24 @@ class Engine:
         self.in_flight = 0  # predictions admitted (body read) and not yet answered
         self.rejected: Counter[str] = Counter()  # reason -> requests refused or dropped
         self._samples = Samples(backend.meta, list(backend.classes))
+
+    @property
+    def backend(self) -> Backend:
+        return self.served.backend
+
+    @property
+    def model_id(self) -> str:
+        return self.served.model_id
+
+    def swap(self, backend: Backend, model_id: str) -> None:
+        """Serve `backend` (warm already) from the next forward pass on; a pass under way
+        finishes, and answers, with the model it began with."""
+        old = self.served
+        self.served = Served(backend, model_id)  # one assignment: readers see old or new
+        self.reload_error = None
+        self._samples = Samples(backend.meta, list(backend.classes))
+        self.metrics.unset_model(old.backend.meta.get("model"), old.backend.name, old.backend.tta, old.model_id)
+        self.metrics.set_model(backend.meta.get("model"), backend.name, backend.tta, model_id)
 
     def warmup(self) -> None:
         try:
@@ -285,13 +314,16 @@ class Engine:
         batch = self.decode(job.items, job.cancelled)
         t1 = time.perf_counter()
         with self.lock:
-            probs = self.backend.predict_arrays(batch)
+            served = self.served
+            probs = served.backend.predict_arrays(batch)
         t2 = time.perf_counter()
-        return answer(self.backend, job, batch, probs, len(batch), t1 - job.t0, t2 - t1)
+        return answer(served.backend, served.model_id, job, batch, probs, len(batch), t1 - job.t0, t2 - t1)
 
     def _forward(self, images: np.ndarray) -> np.ndarray:
+        # on the batcher's thread, like _answer_job after it: this pass's model, for both
+        self._pass_served = served = self.served
         t0 = time.perf_counter()
-        out = self.backend.predict_arrays(images)
+        out = served.backend.predict_arrays(images)
         self.metrics.pass_seconds.observe(time.perf_counter() - t0)
         self.metrics.pass_images.observe(len(images))
         return out
@@ -310,8 +342,9 @@ class Engine:
     def _answer_job(self, job: Job, shared: Batched) -> dict[str, Any]:
         # "model" for a batched request: from decoded to answered (the window, the pass)
         model_s = time.perf_counter() - job.t0 - job.decode_s
-        return answer(self.backend, job, shared.images, shared.rows, shared.pass_images,
-                      job.decode_s, model_s)  # fmt: skip
+        served = self._pass_served
+        return answer(served.backend, served.model_id, job, shared.images, shared.rows,
+                      shared.pass_images, job.decode_s, model_s)  # fmt: skip
 
     def stats(self) -> dict[str, Any]:
         batcher = self.batcher
@@ -342,6 +375,9 @@ class Engine:
         meta = backend.meta
         return {
             "model": meta.get("model"),
+            # a content hash of the files served: every prediction carries it too
+            "model_id": self.model_id,
+            "reload_error": self.reload_error,
             "model_config": meta.get("model_config", {}),
             "classes": list(backend.classes),
             "parameters": backend.parameter_count,

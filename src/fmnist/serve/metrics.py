@@ -5,12 +5,17 @@
     fmnist_forward_pass_images / _seconds                histograms of the shared passes
     fmnist_predictions_queued / fmnist_uploads_in_progress   gauges (summed over live workers)
     fmnist_rejected_total{reason}                        busy, uploads, deadline, client_gone
-    fmnist_model_info{model,backend,tta}                 always 1
+    fmnist_model_info{model,backend,tta,model_id}        always 1
+    fmnist_worker_restarts_total{reason}                 crashed, failed_start, unresponsive
+                                                         (written by the supervisor)
 
 With several workers every process writes its values to files under PROMETHEUS_MULTIPROC_DIR
 (`fmnist serve` makes one; prometheus_client's multiprocess mode) and whichever worker answers
 /metrics sums them all, so one scrape sees the whole server. The variable must be set before
-prometheus_client is imported: it picks its storage then.
+prometheus_client is imported: it picks its storage then. When a worker dies the supervisor
+folds its counters and histograms into one archive file per kind and deletes its files
+(`mark_worker_dead`), so that totals never go back and the folder does not grow with every
+restart.
 
 Each app has a registry of its own, so that several apps in one process (tests) do not clash.
 The route label is the route's template (`/v1/predict`), never the raw path, so that probing
@@ -21,6 +26,7 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import (
@@ -32,6 +38,7 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client import multiprocess as prom_multiprocess
+from prometheus_client.mmap_dict import MmapedDict
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -65,11 +72,16 @@ class Metrics:
                              multiprocess_mode="livesum", registry=r)  # fmt: skip
         self.rejected = Counter("fmnist_rejected", "Predictions refused or dropped before their "
                                 "forward pass, by reason", ["reason"], registry=r)  # fmt: skip
+        # livemax: a dead worker's series goes with it (a replaced model's id included)
         self.model = Gauge("fmnist_model_info", "The model served (value always 1)",
-                           ["model", "backend", "tta"], multiprocess_mode="max", registry=r)  # fmt: skip
+                           ["model", "backend", "tta", "model_id"], multiprocess_mode="livemax",
+                           registry=r)  # fmt: skip
 
-    def set_model(self, model: Any, backend: str, tta: bool) -> None:
-        self.model.labels(str(model), backend, str(tta).lower()).set(1)
+    def set_model(self, model: Any, backend: str, tta: bool, model_id: str) -> None:
+        self.model.labels(str(model), backend, str(tta).lower(), model_id).set(1)
+
+    def unset_model(self, model: Any, backend: str, tta: bool, model_id: str) -> None:
+        self.model.remove(str(model), backend, str(tta).lower(), model_id)
 
     def exposition(self) -> bytes:
         if not multiprocess():
@@ -80,10 +92,48 @@ class Metrics:
         return generate_latest(registry)
 
 
+class WorkerRestarts:
+    """fmnist_worker_restarts_total{reason}, counted by the supervisor in a file of its own."""
+
+    REASONS = ("crashed", "failed_start", "unresponsive")
+
+    def __init__(self) -> None:
+        self.counter = Counter("fmnist_worker_restarts", "Worker processes replaced, by reason",
+                               ["reason"], registry=CollectorRegistry())  # fmt: skip
+        for reason in self.REASONS:  # every series from the start, at 0
+            self.counter.labels(reason)
+
+    def inc(self, reason: str) -> None:
+        self.counter.labels(reason).inc()
+
+
 def mark_worker_dead(pid: int) -> None:
-    """Drop a dead worker's live gauges (the supervisor calls it; its counters stay)."""
-    if multiprocess():
-        prom_multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
+    """The supervisor's bookkeeping for a dead worker: its live gauges go, its counters and
+    histograms are added to the archive files, and its files are deleted."""
+    if not multiprocess():
+        return
+    directory = Path(os.environ[MULTIPROC_ENV])
+    prom_multiprocess.mark_process_dead(pid, str(directory))  # type: ignore[no-untyped-call]
+    for kind in ("counter", "histogram"):
+        dead = directory / f"{kind}_{pid}.db"
+        if dead.is_file():
+            _fold(dead, directory / f"{kind}_archive.db")
+    for other in directory.glob(f"gauge_*_{pid}.db"):  # non-live gauges: nothing to keep
+        other.unlink(missing_ok=True)
+
+
+def _fold(dead: Path, archive: Path) -> None:
+    """Add every value of `dead` to `archive`, then delete `dead`. A scrape in between counts
+    the dead worker's values twice, once: the next one is right again."""
+    values = MmapedDict.read_all_values_from_file(str(dead))
+    kept = MmapedDict(str(archive))
+    try:
+        for key, value, timestamp, _ in values:
+            total, _ = kept.read_value(key)
+            kept.write_value(key, total + value, timestamp)
+    finally:
+        kept.close()
+    dead.unlink()
 
 
 class RequestMetrics:

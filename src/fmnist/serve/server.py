@@ -17,10 +17,17 @@
   below, systemd, Kubernetes) starts a fresh one.
 - With `make_app`, the app is built inside the process that serves it (a worker), before it
   listens: the model is loaded and warm before the first connection reaches it.
+- SIGHUP reloads the model, when the app says how (`app.state.reload`, a function run in a
+  thread of its own): the new model is loaded and warmed beside the old one, which answers
+  meanwhile, and takes over from the next forward pass; no connection is closed, so no request
+  fails. A model that does not load leaves the old one serving (fmnist.serve.app says why).
 
 `Supervisor` runs several such workers (spawned processes, each with its own socket or the
-parent's, see fmnist.cli.serve) and starts a new one whenever one exits; on SIGTERM/SIGINT it
-passes the signal on, waits for every worker to drain, and exits 0 when they all did.
+parent's, see fmnist.cli.serve) and starts a new one whenever one exits, after a back-off; it
+replaces a worker whose event loop stops turning (a watchdog); on SIGHUP it prepares the new
+model once (its `reload` function) and then passes SIGHUP to every listening worker, and to
+every worker that starts listening later; on SIGTERM/SIGINT it passes the signal on, waits for
+every worker to drain, and exits 0 when they all did.
 """
 
 from __future__ import annotations
@@ -41,7 +48,7 @@ from typing import TYPE_CHECKING, Any
 import uvicorn
 from uvicorn.importer import import_from_string
 
-from fmnist.serve.metrics import mark_worker_dead
+from fmnist.serve.metrics import WorkerRestarts, mark_worker_dead
 
 if TYPE_CHECKING:  # not at run time: the supervising parent never imports torch
     from fmnist.serve.engine import Engine
@@ -57,10 +64,12 @@ SETTINGS_ENV = "FMNIST_SERVE_SETTINGS"
 class Server(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, *, make_app: Callable[[], Any] | None = None,
                  drain_s: float = 0.0, first_request_grace_s: float = 1.0,
-                 ready: Any = None) -> None:  # fmt: skip
+                 ready: Any = None, heartbeat: Any = None) -> None:  # fmt: skip
         super().__init__(config)
         self.make_app = make_app
         self.ready = ready  # an Event the supervisor reads: set once the port listens
+        # a shared double the supervisor's watchdog reads: the event loop's last tick (monotonic)
+        self.heartbeat = heartbeat
         self.drain_s = drain_s
         self.first_request_grace_s = first_request_grace_s
         self.exit_code = 0
@@ -72,6 +81,10 @@ class Server(uvicorn.Server):
             self.config.app, self.config.factory = self.make_app(), False
         if not self.config.loaded:
             self.config.load()
+        reload = getattr(getattr(self.config.app, "state", None), "reload", None)
+        if reload is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGHUP, lambda sig, frame: threading.Thread(
+                target=reload, name="fmnist-reload", daemon=True).start())  # fmt: skip
         protocol = self.config.http_protocol_class
         if not issubclass(protocol, FirstRequestGrace):
             self.config.http_protocol_class = type(protocol.__name__, (FirstRequestGrace, protocol),
@@ -81,8 +94,13 @@ class Server(uvicorn.Server):
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
+        self._beat()
         if self.started and self.ready is not None:
             self.ready.set()
+
+    def _beat(self) -> None:
+        if self.heartbeat is not None:
+            self.heartbeat.value = time.monotonic()
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         # What closing the port cuts and what it does not, in one line (the lifecycle benchmark
@@ -113,6 +131,7 @@ class Server(uvicorn.Server):
         self.should_exit = self.drain_s <= 0
 
     async def on_tick(self, counter: int) -> bool:
+        self._beat()  # uvicorn ticks every 0.1 s on the event loop: a stuck loop stops beating
         if self._drain_until is not None and time.monotonic() >= self._drain_until:
             self.should_exit = True
         engine = self.engine
@@ -186,23 +205,32 @@ def serve(config: uvicorn.Config, *, drain_s: float = 0.0) -> int:
 
 
 def _worker(config: uvicorn.Config, sockets: list[socket.socket], make_app: Callable[[], Any] | str,
-            drain_s: float, ready: Any) -> None:  # fmt: skip
+            drain_s: float, ready: Any, heartbeat: Any) -> None:  # fmt: skip
+    # the supervisor signals only listening workers, but a stray SIGHUP must not end one
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     config.configure_logging()
     if isinstance(make_app, str):  # "module:function", imported here, in the worker
         make_app = import_from_string(make_app)
-    server = Server(config, make_app=make_app, drain_s=drain_s, ready=ready)  # type: ignore[arg-type]
+    server = Server(config, make_app=make_app, drain_s=drain_s, ready=ready,  # type: ignore[arg-type]
+                    heartbeat=heartbeat)  # fmt: skip
     server.run(sockets=sockets)
     raise SystemExit(server.exit_code)
 
 
 @dataclass
 class Slot:
-    """One worker's place: its process, the Event it sets once it listens, and how many of its
-    starts in a row ended before that (a model file gone, a port taken, a broken install)."""
+    """One worker's place: its process, the Event it sets once it listens, its heartbeat, and
+    how many of its starts in a row failed (a model file gone, a port taken, a broken install,
+    a crash soon after it listened)."""
 
     process: Any = None
     ready: Any = None
-    failed_starts: int = 0
+    heartbeat: Any = None
+    failures: int = 0
+    started: float = 0.0  # when its process started
+    listening: float | None = None  # when it was first seen listening
+    killed: str | None = None  # why the supervisor killed it, if it did
+    generation: int = 0  # the last reload it was told of (SIGHUP)
     start_at: float = 0.0  # when a slot waiting out its back-off starts again
 
 
@@ -211,66 +239,114 @@ class Supervisor:
     may be "module:function", imported by each worker only: then the supervisor itself need not
     import the app, torch or the model (fmnist serve's parent does not).
 
-    A worker that exits after it listened is replaced at once. One that exits before it
-    listened is started again after a back-off (1, 2, 4 ... up to 30 s), rather than loading
-    torch in a loop; when every worker has failed to start `give_up` times in a row, none is
-    serving and none will: the supervisor stops with status 1, for its own process manager."""
+    Every worker that exits is started again after a back-off (1, 2, 4 ... up to 30 s), so that
+    a worker that crashes in a loop does not load torch in a loop. A start counts as failed
+    when the worker exits before it listens or within `STABLE_S` after; one that has listened
+    longer has proved itself, and its next crash starts the count again. When every worker's
+    last `give_up` starts have failed, none is serving and none will: the supervisor stops
+    with status 1, for its own process manager.
+
+    Watchdog: a listening worker whose event loop has not ticked for `watchdog_s` (it answers
+    nothing, probes included, while the kernel still hands it new connections) is killed and
+    replaced like a crashed one. 0 turns it off."""
 
     BACKOFF_MAX_S = 30.0
+    STABLE_S = 60.0
 
     def __init__(self, config: uvicorn.Config, sock: socket.socket, workers: int,
                  make_app: Callable[[], Any] | str, *, drain_s: float = 0.0,
-                 give_up: int = 3) -> None:  # fmt: skip
+                 give_up: int = 3, watchdog_s: float = 10.0,
+                 reload: Callable[[], None] | None = None) -> None:  # fmt: skip
         self.config, self.sock, self.workers = config, sock, workers
         self.make_app, self.drain_s, self.give_up = make_app, drain_s, give_up
+        self.watchdog_s = watchdog_s
+        self.reload = reload  # prepares the new model; the workers then load it on SIGHUP
+        self.generation = 0  # reloads prepared so far
+        self._reloading = threading.Lock()
         self.stopping = threading.Event()
         self.restarts = 0
+        self._restarts = WorkerRestarts()
         self._context = multiprocessing.get_context("spawn")  # no torch state forked into workers
 
-    def _start(self, slot: Slot) -> None:
+    def _start(self, slot: Slot, now: float) -> None:
         slot.ready = self._context.Event()
+        slot.heartbeat = self._context.Value("d", 0.0, lock=False)
         slot.process = self._context.Process(
-            target=_worker, args=(self.config, [self.sock], self.make_app, self.drain_s, slot.ready),
-            name="fmnist-serve-worker",
+            target=_worker, name="fmnist-serve-worker",
+            args=(self.config, [self.sock], self.make_app, self.drain_s, slot.ready, slot.heartbeat),
         )  # fmt: skip
         slot.process.start()
+        log.info("Started worker [%d]", slot.process.pid)
+        slot.started, slot.listening, slot.killed = now, None, None
+        slot.generation = self.generation  # it reads the current model as it starts
 
     def _check(self, slot: Slot, now: float) -> None:
-        """Start the slot's worker when due; notice and schedule the replacement of one that exited."""
+        """Start the slot's worker when due; watch a live one; notice one that exited and
+        schedule its replacement."""
         p = slot.process
         if p is None:
             if now >= slot.start_at:
-                self._start(slot)
+                self._start(slot, now)
             return
         if p.is_alive():
             if slot.ready.is_set():
-                slot.failed_starts = 0
+                if slot.listening is None:
+                    slot.listening = now
+                if slot.generation != self.generation:  # a reload it has not been told of
+                    slot.generation = self.generation
+                    os.kill(p.pid, signal.SIGHUP)
+                if now - slot.listening >= self.STABLE_S:
+                    slot.failures = 0
+                silent = now - slot.heartbeat.value
+                if self.watchdog_s > 0 and silent > self.watchdog_s:
+                    log.error("Worker [%d] has not answered for %.0f s (its event loop is stuck): "
+                              "killing it", p.pid, silent)  # fmt: skip
+                    slot.killed = "unresponsive"
+                    p.kill()
+                    p.join(5)
             return
         mark_worker_dead(p.pid)
         self.restarts += 1
         slot.process = None
-        if slot.ready.is_set():  # killed (OOM, a native crash) or exited because its batcher died
-            log.error("Worker [%d] exited with status %s: starting another", p.pid, p.exitcode)
-            slot.start_at = now
-            return
-        slot.failed_starts += 1
-        delay = min(self.BACKOFF_MAX_S, 2.0 ** (slot.failed_starts - 1))
+        stable = slot.listening is not None and now - slot.listening >= self.STABLE_S
+        slot.failures = 1 if stable else slot.failures + 1
+        delay = min(self.BACKOFF_MAX_S, 2.0 ** (slot.failures - 1))
         slot.start_at = now + delay
-        log.error("Worker [%d] exited with status %s before it listened (%d in a row): starting "
-                  "another in %g s", p.pid, p.exitcode, slot.failed_starts, delay)  # fmt: skip
+        when = "before it listened" if slot.listening is None else (
+            f"{now - slot.listening:.0f} s after it listened")  # fmt: skip
+        self._restarts.inc(slot.killed or ("failed_start" if slot.listening is None else "crashed"))
+        log.error("Worker [%d] exited with status %s %s (%d failed start(s) in a row): starting "
+                  "another in %g s", p.pid, p.exitcode, when, slot.failures, delay)  # fmt: skip
 
     def _stop(self, sig: int, frame: FrameType | None) -> None:
         self.stopping.set()
 
+    def _hup(self, sig: int, frame: FrameType | None) -> None:
+        threading.Thread(target=self._prepare_reload, name="fmnist-reload", daemon=True).start()
+
+    def _prepare_reload(self) -> None:
+        if self.reload is None:
+            log.warning("SIGHUP: this server has no model to reload")
+            return
+        if not self._reloading.acquire(blocking=False):
+            log.warning("SIGHUP: a reload is already being prepared")
+            return
+        try:
+            self.reload()  # whether it worked or not, the workers read what it wrote
+            self.generation += 1
+        finally:
+            self._reloading.release()
+
     def run(self) -> int:
         previous = {sig: signal.signal(sig, self._stop) for sig in STOP_SIGNALS}
+        previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, self._hup)
         try:
             log.info("Started parent process [%d]", os.getpid())
             slots = [Slot() for _ in range(self.workers)]
             while not self.stopping.wait(0.2):
                 for slot in slots:
                     self._check(slot, time.monotonic())
-                if all(s.process is None and s.failed_starts >= self.give_up for s in slots):
+                if all(s.process is None and s.failures >= self.give_up for s in slots):
                     log.critical("No worker starts (each failed %d times in a row; see above): "
                                  "stopping", self.give_up)  # fmt: skip
                     return 1
