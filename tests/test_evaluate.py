@@ -126,7 +126,7 @@ def test_evaluate_on_a_checkpoint_matches_the_model(make_checkpoint, tmp_path):
     )
     assert not math.isnan(report.ece)
     paths = save_report_pictures(report, images.numpy(), tmp_path / "pics")
-    assert [p.name for p in paths] == ["confusion.png", "confident_errors.png"]
+    assert [p.name for p in paths] == ["confusion.png", "reliability.png", "confident_errors.png"]
     assert all(p.read_bytes().startswith(b"\x89PNG") for p in paths)
 
 

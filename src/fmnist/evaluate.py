@@ -1,5 +1,8 @@
 """Metrics and reports for a trained model: accuracy, loss, per-class precision/recall/F1, the
-confusion matrix, expected calibration error, and the most confidently wrong images.
+confusion matrix, expected calibration error, and the most confidently wrong images; and how far
+its answers can be trusted (`TrustReport`): calibration before and after the checkpoint's
+temperature (ECE with a bootstrap interval, a reliability diagram), the coverage and size of its
+prediction sets, and how often it says "not recognised".
 
 Everything is computed by hand from the logits with torch/numpy (no sklearn), in float64 so the
 numbers do not depend on batch order. `metrics_from_logits` is the pure part and is what the
@@ -17,11 +20,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from fmnist import trust as trust_fit
 from fmnist.checkpoint import normalization
 from fmnist.inference import predict_logits, prepare_for_inference, score
+from fmnist.trust import Trust
 
 ECE_BINS = 15
 CONFIDENT_ERRORS = 20
+BOOTSTRAP = 1000  # resamples for the ECE's 95 % interval
 
 
 @dataclass
@@ -29,13 +35,14 @@ class Report:
     classes: list[str]
     n: int
     accuracy: float
-    loss: float  # mean cross-entropy (nats)
+    loss: float  # mean cross-entropy (nats) of the logits as the model gives them
     per_class: dict[str, dict[str, float]]  # class -> precision, recall, f1, support
     confusion_matrix: list[list[int]]  # [true][predicted] counts
-    ece: float
+    ece: float  # of the calibrated probabilities (the checkpoint's temperature)
     # the most confidently wrong images, most confident first: index into the evaluated
     # images, true and predicted class indices, and the predicted class's probability
     confident_errors: list[dict[str, Any]] = field(default_factory=list)
+    trust: TrustReport | None = None  # `evaluate` fills it in
 
     @property
     def macro_avg(self) -> dict[str, float]:
@@ -57,6 +64,7 @@ class Report:
             "weighted_avg": self.weighted_avg,
             "confusion_matrix": self.confusion_matrix,
             "confident_errors": self.confident_errors,
+            **({"trust": self.trust.to_dict()} if self.trust is not None else {}),
         }
 
     def to_text(self) -> str:
@@ -87,6 +95,8 @@ class Report:
         for i, row in enumerate(cm):
             label = f"{i:>2} {self.classes[i]}"
             lines.append(f"{label:<{label_w}}" + "".join(f"{v:>{cell}}" for v in row))
+        if self.trust is not None:
+            lines += ["", *self.trust.to_lines()]
         return "\n".join(lines)
 
 
@@ -133,8 +143,10 @@ def metrics_from_logits(
     classes: list[str],
     *,
     top_errors: int = CONFIDENT_ERRORS,
+    temperature: float = 1.0,
 ) -> Report:
-    """A Report from logits (N, C) and true labels (N,)."""
+    """A Report from logits (N, C) and true labels (N,); its ECE and confidences are those of
+    softmax(logits / temperature)."""
     logits_t = torch.as_tensor(logits).double().cpu()
     labels_t = torch.as_tensor(labels).long().cpu()
     n, c = logits_t.shape if logits_t.ndim == 2 else (0, len(classes))
@@ -143,7 +155,7 @@ def metrics_from_logits(
     if len(labels_t) != n:
         raise ValueError(f"{n} logits but {len(labels_t)} labels")
 
-    probs = torch.softmax(logits_t, dim=1)
+    probs = torch.softmax(logits_t / temperature, dim=1)
     confidence, pred = probs.max(dim=1)
     right, loss_sum, _, _ = score(logits_t, labels_t).tolist()
     correct = (pred == labels_t).numpy()
@@ -200,32 +212,43 @@ def evaluate(
     *,
     batch_size: int = 1024,
     tta_flip: bool | None = None,
+    coverage: float | None = None,
+    ood: tuple[str, np.ndarray] | None = None,
 ) -> Report:
-    """Run `model` over uint8 images (N, 28, 28) and report against `labels` (N,).
+    """Run `model` over uint8 images (N, 28, 28) and report against `labels` (N,), with its
+    trust report (`Report.trust`): calibration, prediction sets at `coverage` (default 90 %),
+    and, given `ood` (a name and uint8 images that are not of any class), how well it tells
+    those apart.
 
-    `meta` is the checkpoint metadata: its `classes`, `normalize` and `tta_flip` are used.
-    `tta_flip=None` evaluates the way the run was trained to predict (and the way `Predictor`
-    serves it). `model` itself is not changed (an inference copy runs).
+    `meta` is the checkpoint metadata: its `classes`, `normalize`, `tta_flip` and `trust` are
+    used. `tta_flip=None` evaluates the way the run was trained to predict (and the way
+    `Predictor` serves it). `model` itself is not changed (an inference copy runs).
     """
     mean, std = normalization(meta)
     tta = bool(meta.get("tta_flip")) if tta_flip is None else tta_flip
-    logits = predict_logits(
-        prepare_for_inference(model),
-        torch.as_tensor(images),
-        mean,
-        std,
-        batch_size=batch_size,
-        tta_flip=tta,
-    )
-    return metrics_from_logits(logits, labels, list(meta["classes"]))
+    net = prepare_for_inference(model)
+
+    def logits_of(x: np.ndarray | torch.Tensor) -> torch.Tensor:
+        return predict_logits(net, torch.as_tensor(x), mean, std, batch_size=batch_size,
+                              tta_flip=tta)
+
+    logits = logits_of(images)
+    trust = Trust.from_meta(meta, coverage)
+    report = metrics_from_logits(logits, labels, list(meta["classes"]),
+                                 temperature=trust.temperature)
+    ood_logits = None if ood is None else (ood[0], logits_of(ood[1]).double().numpy())
+    report.trust = trust_report(logits.double().cpu().numpy(), np.asarray(labels), trust,
+                                ood=ood_logits)
+    return report
 
 
 def save_report_pictures(
     report: Report, images: np.ndarray | torch.Tensor, out_dir: str | Path, *, suffix: str = ""
 ) -> list[Path]:
-    """Write `confusion{suffix}.png` and, when the model made mistakes,
-    `confident_errors{suffix}.png` (the most confidently wrong images) into `out_dir`."""
-    from fmnist.plots import save_confusion_matrix, save_image_grid
+    """Write `confusion{suffix}.png`, `reliability{suffix}.png` (with a trust report) and, when
+    the model made mistakes, `confident_errors{suffix}.png` (the most confidently wrong images)
+    into `out_dir`."""
+    from fmnist.plots import save_confusion_matrix, save_image_grid, save_reliability_diagram
 
     out_dir = Path(out_dir)
     paths = [
@@ -233,6 +256,14 @@ def save_report_pictures(
             np.array(report.confusion_matrix), report.classes, out_dir / f"confusion{suffix}.png"
         )
     ]
+    if report.trust is not None:
+        paths.append(save_reliability_diagram(
+            {"before": report.trust.reliability["before"], "after": report.trust.reliability["after"]}
+            if report.trust.calibrated else {"model": report.trust.reliability["before"]},
+            out_dir / f"reliability{suffix}.png",
+            ece={"before": report.trust.ece["before"], "after": report.trust.ece["after"],
+                 "model": report.trust.ece["before"]},
+        ))
     errors_png = out_dir / f"confident_errors{suffix}.png"
     errors_png.unlink(missing_ok=True)  # a picture from an earlier evaluation would mislead
     if report.confident_errors:
@@ -250,3 +281,138 @@ def save_report_pictures(
             )
         )
     return paths
+
+
+# ---- how far the answers can be trusted --------------------------------------------------------
+
+
+@dataclass
+class TrustReport:
+    """Calibration, prediction sets and the not-recognised mark, measured on labelled images
+    (and, when given, on images of none of the classes)."""
+
+    temperature: float
+    calibrated: bool  # whether the checkpoint has a fitted temperature (else T = 1, no sets)
+    n: int
+    nll: dict[str, float]  # "before" / "after" the temperature
+    ece: dict[str, float]
+    ece_interval: dict[str, list[float]]  # 95 % bootstrap interval, before / after
+    reliability: dict[str, list[dict[str, float]]]  # per bin: confidence, accuracy, count
+    coverage: float | None = None  # the sets' nominal coverage
+    set_coverage: float | None = None  # how often the true class was in the set
+    set_mean_size: float | None = None
+    recognised_rate: float | None = None  # of these (in-distribution) images
+    ood: dict[str, Any] | None = None  # source, n, auroc, not_recognised_rate
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    def to_lines(self) -> list[str]:
+        lo_b, hi_b = self.ece_interval["before"]
+        lo_a, hi_a = self.ece_interval["after"]
+        if not self.calibrated:
+            lines = ["Calibration: none fitted (the model has no temperature: trained before "
+                     f"calibration or without held-out images). ECE {self.ece['before']:.4f} "
+                     f"(95 % interval {lo_b:.4f}-{hi_b:.4f})."]
+        else:
+            lines = [f"Calibration: temperature {self.temperature:.3f}; ECE "
+                     f"{self.ece['before']:.4f} ({lo_b:.4f}-{hi_b:.4f}) before, "
+                     f"{self.ece['after']:.4f} ({lo_a:.4f}-{hi_a:.4f}) after (95 % bootstrap "
+                     f"intervals); NLL {self.nll['before']:.4f} -> {self.nll['after']:.4f}"]
+        if self.set_coverage is not None and self.coverage is not None:
+            lines.append(f"Prediction sets at {100 * self.coverage:g} % coverage: the true class "
+                         f"was in the set for {100 * self.set_coverage:.2f} % of images, mean set "
+                         f"size {self.set_mean_size:.3f}")
+        if self.recognised_rate is not None:
+            lines.append(f"Recognised (not marked out of distribution): "
+                         f"{100 * self.recognised_rate:.2f} % of these images")
+        if self.ood is not None:
+            o = self.ood
+            rate = ("no threshold in this model" if o["not_recognised_rate"] is None
+                    else f"{100 * o['not_recognised_rate']:.2f} % answered not recognised")
+            lines.append(f"Out of distribution ({o['source']}, {o['n']} images): AUROC "
+                         f"{o['auroc']:.4f} against these images; {rate}")
+        return lines
+
+
+def reliability_bins(
+    confidence: np.ndarray, correct: np.ndarray, bins: int = ECE_BINS
+) -> list[dict[str, float]]:
+    """The reliability diagram's bars: per equal-width confidence bin with images in it, its
+    mean confidence, accuracy and count."""
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.searchsorted(edges, confidence, side="left") - 1, 0, bins - 1)
+    out = []
+    for b in range(bins):
+        in_bin = which == b
+        if in_bin.any():
+            out.append({"low": float(edges[b]), "high": float(edges[b + 1]),
+                        "confidence": float(confidence[in_bin].mean()),
+                        "accuracy": float(correct[in_bin].mean()), "count": int(in_bin.sum())})
+    return out
+
+
+def ece_interval(
+    confidence: np.ndarray, correct: np.ndarray, *, resamples: int = BOOTSTRAP, seed: int = 0,
+    bins: int = ECE_BINS,
+) -> list[float]:
+    """95 % bootstrap interval (percentiles) of the ECE: images resampled with replacement."""
+    n = len(confidence)
+    if n == 0:
+        return [0.0, 0.0]
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.searchsorted(edges, confidence, side="left") - 1, 0, bins - 1)
+    rng = np.random.default_rng(seed)
+    values = np.empty(resamples)
+    for r in range(resamples):
+        pick = rng.integers(0, n, n)
+        w = which[pick]
+        conf_sum = np.bincount(w, weights=confidence[pick], minlength=bins)
+        right_sum = np.bincount(w, weights=correct[pick], minlength=bins)
+        values[r] = np.abs(right_sum - conf_sum).sum() / n
+    lo, hi = np.percentile(values, [2.5, 97.5])
+    return [float(lo), float(hi)]
+
+
+def trust_report(
+    logits: np.ndarray, labels: np.ndarray, trust: Trust,
+    *, ood: tuple[str, np.ndarray] | None = None,
+) -> TrustReport:
+    """The TrustReport of logits (N, C) against labels (N,), with `trust`'s temperature, sets
+    and threshold; `ood` is a name and the logits of images of none of the classes."""
+    labels = np.asarray(labels)
+    parts: dict[str, dict[str, Any]] = {}
+    for when, t in (("before", 1.0), ("after", trust.temperature)):
+        probs = trust_fit.softmax(logits, t)
+        confidence = probs.max(axis=1)
+        correct = (probs.argmax(axis=1) == labels).astype(np.float64)
+        parts[when] = {"nll": trust_fit.nll(logits, labels, t),
+                       "ece": expected_calibration_error(confidence, correct),
+                       "interval": ece_interval(confidence, correct),
+                       "bins": reliability_bins(confidence, correct)}
+    calibrated = trust_fit.softmax(logits, trust.temperature)
+    report = TrustReport(
+        temperature=trust.temperature, calibrated=trust.calibrated, n=len(labels),
+        nll={k: v["nll"] for k, v in parts.items()}, ece={k: v["ece"] for k, v in parts.items()},
+        ece_interval={k: v["interval"] for k, v in parts.items()},
+        reliability={k: v["bins"] for k, v in parts.items()},
+    )
+    sets = trust.sets(calibrated)
+    if sets is not None:
+        report.coverage = trust.coverage
+        report.set_coverage = float(sets[np.arange(len(labels)), labels].mean()) if len(labels) else None
+        report.set_mean_size = float(sets.sum(axis=1).mean()) if len(labels) else None
+    in_scores = trust_fit.ood_scores(calibrated, trust.ood_score)
+    if trust.ood_threshold is not None and len(labels):
+        report.recognised_rate = float((in_scores <= trust.ood_threshold).mean())
+    if ood is not None:
+        name, out_logits = ood
+        out_scores = trust_fit.ood_scores(trust_fit.softmax(out_logits, trust.temperature),
+                                          trust.ood_score)
+        report.ood = {
+            "source": name, "n": int(len(out_logits)), "score": trust.ood_score,
+            "auroc": trust_fit.auroc(in_scores, out_scores),
+            "not_recognised_rate": None if trust.ood_threshold is None
+            else float((out_scores > trust.ood_threshold).mean()),
+        }
+    return report

@@ -6,8 +6,14 @@
   model was trained on (x / 255, then normalised with the checkpoint's mean and std).
 - `onnx`: one self-contained file (no separate .data), dynamic batch size. Input `image`:
   float32 (N, 1, 28, 28) in [0, 1] (like torchvision's ToTensor); the checkpoint's normalisation
-  is inside the graph. Output `logits` (N, C). Class names, normalisation and model name are in
-  the model's metadata_props, and the whole model.json as `fmnist_meta`. Checked against PyTorch with onnxruntime when it is installed.
+  is inside the graph. Outputs `logits` (N, C), as the model gives them, and `probabilities`
+  (N, C): softmax(logits / T) with the checkpoint's fitted temperature T (1 when it has none),
+  the calibrated probabilities `fmnist predict --no-tta` gives. A model evaluated with flip TTA
+  (the default recipe's) predicts from the mean of the logits of the image and its mirror: run
+  both in one batch, average their `logits`, divide by `temperature` (in the metadata) and take
+  the softmax, as `fmnist predict` does. Class names, normalisation, temperature and model name
+  are in the model's metadata_props, and the whole model.json as `fmnist_meta`. Checked against
+  PyTorch with onnxruntime when it is installed.
 
 Writes are atomic.
 """
@@ -29,6 +35,7 @@ from fmnist.atomic import write_bytes
 from fmnist.checkpoint import normalization
 from fmnist.errors import ConfigError
 from fmnist.models import clean_state_dict, unwrap
+from fmnist.trust import Trust
 
 FORMATS = ("pth", "onnx")
 
@@ -43,14 +50,16 @@ def export_pth(model: nn.Module, path: str | Path) -> Path:
 
 
 class _Normalized(nn.Module):
-    """Puts the checkpoint's normalisation inside the exported graph: input x in [0, 1]."""
+    """Puts the checkpoint's normalisation inside the exported graph (input x in [0, 1]), and
+    its temperature after it: (logits, calibrated probabilities)."""
 
-    def __init__(self, model: nn.Module, mean: float, std: float) -> None:
+    def __init__(self, model: nn.Module, mean: float, std: float, temperature: float) -> None:
         super().__init__()
-        self.model, self.mean, self.std = model, mean, std
+        self.model, self.mean, self.std, self.temperature = model, mean, std, temperature
 
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return self.model((image - self.mean) / self.std)
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.model((image - self.mean) / self.std)
+        return logits, torch.softmax(logits / self.temperature, dim=1)
 
 
 def export_onnx(model: nn.Module, meta: dict[str, Any], path: str | Path) -> bool:
@@ -71,7 +80,8 @@ def onnx_bytes(model: nn.Module, meta: dict[str, Any]) -> tuple[bytes, bool]:
             f"ONNX export needs the '{e.name}' package: pip install onnx onnxscript onnxruntime."
         ) from None
 
-    wrapper = _Normalized(unwrap(model).cpu().eval(), *normalization(meta)).eval()
+    temperature = Trust.from_meta(meta).temperature
+    wrapper = _Normalized(unwrap(model).cpu().eval(), *normalization(meta), temperature).eval()
     example = torch.rand(2, 1, 28, 28)
     exporter_log = logging.getLogger("torch.onnx")
     old_level = exporter_log.level
@@ -81,7 +91,8 @@ def onnx_bytes(model: nn.Module, meta: dict[str, Any]) -> tuple[bytes, bool]:
         with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             program = torch.onnx.export(
-                wrapper, (example,), dynamo=True, input_names=["image"], output_names=["logits"],
+                wrapper, (example,), dynamo=True, input_names=["image"],
+                output_names=["logits", "probabilities"],
                 dynamic_shapes=({0: torch.export.Dim("batch")},), external_data=False,
             )
     finally:
@@ -91,6 +102,7 @@ def onnx_bytes(model: nn.Module, meta: dict[str, Any]) -> tuple[bytes, bool]:
     extra = {
         "classes": json.dumps(list(meta["classes"])),
         "normalize": json.dumps({"mean": wrapper.mean, "std": wrapper.std}),
+        "temperature": json.dumps(temperature),
         "model": str(meta.get("model", "")),
         "dataset": str(meta.get("dataset", "")),
         # everything model.json says (metrics, recipe, data hash), for `fmnist serve model.onnx`
@@ -113,11 +125,13 @@ def _verify(wrapper: nn.Module, onnx_model: bytes) -> bool:
         return False
     session = ort.InferenceSession(onnx_model, providers=["CPUExecutionProvider"])
     x = torch.rand(5, 1, 28, 28, generator=torch.Generator().manual_seed(0))
-    got = torch.from_numpy(session.run(["logits"], {"image": x.numpy()})[0])
+    got = session.run(["logits", "probabilities"], {"image": x.numpy()})
     with torch.no_grad():
         want = wrapper(x)
-    if not torch.allclose(got, want, atol=1e-4, rtol=1e-4):
-        raise RuntimeError(  # a bug in the exporter, not something the user did
-            f"ONNX export differs from PyTorch by {float((got - want).abs().max()):.3g}"
-        )
+    for name, g, w in zip(("logits", "probabilities"), got, want, strict=True):
+        if not torch.allclose(torch.from_numpy(g), w, atol=1e-4, rtol=1e-4):
+            raise RuntimeError(  # a bug in the exporter, not something the user did
+                f"ONNX export's {name} differ from PyTorch by "
+                f"{float((torch.from_numpy(g) - w).abs().max()):.3g}"
+            )
     return True

@@ -126,3 +126,29 @@ def confusion_figure(matrix: np.ndarray, classes: Sequence[str]) -> Any:
             ax.text(j, i, str(int(matrix[i, j])), ha="center", va="center", fontsize=7,
                     color="white" if matrix[i, j] > top / 2 else "black")
     return fig
+
+
+def save_reliability_diagram(
+    curves: Mapping[str, Sequence[Mapping[str, float]]], path: str | Path, *,
+    ece: Mapping[str, float] | None = None,
+) -> Path:
+    """Reliability diagram: per confidence bin, accuracy against mean confidence (on the
+    diagonal when calibrated), one line per curve ("before" / "after" calibration), with each
+    bin's share of images under it. Bins are `fmnist.evaluate.reliability_bins` rows."""
+    fig, (ax, ax_count) = plt.subplots(
+        2, 1, figsize=(5, 5.6), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    ax.plot([0, 1], [0, 1], color="grey", lw=1, ls=":", label="calibrated")
+    for i, (name, bins) in enumerate(curves.items()):
+        if not bins:
+            continue
+        conf = [b["confidence"] for b in bins]
+        label = name if ece is None or name not in ece else f"{name} (ECE {ece[name]:.4f})"
+        ax.plot(conf, [b["accuracy"] for b in bins], marker="o", ms=3, color=f"C{i}", label=label)
+        total = sum(b["count"] for b in bins)
+        ax_count.plot(conf, [b["count"] / total for b in bins], marker="o", ms=3, color=f"C{i}")
+    ax.set(ylabel="accuracy", title="Reliability: accuracy by confidence", xlim=(0, 1),
+           ylim=(0, 1.02))
+    ax.legend(loc="upper left", fontsize=8)
+    ax_count.set(xlabel="confidence (top probability)", ylabel="share of images")
+    ax_count.set_yscale("log")
+    return _save(fig, path)

@@ -23,7 +23,7 @@ from fmnist.checkpoint import normalization
 from fmnist.errors import ImageError
 from fmnist.images import BOX_SIZE, DEFAULT_BOX, SIZE, preprocess
 from fmnist.inference import predict_logits, prepare_for_inference
-from fmnist.trust import Trust, say_once
+from fmnist.trust import Trust
 
 
 @dataclass
@@ -88,11 +88,9 @@ class Predictor:
 
     def _set_meta(self, meta: dict[str, Any], tta: bool | None, coverage: float | None) -> None:
         self.meta = meta
+        # without a fitted one (an old checkpoint): temperature 1, no sets (`trust.calibrated`
+        # False; the CLI says so once, with fmnist.trust.UNCALIBRATED)
         self.trust = Trust.from_meta(meta, coverage)
-        if "trust" not in meta:
-            say_once("this model has no fitted temperature (it was trained before calibration, "
-                     "or without held-out images): its probabilities are uncalibrated "
-                     "(temperature 1), with no prediction sets or not-recognised mark.")
         self.classes: list[str] = list(meta["classes"])
         self.mean, self.std = normalization(meta)
         self.tta = bool(meta.get("tta_flip")) if tta is None else tta

@@ -210,6 +210,10 @@ def fit(
     }
 
 
+UNCALIBRATED = ("this model has no fitted temperature (trained before calibration, or without "
+                "held-out images): probabilities as the model gives them (temperature 1), no "
+                "prediction sets, no not-recognised mark.")
+
 _said: set[str] = set()
 
 

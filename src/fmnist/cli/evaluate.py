@@ -1,5 +1,11 @@
 """`fmnist evaluate RUN_DIR|CHECKPOINT`: accuracy, loss, per-class metrics, confusion matrix,
-calibration, and pictures (confusion.png, confident_errors.png).
+calibration before and after the checkpoint's temperature (ECE with a bootstrap interval), the
+coverage and mean size of its prediction sets (--coverage), and with `--ood SOURCE` how well it
+tells images of none of its classes apart (AUROC, share answered "not recognised"); pictures
+(confusion.png, reliability.png, confident_errors.png).
+
+--ood takes `digits` (scikit-learn's), `drawn` (noise, blank pages, shapes, text, gradients,
+checkerboards made here; or one of those names), a folder of image files, or a dataset name.
 
 Pictures go to --out; by default into the run folder when given a run folder (or the
 model.safetensors inside one), else into ./eval-<checkpoint name>. Pictures of the train split
@@ -29,6 +35,11 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--json", action="store_true",
                    help="print one JSON object (accuracy, loss, per_class, confusion_matrix, ece)")
     p.add_argument("--out", metavar="DIR", help="where to write the PNGs (see above)")
+    p.add_argument("--coverage", type=float, default=None, metavar="P",
+                   help="the prediction sets' coverage to check (default 0.9)")
+    p.add_argument("--ood", metavar="DATASET_OR_FOLDER",
+                   help="images of none of the classes: digits, drawn, noise, shapes, text, "
+                        "a folder of images or a dataset name")
     p.set_defaults(func=run)
 
 
@@ -46,15 +57,26 @@ def run(args: argparse.Namespace) -> int:
     from fmnist.datasets import load_arrays
     from fmnist.errors import ConfigError
     from fmnist.evaluate import evaluate, save_report_pictures
+    from fmnist.trust import check_coverage
 
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}.")
+    if args.coverage is not None:
+        check_coverage(args.coverage)  # before any file is read
     model, meta = load_checkpoint(args.checkpoint, args.model)
     out_dir = Path(args.out) if args.out else default_out_dir(args.checkpoint)
     dataset = dataset_for(meta, args.dataset)
     tta = bool(meta.get("tta_flip")) if args.tta is None else args.tta
     images, labels = load_arrays(dataset, args.split, args.data_dir)
-    report = evaluate(model, images, labels, meta, batch_size=args.batch_size, tta_flip=tta)
+    ood = None
+    if args.ood:
+        from fmnist.images import BOX_SIZE, DEFAULT_BOX
+        from fmnist.ood import load_ood
+
+        box = BOX_SIZE.get(str(meta.get("dataset", "")), DEFAULT_BOX)
+        ood = (args.ood, load_ood(args.ood, box=box, data_dir=args.data_dir))
+    report = evaluate(model, images, labels, meta, batch_size=args.batch_size, tta_flip=tta,
+                      coverage=args.coverage, ood=ood)
     suffix = "" if args.split == "test" else f"-{args.split}"
     pictures = save_report_pictures(report, images, out_dir, suffix=suffix)
 

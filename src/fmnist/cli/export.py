@@ -52,5 +52,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         checked = export_onnx(model, meta, out)
         note = "checked against PyTorch with onnxruntime" if checked else "onnxruntime not installed"
-        print(f"Wrote {out} (input 'image' float32 [N,1,28,28] in [0,1], output 'logits'; {note})")
+        from fmnist.trust import Trust
+
+        t = Trust.from_meta(meta).temperature
+        print(f"Wrote {out} (input 'image' float32 [N,1,28,28] in [0,1]; outputs 'logits' and "
+              f"'probabilities', calibrated with temperature {t:.4g}; {note})")
     return 0

@@ -1,7 +1,11 @@
 """`fmnist predict`: the seed's one-line prediction for a dataset image, or classify image files.
 
     fmnist predict RUN|CKPT --index N [--split test]      Predicted: "Ankle boot", Actual: "..."
-    fmnist predict RUN|CKPT FILE_OR_DIR... [--top-k 3] [--json]
+    fmnist predict RUN|CKPT FILE_OR_DIR... [--top-k 3] [--coverage 0.9] [--json]
+
+Each file's line also gives its set of likely classes at --coverage ("Shirt or T-shirt/top")
+and marks an input unlike the training images as not recognised (its top class still given);
+a model trained without held-out images has neither (see fmnist.trust).
 
 Folders are expanded to the image files directly inside them (sorted; not recursive). A bad file
 never stops the others: its error is printed on stderr (and listed in --json output) and the
@@ -38,6 +42,8 @@ def add_parser(sub: Any) -> None:
                    help="classes to show per file (default 3)")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                    help="average with the mirrored image (default: as the run was evaluated)")
+    p.add_argument("--coverage", type=float, default=None, metavar="P",
+                   help="how often the set of likely classes holds the true one (default 0.9)")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=run)
 
@@ -55,10 +61,13 @@ def run(args: argparse.Namespace) -> int:
     from fmnist.predict import Predictor
 
     model, meta = load_checkpoint(args.checkpoint, args.model)
-    predictor = Predictor(model, meta, tta=args.tta)
-    if args.index is not None:
-        return _predict_index(predictor, args)
-    return _predict_files(predictor, args)
+    predictor = Predictor(model, meta, tta=args.tta, coverage=args.coverage)
+    code = _predict_index(predictor, args) if args.index is not None else _predict_files(predictor, args)
+    if not predictor.trust.calibrated:  # after the answers: stdout stays the seed's line
+        from fmnist.trust import UNCALIBRATED, say_once
+
+        say_once(UNCALIBRATED)
+    return code
 
 
 def _predict_index(predictor: Any, args: argparse.Namespace) -> int:
@@ -81,7 +90,29 @@ def _predict_index(predictor: Any, args: argparse.Namespace) -> int:
                           **prediction.to_dict(k)}))
     else:
         print(seed_line(prediction.label, actual))
+        extra = trust_words(prediction)
+        if extra:
+            print(extra)
     return 0
+
+
+def set_words(prediction: Any) -> str:
+    """The set of likely classes in words: "Shirt or T-shirt/top"; "" without sets."""
+    if prediction.set is None:
+        return ""
+    if not prediction.set:
+        return "no class likely enough"
+    return " or ".join(prediction.set)
+
+
+def trust_words(prediction: Any) -> str:
+    """What a prediction says beyond its top class: its set, and the not-recognised mark."""
+    words = []
+    if prediction.set is not None:
+        words.append(f"set: {set_words(prediction)}")
+    if prediction.recognised is False:
+        words.append("NOT RECOGNISED: this does not look like any of the classes")
+    return "; ".join(words)
 
 
 def expand_inputs(inputs: list[str]) -> list[tuple[str, str | None]]:
@@ -132,7 +163,7 @@ def _predict_files(predictor: Any, args: argparse.Namespace) -> int:
                 rows.append({"file": name, "error": errors[name]})
         print(json.dumps(rows, indent=2))
     elif predictions:
-        _print_table(predictions, k)
+        _print_table(predictions, k, predictor.trust.coverage)
 
     if not errors:
         return 0
@@ -143,11 +174,25 @@ def _predict_files(predictor: Any, args: argparse.Namespace) -> int:
     return 2
 
 
-def _print_table(predictions: dict[str, Any], k: int) -> None:
+def _print_table(predictions: dict[str, Any], k: int, coverage: float) -> None:
     file_w = max(len("file"), *(len(n) for n in predictions))
-    label_w = max(len("prediction"), *(len(p.label) for p in predictions.values()))
-    print(f"{'file':<{file_w}}  {'prediction':<{label_w}}  top-{k}")
+    label_w = max(len("prediction"), *(len(_label(p)) for p in predictions.values()))
+    with_sets = any(p.set is not None for p in predictions.values())
+    set_head = f"set ({100 * coverage:g} %)"
+    set_w = max(len(set_head), *(len(set_words(p)) for p in predictions.values()))
+    sets = f"  {set_head:<{set_w}}" if with_sets else ""
+    print(f"{'file':<{file_w}}  {'prediction':<{label_w}}{sets}  top-{k}")
     for name, p in predictions.items():
         top = "  ".join(f"{c} {prob:.3f}" for c, prob in p.top(k))
-        print(f"{name:<{file_w}}  {p.label:<{label_w}}  {top}")
+        sets = f"  {set_words(p):<{set_w}}" if with_sets else ""
+        print(f"{name:<{file_w}}  {_label(p):<{label_w}}{sets}  {top}")
+    strange = sum(p.recognised is False for p in predictions.values())
+    if strange:
+        print(f"* not recognised: {strange} of {len(predictions)} do not look like any of the "
+              "classes (the top class is still given)")
+
+
+def _label(prediction: Any) -> str:
+    """The top class, marked * when the input was not recognised."""
+    return prediction.label + (" *" if prediction.recognised is False else "")
 
