@@ -4,8 +4,10 @@ save, and a claim let go so cleanly that the next resume has nobody to take over
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import threading
 import time
 from dataclasses import replace
 
@@ -136,3 +138,46 @@ def test_a_run_that_fails_lets_go_of_its_folder_too(tmp_path, capsys):
         fit(replace(TINY, epochs=1), data=tiny_data(), out=run, display=False,
             callbacks=[Boom()])
     assert (run / rundir.CLAIM).read_text() == ""
+
+
+def test_a_second_ctrl_c_stops_at_once_without_saving_the_step(tmp_path, capsys):
+    class CtrlCTwice(Callback):
+        def on_step(self, state, step, loss, batch):
+            if (state.epoch, step) == (2, 1):
+                os.kill(os.getpid(), signal.SIGINT)
+                os.kill(os.getpid(), signal.SIGINT)
+
+    run = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt) as stopped:
+        fit(TINY, data=tiny_data(), out=run, display=False, callbacks=[CtrlCTwice()])
+    assert not isinstance(stopped.value, Interrupted)  # it did not wait to save the step
+    assert os.readlink(run / rundir.CURRENT) == "checkpoints/epoch-0001"
+    assert f"Epoch 1 is the last saved in {run}" in capsys.readouterr().err
+
+
+def test_a_callback_that_ends_the_run_leaves_its_status_and_reason(tmp_path):
+    from fmnist.train import EndRun
+
+    class Prune(Callback):
+        def on_epoch_start(self, state):
+            if state.epoch == 2:
+                raise EndRun("pruned", "below the median")
+
+    run = tmp_path / "run"
+    with pytest.raises(EndRun, match="below the median") as ended:
+        fit(TINY, data=tiny_data(), out=run, display=False, callbacks=[Prune()])
+    assert ended.value.status == "pruned"
+    status = json.loads((run / rundir.STATUS).read_text())
+    assert (status["status"], status["reason"], status["epoch"]) == ("pruned", "below the median", 1)
+
+
+def test_fit_runs_in_a_thread_where_signals_cannot_be_handled():
+    """A notebook's or a server's worker thread: Python allows signal handlers only in the main
+    thread, so there the run simply does not catch them."""
+    outcome: list = []
+    worker = threading.Thread(target=lambda: outcome.append(
+        fit(TINY, data=tiny_data(), save=False, display=False)))
+    worker.start()
+    worker.join(120)
+    assert len(outcome) == 1 and len(outcome[0].rows) == TINY.epochs
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

@@ -51,6 +51,7 @@ error, 3 training diverged, 130/143 interrupted.
 
 def get_parser() -> argparse.ArgumentParser:
     from fmnist.cli import (
+        card,
         data,
         demo,
         evaluate,
@@ -73,8 +74,8 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"fmnist {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (data, train, recipes, lr_find, sweep, evaluate, predict, export, serve, demo,
-                   runs, tensorboard_cli):
+    for module in (data, train, recipes, lr_find, sweep, evaluate, predict, export, card, serve,
+                   demo, runs, tensorboard_cli):
         module.add_parser(sub)
     return parser
 

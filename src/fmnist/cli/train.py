@@ -124,6 +124,10 @@ def run(args: argparse.Namespace) -> int:
     from fmnist.train import fit
 
     callbacks = tensorboard_callbacks(args.tensorboard)
+    events = ", TensorBoard events" if callbacks else ""
+    from fmnist.card import ModelCard
+
+    callbacks.append(ModelCard())  # model-card.md, measured when the run ends
 
     if args.resume:
         given = [f for f in (*(f.name for f in recipe_flags()), "config", "out", "time_budget")
@@ -143,8 +147,7 @@ def run(args: argparse.Namespace) -> int:
                      time_budget=left_of_budget(args.time_budget), callbacks=callbacks,
                      checkpoint_every=args.checkpoint_every)
     if result.run_dir is not None:
-        events = ", TensorBoard events" if callbacks else ""
         print(f"Saved run to {result.run_dir} (model.safetensors, metrics.jsonl, curves.png"
-              f"{events})")
+              f"{events}, model-card.md)")
     return 0
 
