@@ -71,6 +71,9 @@ CLIENTS = 8
 MAX_BATCH = 64
 BATCH_TIMEOUT_S = 0.002
 WARMUP_S = 3.0
+# what the peer's answer holds for each image (OnnxFashionAPI.encode_response); fmnist's default
+# answer may hold more, so each fmnist round also runs with `?fields=` these
+PEER_FIELDS = ("name", "label", "index", "probability", "top", "probabilities", "input")
 
 
 # ---- the peer: LitServe serving the exported ONNX file ---------------------------------------
@@ -143,13 +146,14 @@ class OnnxFashionAPI(_LitAPI):  # type: ignore[misc]
             index = int(p.argmax())
             buf = io.BytesIO()
             Image.fromarray(image).save(buf, format="PNG")
-            predictions.append({
+            prediction = {
                 "name": f"image {i}", "label": self.classes[index], "index": index,
                 "probability": probabilities[self.classes[index]],
                 "top": [{"label": c, "probability": v} for c, v in ranked[:3]],
                 "probabilities": probabilities,
                 "input": "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii"),
-            })  # fmt: skip
+            }  # fmt: skip
+            predictions.append({f: prediction[f] for f in PEER_FIELDS})
         return {"model": self.model, "count": len(predictions), "predictions": predictions}
 
 
@@ -272,9 +276,10 @@ def run_hey(url: str, body: Path, clients: int, seconds: float) -> dict[str, Any
     }  # fmt: skip
 
 
-def one_round(name: str, start: Any, stop: Any, body: Path, seconds: float) -> dict[str, Any]:
+def one_round(name: str, start: Any, stop: Any, body: Path, seconds: float,
+              extra: dict[str, str] | None = None) -> dict[str, Any]:  # fmt: skip
     """Start a server, ask it once (its `answer`), warm it, drive it with hey while sampling its
-    memory, stop it."""
+    memory, then once more per `extra` query (name -> query string, same load), stop it."""
     import httpx
 
     from benchmarks.serve_load import free_port
@@ -304,6 +309,8 @@ def one_round(name: str, start: Any, stop: Any, body: Path, seconds: float) -> d
         finally:
             done.set()
             sampler.join()
+        for label, query in (extra or {}).items():
+            result[label] = run_hey(url + query, body, CLIENTS, seconds)
         idle = tree_memory_mb(proc.pid)
     finally:
         stop(proc)
@@ -335,8 +342,10 @@ def check_same_answer(fmnist_answer: dict[str, Any], peer_answer: dict[str, Any]
     if not same:
         raise SystemExit(f"The servers disagree on the body: fmnist {a['label']} vs LitServe "
                          f"{b['label']}, max probability difference {diff:.2g}.")  # fmt: skip
+    # fmnist's answer may carry more than the peer computes (e.g. trust fields): said, not hidden
     return {"label": a["label"], "max_probability_difference": diff, "same_input_png": True,
-            "fields": sorted(a)}  # fmt: skip
+            "fmnist_fields": sorted(a), "litserve_fields": sorted(b),
+            "fmnist_only_fields": sorted(set(a) - set(b))}  # fmt: skip
 
 
 def train_small(folder: Path) -> Path:
@@ -358,9 +367,20 @@ def summarize(rounds: list[dict[str, Any]]) -> dict[str, Any]:
             "pss_mb": statistics.median(r["memory_under_load"]["pss_mb"] for r in mine),
             "failed": sum(r["failed"] for r in mine),
         }
+    same = [r["peer_fields"] for r in rounds if "peer_fields" in r]
+    if same:
+        out["fmnist_peer_fields"] = {
+            "requests_per_s": statistics.median(r["requests_per_s"] for r in same),
+            "p50_ms": statistics.median(r["p50_ms"] for r in same),
+            "p99_ms": statistics.median(r["p99_ms"] for r in same),
+            "failed": sum(r["failed"] for r in same),
+        }
     f, p = out["fmnist"], out["litserve"]
     out["ratios_fmnist_over_litserve"] = {k: f[k] / p[k] for k in ("requests_per_s", "p50_ms", "p99_ms",
                                                                     "rss_mb", "pss_mb")}  # fmt: skip
+    if same:
+        for k in ("requests_per_s", "p99_ms"):
+            out["ratios_fmnist_over_litserve"][f"{k}_peer_fields"] = out["fmnist_peer_fields"][k] / p[k]
     return out
 
 
@@ -377,11 +397,21 @@ def comparison_table(saved: dict[str, Any]) -> str:
     lines = [machine_line(saved["machine"]), f"Command: `{saved['command']}`", "",
              "| server (round) | requests/s | p50 ms | p99 ms | statuses | failed | RSS MB | PSS MB |",
              "| --- | ---: | ---: | ---: | --- | ---: | ---: | ---: |"]  # fmt: skip
+    fields = ",".join(PEER_FIELDS)
     for r in saved["rounds"]:
         lines.append(row(f"{names[r['server']]} ({r['round']})", r, r["memory_under_load"]))
+        if "peer_fields" in r:
+            lines.append(row(f"{names[r['server']]} ({r['round']}), `?fields={fields}`", r["peer_fields"],
+                             r["memory_after"]))  # fmt: skip
+    extra = saved["agreement"].get("fmnist_only_fields")
     ratios = saved["summary"]["ratios_fmnist_over_litserve"]
     lines += ["", "fmnist serve over LitServe, medians of the rounds: " + ", ".join(
         f"{k.replace('_', ' ')} {v:.2f}x" for k, v in ratios.items())]  # fmt: skip
+    if extra:
+        lines.append(f"fmnist's default answer also holds {', '.join(extra)}, which LitServe's does not; "
+                     f"the `?fields=` rows ask fmnist for exactly the peer's fields "
+                     f"(medians: {saved['summary']['fmnist_peer_fields']['requests_per_s']:,.0f} requests/s, "
+                     f"p99 {saved['summary']['fmnist_peer_fields']['p99_ms']:.1f} ms).")  # fmt: skip
     if saved.get("storm"):
         s = saved["storm"]
         lines.append(f"Retry storm (fmnist serve): patient client p99 {s['patient_p99_ms']} ms, "
@@ -435,13 +465,15 @@ def main(argv: list[str] | None = None) -> int:
         # name -> (start on a port, stop): fmnist's parent drains its workers on SIGTERM;
         # LitServe's workers get the signal through its process group
         servers = {
-            "fmnist": (lambda port: start_server(str(run), port, fmnist_flags), stop_server),
-            "litserve": (lambda port: start_litserve(python, onnx, port, tmp / "litserve.log"), stop_tree),
-        }
+            "fmnist": (lambda port: start_server(str(run), port, fmnist_flags), stop_server,
+                       {"peer_fields": "?fields=" + ",".join(PEER_FIELDS)}),
+            "litserve": (lambda port: start_litserve(python, onnx, port, tmp / "litserve.log"), stop_tree,
+                         None),
+        }  # fmt: skip
         rounds, answers = [], {}
         for i in range(args.rounds):
-            for name, (start, stop) in servers.items():
-                result = one_round(name, start, stop, body, args.seconds)
+            for name, (start, stop, extra) in servers.items():
+                result = one_round(name, start, stop, body, args.seconds, extra)
                 answers.setdefault(name, result.pop("answer"))
                 rounds.append({"round": i + 1, **result})
                 print(json.dumps(rounds[-1]), file=sys.stderr, flush=True)
@@ -476,7 +508,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out) if args.out else RESULTS / f"{time.strftime('%Y-%m-%d')}-{machine_slug(info)}-serve-vs-litserve.json"
     write_text(out, json.dumps(saved, indent=1) + "\n", "results file")
     print(f"\nWrote {out}", file=sys.stderr)
-    return 1 if any(r["failed"] for r in rounds) else 0
+    return 1 if any(r["failed"] or r.get("peer_fields", {}).get("failed") for r in rounds) else 0
 
 
 if __name__ == "__main__":
