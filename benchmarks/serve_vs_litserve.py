@@ -348,6 +348,13 @@ def check_same_answer(fmnist_answer: dict[str, Any], peer_answer: dict[str, Any]
             "fmnist_only_fields": sorted(set(a) - set(b))}  # fmt: skip
 
 
+def model_summary(run: Path) -> dict[str, Any]:
+    """What was served, from the checkpoint's own model.json (the run folder may be gone)."""
+    meta = json.loads((run / "model.json").read_text())
+    return {k: meta.get(k) for k in ("model", "model_config", "recipe", "epoch", "tta_flip", "dataset")} | {
+        "test_accuracy": meta.get("metrics", {}).get("test_accuracy")}  # fmt: skip
+
+
 def train_small(folder: Path) -> Path:
     from benchmarks.common import run_child, train_cmd
 
@@ -461,6 +468,7 @@ def main(argv: list[str] | None = None) -> int:
         subprocess.run([sys.executable, "-m", "fmnist", "export", str(run), "--format", "onnx",
                         "--out", str(onnx)], check=True, capture_output=True)  # fmt: skip
         body, image = json_body(tmp)
+        served = model_summary(run)
         fmnist_flags = ["--workers", str(WORKERS)]
         # name -> (start on a port, stop): fmnist's parent drains its workers on SIGTERM;
         # LitServe's workers get the signal through its process group
@@ -495,6 +503,7 @@ def main(argv: list[str] | None = None) -> int:
         "noise": "2 shared cores; other work may run beside the benchmark: compare the rounds "
                  "side by side, and the load averages",
         "run": str(args.run or "a default-recipe cnn trained for 1 epoch by this benchmark"),
+        "model": served,
         "body": image, "agreement": agreement, "seconds": args.seconds, "warmup_s": WARMUP_S,
         "clients": CLIENTS, "load_command": hey_cmd,
         "fmnist": {"command": shlex.join(["fmnist", "serve", "RUN", *fmnist_flags])},
