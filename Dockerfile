@@ -34,8 +34,9 @@ WORKDIR /home/fmnist
 EXPOSE 8000
 # SIGTERM drains: /readyz turns 503, requests already accepted are answered, then exit 0
 STOPSIGNAL SIGTERM
-# slim images have no curl
-HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 \
+# slim images have no curl. The port opens once the model is loaded and checked (tens of seconds
+# on 2 busy cores), so failures in the first 2 minutes do not count
+HEALTHCHECK --interval=10s --timeout=3s --start-period=120s --retries=3 \
     CMD ["python3", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2).status != 200)"]
 # exec form: the signal reaches `fmnist serve` itself, not a shell
 ENTRYPOINT ["fmnist", "serve", "/model", "--host", "0.0.0.0", "--port", "8000"]
