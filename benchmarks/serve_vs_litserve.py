@@ -21,7 +21,9 @@
   server is started for its round and stopped after it, so that only one runs at a time.
   Per round: requests/s, p50/p99 latency, statuses and failed requests, and the memory of
   every process of the server (the process and all its descendants): RSS summed, the most
-  seen while the load ran, and PSS summed (shared pages counted once).
+  seen while the load ran, and PSS summed (shared pages counted once). Each fmnist round then
+  runs once more asking `?fields=` exactly the peer's fields, as fmnist's default answer may
+  hold more than the peer computes (both servers' fields are recorded).
 - The retry storm: `benchmarks.serve_lifecycle`'s storm (48 impatient clients posting
   32-image batches with 0.3 s timeouts and retrying at once, beside one patient client),
   against `fmnist serve` only: that scenario starts its own server and speaks multipart.
