@@ -642,14 +642,17 @@ def test_cli_serve_workers_use_the_app_factory(make_checkpoint, monkeypatch) -> 
     assert seen["workers"] == 2 and seen["common"]["port"] == 8000
     assert os.environ[MULTIPROC_ENV] == str(Path(seen["tmp"]) / "metrics")
     monkeypatch.delenv(MULTIPROC_ENV)  # this process is no worker: its own registry, no files
-    shutil.rmtree(seen["tmp"])  # what the supervisor does when it stops
+    # the workers load the pinned copy in the server's folder, not the path given
+    shutil.rmtree(ckpt)
     with TestClient(app_from_env()) as c:  # what each worker process builds
         wait_ready(c)
-        limits = c.get("/v1/model").json()["limits"]
-        assert limits["max_upload_bytes"] == 2**20  # --max-upload-mb 1 is 1 MiB
-        assert limits["max_queue"] == 3
+        info = c.get("/v1/model").json()
+        assert info["limits"]["max_upload_bytes"] == 2**20  # --max-upload-mb 1 is 1 MiB
+        assert info["limits"]["max_queue"] == 3
+        assert len(info["model_id"]) == 16
         stats = c.get("/v1/stats").json()
         assert (stats["window_ms"], stats["max_pass_images"]) == (5.0, 9)
+    shutil.rmtree(seen["tmp"])  # what the supervisor does when it stops
 
 
 @pytest.mark.parametrize(

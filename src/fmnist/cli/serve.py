@@ -35,6 +35,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("checkpoint", metavar="RUN_DIR|CHECKPOINT",
                    help="run folder, model.safetensors, a Quickstart model.pth, or an exported "
                         "model.onnx")
+    p.add_argument("--coverage", type=float, default=None,
+                   help="how often a prediction's set of classes holds the true one, as a "
+                        "fraction (default 0.9; the model must have been calibrated)")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to bind (default 127.0.0.1: this machine only; 0.0.0.0 for all)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
@@ -165,9 +168,9 @@ def run(args: argparse.Namespace) -> int:
 
             def repin() -> tuple[Any, None]:  # SIGHUP: the path again, into a folder of its own
                 into = tmp / f"model-{next(generations)}"
-                return prepare(args.checkpoint, args.model, args.backend, into)[0], None
+                return prepare(args.checkpoint, args.model, args.backend, into, args.coverage)[0], None
 
-            app.state.reload = lambda: swap_in(app.state.engine, repin)
+            app.state.reload = lambda: swap_in(app.state.engine, repin, args.coverage)
             return serve(uvicorn.Config(app, **common), drain_s=args.drain_delay)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -179,7 +182,8 @@ def run(args: argparse.Namespace) -> int:
     # process becomes a lean supervisor (see become_supervisor).
     current = tmp / "current.json"
     write_current(current, pinned)
-    os.environ[SETTINGS_ENV] = json.dumps({"current": str(current), "threads": threads, "app": options})
+    os.environ[SETTINGS_ENV] = json.dumps({"current": str(current), "threads": threads,
+                                           "coverage": args.coverage, "app": options})  # fmt: skip
     # /metrics sums every worker's values from files here (prometheus_client reads the
     # variable when the workers import it); an operator's own directory is kept
     if MULTIPROC_ENV not in os.environ:
@@ -201,7 +205,7 @@ def load(args: argparse.Namespace, threads: int, workers: int, into: Path) -> tu
 
     t0 = time.perf_counter()
     torch.set_num_threads(threads)
-    pinned, predictor = prepare(args.checkpoint, args.model, args.backend, into)
+    pinned, predictor = prepare(args.checkpoint, args.model, args.backend, into, args.coverage)
     predictor = as_backend(predictor)
     meta = predictor.meta
     acc = (meta.get("metrics") or {}).get("test_accuracy")

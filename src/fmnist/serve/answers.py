@@ -12,6 +12,7 @@ import numpy as np
 from PIL import Image
 
 from fmnist.serve.backends import Backend
+from fmnist.serve.metrics import Metrics
 from fmnist.serve.requests import Job
 
 
@@ -24,13 +25,18 @@ def png_data_url(image: np.ndarray) -> str:
 
 def answer(
     backend: Backend, model_id: str, job: Job, images: np.ndarray, probs: np.ndarray,
-    pass_images: int, decode_s: float, model_s: float,
+    pass_images: int, decode_s: float, model_s: float, metrics: Metrics | None = None,
 ) -> dict[str, Any]:  # fmt: skip
-    """`job`'s answer from the images the model saw and their probabilities (class order)."""
+    """`job`'s answer from the images the model saw and their probabilities (class order);
+    each prediction is counted in `metrics`' drift counters."""
     predictions = []
     for item, image, p in zip(job.items, images, probs, strict=True):
+        prediction = backend.prediction(p)
+        if metrics is not None:
+            metrics.observe(prediction.recognised, None if prediction.set is None else len(prediction.set),
+                            prediction.probabilities[prediction.label])  # fmt: skip
         # the one prediction shape (fmnist.predict.Prediction.to_dict), plus what only we know
-        full = {"name": item.name, **backend.prediction(p).to_dict(3)}
+        full = {"name": item.name, **prediction.to_dict(3)}
         if "input" in job.fields:  # encoding the PNG is the costliest part of an answer
             full["input"] = png_data_url(image)
         predictions.append({f: full[f] for f in job.fields})

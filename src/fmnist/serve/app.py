@@ -125,8 +125,8 @@ def _version() -> str:
 def app_from_env() -> FastAPI:
     """App factory for `uvicorn --factory` with several worker processes, each loading the
     model itself: `fmnist serve` puts its settings in FMNIST_SERVE_SETTINGS as JSON
-    ({"current": the supervisor's model pin file, "threads", "app": create_app's keyword
-    arguments}). On SIGHUP the worker loads what the pin file names then."""
+    ({"current": the supervisor's model pin file, "threads", "coverage", "app": create_app's
+    keyword arguments}). On SIGHUP the worker loads what the pin file names then."""
     import torch
 
     settings = json.loads(os.environ[SETTINGS_ENV])
@@ -135,22 +135,24 @@ def app_from_env() -> FastAPI:
     current = Path(settings["current"])
     pinned, _ = read_current(current)
     # warm before uvicorn listens: a worker the supervisor restarts takes no traffic cold
-    predictor = _load(pinned)
+    coverage = settings.get("coverage")
+    predictor = _load(pinned, coverage)
     options = dict(settings.get("app", {}))
     options["batching"] = Batching(**options.get("batching", {}))
     app = create_app(predictor, **options, warmup=False, model_id=pinned.model_id)
     engine: Engine = app.state.engine
-    app.state.reload = lambda: swap_in(engine, lambda: read_current(current))
+    app.state.reload = lambda: swap_in(engine, lambda: read_current(current), coverage)
     return app
 
 
-def _load(pinned: Pinned) -> Backend:
-    predictor = as_backend(load_predictor(pinned.path, pinned.model, pinned.backend))
+def _load(pinned: Pinned, coverage: float | None) -> Backend:
+    predictor = as_backend(load_predictor(pinned.path, pinned.model, pinned.backend, coverage))
     predictor.warmup()
     return predictor
 
 
-def swap_in(engine: Engine, pin: Callable[[], tuple[Pinned, str | None]]) -> None:
+def swap_in(engine: Engine, pin: Callable[[], tuple[Pinned, str | None]],
+            coverage: float | None = None) -> None:  # fmt: skip
     """A reload: `pin()` says what to serve (and why the last attempt failed, if it did); a
     model with another id is loaded, warmed and swapped in, while the old one goes on
     answering. A failure leaves the old one serving, with the reason in the log and in
@@ -158,7 +160,7 @@ def swap_in(engine: Engine, pin: Callable[[], tuple[Pinned, str | None]]) -> Non
     try:
         pinned, error = pin()
         if pinned.model_id != engine.model_id:
-            engine.swap(_load(pinned), pinned.model_id)
+            engine.swap(_load(pinned, coverage), pinned.model_id)
             log.info("Reloaded: serving model %s (from %s)", pinned.model_id, pinned.source)
         engine.reload_error = error
     except FmnistError as e:

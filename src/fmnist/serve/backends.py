@@ -134,10 +134,10 @@ class OnnxPredictor(Predictor):
 
     def __init__(
         self, onnx_model: bytes, meta: dict[str, Any], *, tta: bool | None = None,
-        session: Any = None,
+        session: Any = None, coverage: float | None = None,
     ) -> None:  # fmt: skip
         session = session or _session(onnx_model, str(meta.get("model")))
-        super().__init__(OnnxModule(session), meta, "cpu", tta=tta)
+        super().__init__(OnnxModule(session), meta, "cpu", tta=tta, coverage=coverage)
         self.onnx_model = onnx_model
 
     @property
@@ -146,7 +146,8 @@ class OnnxPredictor(Predictor):
         return self.meta.get("parameters")
 
     @classmethod
-    def from_file(cls, path: str | Path, *, tta: bool | None = None) -> OnnxPredictor:
+    def from_file(cls, path: str | Path, *, tta: bool | None = None,
+                  coverage: float | None = None) -> OnnxPredictor:  # fmt: skip
         """Load `fmnist export --format onnx`'s file: classes and the rest from its metadata."""
         path = Path(path)
         try:
@@ -168,7 +169,7 @@ class OnnxPredictor(Predictor):
                 "classes": json.loads(props["classes"]),
                 "normalize": json.loads(props.get("normalize", "null")),
             }  # fmt: skip
-        return cls(data, meta, tta=tta, session=session)
+        return cls(data, meta, tta=tta, session=session, coverage=coverage)
 
     def logits(self, images: torch.Tensor) -> torch.Tensor:
         x = to_input(images, 0.0, 1.0)  # x/255 only: the graph normalises
@@ -218,11 +219,13 @@ def _onnxruntime() -> Any:
     return onnxruntime
 
 
-def load_predictor(path: str | Path, model: str | None = None, backend: str = "auto") -> Predictor:
+def load_predictor(path: str | Path, model: str | None = None, backend: str = "auto",
+                   coverage: float | None = None) -> Predictor:  # fmt: skip
     """The predictor `fmnist serve` serves: a run folder or checkpoint on `backend`, or an
     exported .onnx file (always ONNX Runtime). The ONNX model of a checkpoint is made in
     memory; `OnnxPredictor.onnx_model` holds its bytes (worker processes load those). `auto`
-    is onnxruntime when it and the exporter's packages are installed, else torch."""
+    is onnxruntime when it and the exporter's packages are installed, else torch. `coverage`
+    is the prediction sets' (fmnist.trust)."""
     if backend not in BACKENDS:
         raise ConfigError(f"Unknown backend '{backend}': choose from {', '.join(BACKENDS)}.")
     if str(path).endswith(".onnx"):
@@ -230,15 +233,15 @@ def load_predictor(path: str | Path, model: str | None = None, backend: str = "a
             raise ConfigError("--model does not apply to an .onnx file (it names its model).")
         if backend == "torch":
             raise ConfigError("An .onnx file runs on onnxruntime: drop --backend torch.")
-        return OnnxPredictor.from_file(path)
+        return OnnxPredictor.from_file(path, coverage=coverage)
     if backend == "auto":
         backend = "onnxruntime" if all(map(_installed, ("onnxruntime", "onnx", "onnxscript"))) else "torch"
     if backend == "torch":
-        return Predictor.from_checkpoint(path, model=model)
+        return Predictor.from_checkpoint(path, model=model, coverage=coverage)
     from fmnist.checkpoint import load_model
     from fmnist.export import onnx_bytes
 
     _onnxruntime()  # say what is missing before the export's own imports do
     net, meta = load_model(path, model=model)
     data, _ = onnx_bytes(net, meta)
-    return OnnxPredictor(data, meta)
+    return OnnxPredictor(data, meta, coverage=coverage)

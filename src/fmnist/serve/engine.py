@@ -317,7 +317,8 @@ class Engine:
             served = self.served
             probs = served.backend.predict_arrays(batch)
         t2 = time.perf_counter()
-        return answer(served.backend, served.model_id, job, batch, probs, len(batch), t1 - job.t0, t2 - t1)
+        return answer(served.backend, served.model_id, job, batch, probs, len(batch), t1 - job.t0,
+                      t2 - t1, self.metrics)  # fmt: skip
 
     def _forward(self, images: np.ndarray) -> np.ndarray:
         # on the batcher's thread, like _answer_job after it: this pass's model, for both
@@ -344,7 +345,7 @@ class Engine:
         model_s = time.perf_counter() - job.t0 - job.decode_s
         served = self._pass_served
         return answer(served.backend, served.model_id, job, shared.images, shared.rows,
-                      shared.pass_images, job.decode_s, model_s)  # fmt: skip
+                      shared.pass_images, job.decode_s, model_s, self.metrics)  # fmt: skip
 
     def stats(self) -> dict[str, Any]:
         batcher = self.batcher
@@ -389,6 +390,9 @@ class Engine:
             "normalize": meta.get("normalize"),
             # flip TTA or not: the served predictions are made the way `metrics` were measured
             "tta": backend.tta,
+            # the calibration in use: temperature, the sets' coverage, the not-recognised
+            # threshold (null where the model has none)
+            "trust": _trust_info(backend),
             "versions": meta.get("versions", {}),
             "device": str(backend.device),
             "backend": backend.name,
@@ -398,6 +402,15 @@ class Engine:
 
     def samples(self, n: int, seed: int) -> dict[str, Any]:
         return self._samples.pick(n, seed)
+
+
+def _trust_info(backend: Backend) -> dict[str, Any] | None:
+    trust = getattr(backend, "trust", None) or getattr(getattr(backend, "predictor", None), "trust", None)
+    if trust is None:
+        return None
+    return {"temperature": trust.temperature, "coverage": trust.coverage,
+            "calibrated": trust.calibrated, "set_score": trust.set_score,
+            "ood_score": trust.ood_score, "ood_threshold": trust.ood_threshold}  # fmt: skip
 
 
 def _bytes(items: list[Item]) -> int:

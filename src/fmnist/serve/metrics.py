@@ -6,6 +6,12 @@
     fmnist_predictions_queued / fmnist_uploads_in_progress   gauges (summed over live workers)
     fmnist_rejected_total{reason}                        busy, uploads, deadline, client_gone
     fmnist_model_info{model,backend,tta,model_id}        always 1
+    fmnist_predictions_total{recognised,set_size}        every image answered: recognised true,
+                                                         false or unknown (an uncalibrated
+                                                         model); classes in its set 0, 1, 2, 3+
+                                                         or none
+    fmnist_top_probability                               histogram of each answer's calibrated
+                                                         top probability
     fmnist_worker_restarts_total{reason}                 crashed, failed_start, unresponsive
                                                          (written by the supervisor)
 
@@ -44,6 +50,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 PASS_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+PROBABILITY_BUCKETS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
 
 
 def multiprocess() -> bool:
@@ -72,6 +79,14 @@ class Metrics:
                              multiprocess_mode="livesum", registry=r)  # fmt: skip
         self.rejected = Counter("fmnist_rejected", "Predictions refused or dropped before their "
                                 "forward pass, by reason", ["reason"], registry=r)  # fmt: skip
+        # drift: inputs unlike the training images show as more "false", larger sets and
+        # lower top probabilities (docs/serving.md has alert rules)
+        self.predictions = Counter("fmnist_predictions", "Images answered, by whether they were "
+                                   "recognised and the size of their prediction set",
+                                   ["recognised", "set_size"], registry=r)  # fmt: skip
+        self.top_probability = Histogram("fmnist_top_probability", "Calibrated probability of "
+                                         "each answer's top class", buckets=PROBABILITY_BUCKETS,
+                                         registry=r)  # fmt: skip
         # livemax: a dead worker's series goes with it (a replaced model's id included)
         self.model = Gauge("fmnist_model_info", "The model served (value always 1)",
                            ["model", "backend", "tta", "model_id"], multiprocess_mode="livemax",
@@ -79,6 +94,13 @@ class Metrics:
 
     def set_model(self, model: Any, backend: str, tta: bool, model_id: str) -> None:
         self.model.labels(str(model), backend, str(tta).lower(), model_id).set(1)
+
+    def observe(self, recognised: bool | None, set_size: int | None, top: float) -> None:
+        """One answered image, for the drift metrics."""
+        known = "unknown" if recognised is None else str(recognised).lower()
+        size = "none" if set_size is None else str(set_size) if set_size < 3 else "3+"
+        self.predictions.labels(known, size).inc()
+        self.top_probability.observe(top)
 
     def unset_model(self, model: Any, backend: str, tta: bool, model_id: str) -> None:
         self.model.remove(str(model), backend, str(tta).lower(), model_id)

@@ -28,7 +28,8 @@ from fmnist.images import SIZE
 from fmnist.serve.errors import ApiError
 
 # The fields of a prediction a client can ask for with ?fields= (the page takes them all).
-FIELDS = ("name", "label", "index", "probability", "top", "probabilities", "input")
+FIELDS = ("name", "label", "index", "probability", "top", "probabilities", "set", "recognised",
+          "ood_score", "input")
 
 
 @dataclass

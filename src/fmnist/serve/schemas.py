@@ -20,13 +20,21 @@ class PredictionOut(BaseModel):
     index: int
     label: str
     probability: float
-    probabilities: dict[str, float]
+    probabilities: dict[str, float]  # calibrated (the checkpoint's temperature)
     top: list[Top]
+    # the classes that hold the true one with the server's coverage (90 % unless set), most
+    # probable first; may be empty; null for a model without calibration
+    set: list[str] | None
+    # false: the image does not look like any class (the label is still the most probable);
+    # null for a model without calibration
+    recognised: bool | None
+    ood_score: float  # higher is stranger (entropy of the probabilities)
     input: str  # data:image/png;base64 of the 28x28 image the model saw
 
 
 class PredictResponse(BaseModel):
     model: str | None
+    model_id: str  # content hash of the model files that answered
     count: int
     predictions: list[PredictionOut]  # only the ?fields= asked for, when given
     pass_images: int  # images in the forward pass this request shared

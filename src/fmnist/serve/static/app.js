@@ -9,6 +9,7 @@
   const ctx = pad.getContext("2d");
   const state = {
     classes: [],
+    coverage: null,     // how often a prediction's set holds the true class (calibrated models)
     drawing: false,
     dirty: false,       // the pad holds something worth predicting
     last: null,         // last pointer position while drawing
@@ -211,6 +212,16 @@
     $("seen-empty").hidden = true;
     $("pred-label").textContent = pred.label;
     $("pred-prob").textContent = `${(pred.probability * 100).toFixed(1)}% sure`;
+    // calibrated models only: "not recognised" when the image is unlike every class, and the
+    // set of likely classes when it holds more than the top one
+    const ood = $("pred-ood");
+    ood.hidden = pred.recognised !== false;
+    ood.textContent = `This does not look like any of the ${state.classes.length} classes`;
+    const set = $("pred-set");
+    const members = pred.set || [];
+    set.hidden = members.length < 2;
+    const level = state.coverage ? ` (${Math.round(state.coverage * 100)}% of the time)` : "";
+    set.textContent = `One of: ${members.join(" or ")}${level}`;
     for (const li of $("probs").children) {
       const p = pred.probabilities[li.dataset.class] ?? 0;
       li.dataset.p = String(p);
@@ -236,6 +247,8 @@
     $("seen-empty").hidden = false;
     $("pred-label").textContent = "—";
     $("pred-prob").textContent = "";
+    $("pred-ood").hidden = true;
+    $("pred-set").hidden = true;
     $("truth").hidden = true;
     $("latency").textContent = "";
     for (const li of $("probs").children) {
@@ -340,6 +353,7 @@
       const res = await fetch("/v1/model");
       const info = await res.json();
       state.classes = info.classes || [];
+      state.coverage = info.trust ? info.trust.coverage : null;
       buildBars(state.classes);
       const acc = info.metrics && info.metrics.test_accuracy;
       const params = info.parameters ? ` · ${(info.parameters / 1e6).toFixed(2)}M params` : "";
