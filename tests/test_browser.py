@@ -54,12 +54,16 @@ def test_set() -> tuple[np.ndarray, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory, test_set) -> Path:
-    """A small MLP trained for a few seconds on the real training set (about 84 % test accuracy)."""
+    """A small MLP trained for a few seconds on the real training set (about 84 % test accuracy),
+    calibrated on 5,000 training images it did not train on (fmnist.trust)."""
+    from fmnist import trust
     from fmnist.checkpoint import FASHION_CLASSES, save_model
     from fmnist.datasets import load_arrays
     from fmnist.models import build_model
 
     images, labels = load_arrays("fashion-mnist", "train")
+    held_images, held_labels = images[-5000:], labels[-5000:]
+    images, labels = images[:-5000], labels[:-5000]
     mean, std = 0.286, 0.353
     x = torch.from_numpy(images)  # uint8 (N, 28, 28); each batch is normalised when drawn
     y = torch.from_numpy(labels)
@@ -78,11 +82,14 @@ def trained(tmp_path_factory: pytest.TempPathFactory, test_set) -> Path:
     with torch.no_grad():
         xt = ((torch.from_numpy(test_images).float() / 255 - mean) / std).unsqueeze(1)
         acc = (model(xt).argmax(1).numpy() == test_labels).mean()
+        xh = ((torch.from_numpy(held_images).float() / 255 - mean) / std).unsqueeze(1)
+        held_logits = model(xh).numpy()
     assert acc > 0.8, f"the quick model only reached {acc:.1%}"
     folder = tmp_path_factory.mktemp("trained")
     save_model(folder, model, {
         "classes": FASHION_CLASSES, "normalize": {"mean": mean, "std": std},
         "dataset": "fashion-mnist", "metrics": {"test_accuracy": float(acc)}, "epoch": 1,
+        "trust": trust.fit(held_logits, held_labels),
     })  # fmt: skip
     return folder
 
@@ -254,6 +261,41 @@ def test_page_end_to_end(page, server: str, trained: Path, test_set, tmp_path: P
     assert page.locator("#probs li.top").get_attribute("data-class") == label
     page.wait_for_timeout(350)  # let the bar transition finish before the picture
     page.screenshot(path=str(ARTIFACTS / "browser.png"), full_page=True)
+
+
+def test_the_page_says_not_recognised_and_shows_a_set_of_likely_classes(
+    page, server: str, trained: Path, test_set, tmp_path: Path
+) -> None:
+    from fmnist.images import open_image
+    from fmnist.predict import Predictor
+
+    predictor = Predictor.from_checkpoint(trained)
+    page.goto(server + "/")
+    page.wait_for_function("() => document.querySelector('#pred-label').textContent !== '—'")
+
+    # a checkerboard is no piece of clothing: the top class is still shown, and marked
+    board = (np.indices((28, 28)).sum(axis=0) // 4 % 2 * 255).astype(np.uint8)
+    Image.fromarray(board).resize((280, 280), Image.Resampling.NEAREST).save(tmp_path / "board.png")
+    assert predictor.predict([open_image(tmp_path / "board.png")])[0].recognised is False
+    page.set_input_files("#file", str(tmp_path / "board.png"))
+    page.wait_for_selector("#pred-ood:not([hidden])", timeout=10_000)
+    assert page.locator("#pred-ood").text_content() == "This does not look like any of the 10 classes"
+    assert page.locator("#pred-label").text_content() != "—"
+    page.screenshot(path=str(ARTIFACTS / "browser-not-recognised.png"))
+
+    # a test image the model is unsure about: the classes that likely hold the true one
+    images, _ = test_set
+    for i in range(500):
+        p = predictor.predict([images[i]])[0]
+        if p.recognised and p.set is not None and len(p.set) >= 2:
+            break
+    else:
+        pytest.fail("no test image among the first 500 has a set of two classes or more")
+    Image.fromarray(images[i]).save(tmp_path / "unsure.png")
+    page.set_input_files("#file", str(tmp_path / "unsure.png"))
+    page.wait_for_selector("#pred-set:not([hidden])", timeout=10_000)
+    assert page.locator("#pred-set").text_content() == f"One of: {' or '.join(p.set)} (90% of the time)"
+    assert page.locator("#pred-ood").is_hidden()
 
 
 def test_api_reference_renders_offline(page, server: str) -> None:
