@@ -1,0 +1,64 @@
+"""What a time-budgeted run tells its user: the plan's line (model, steps, epochs, throughput,
+evaluations, expected time) and durations written as a person reads them (5.0 s, 90 s,
+2.5 min), and a budgeted run's folder records the steps that ran and each re-plan."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import replace
+
+import pytest
+from synthetic import make_data
+from test_budget import BASE, fake_measure
+from test_train import SMALL
+
+import fmnist.train.throughput
+from fmnist.budget import Measured, Plan, plan
+from fmnist.errors import ConfigError
+from fmnist.recipes import apply_overrides, read_config_file
+from fmnist.train import fit
+
+
+def test_the_plans_line_says_what_will_run():
+    recipe = replace(BASE, steps=938, epochs=2)
+    line = Plan(recipe, Measured(2_000, 60_000, 1.0), budget=90, spent=0.5).describe()
+    # 938 x 128 images = 2.00 epochs; 0.5 + 60.03 + 2 x 1.0 = 62.5 s
+    assert line == ("Plan for a 90 s budget: cnn 16,64,128, 938 steps = 2.00 epochs at ~2,000 "
+                    "img/s, evaluated 2 times (1.0 s each): ~63 s with 0.5 s of measuring.")
+    one = Plan(replace(recipe, steps=400, epochs=1), Measured(2_000, 60_000, 1.0), 300, 0.25)
+    assert "evaluated 1 time (1.0 s each): ~27 s with 0.2 s of measuring." in one.describe()
+
+
+@pytest.mark.parametrize("seconds, words", [(5, "5.0 s"), (9.94, "9.9 s"), (10, "10 s"),
+                                            (119, "119 s"), (120, "2.0 min"), (150, "2.5 min")])
+def test_durations_are_written_as_a_person_reads_them(seconds, words):
+    line = Plan(replace(BASE, steps=1, epochs=1), Measured(1e9, 60_000, 0.0), seconds, 0).describe()
+    assert line.startswith(f"Plan for a {words} budget: ")
+
+
+def test_a_budget_too_small_for_any_model_names_each_one_tried():
+    with pytest.raises(ConfigError) as refused:
+        plan(BASE, 150, fake_measure(10, []))
+    assert str(refused.value) == (
+        "Not even one epoch fits in 2.5 min on this machine (cnn 16,64,128 needs 6004 s an epoch; "
+        "cnn 8,32,64 needs 3003 s an epoch; cnn 4,16,32 needs 1502 s an epoch): give a larger "
+        "--time-budget, or set --epochs instead.")
+
+
+def test_a_budgeted_runs_folder_records_the_steps_that_ran_and_why(tmp_path, capsys,
+                                                                    monkeypatch):
+    # 2,560 img/s = 0.1 s an epoch of 256 images; this machine is slower, so the run re-plans
+    monkeypatch.setattr(fmnist.train.throughput, "measure",
+                        lambda setup: Measured(2_560.0, 256, 0.05))
+    recipe = apply_overrides(SMALL, {"epochs": 1, "eval_every": 0})
+    result = fit(recipe, data=make_data(), out=tmp_path / "run", time_budget="0.3s")
+    out = capsys.readouterr().out
+    assert re.search(r"Plan for a 0\.[0-3] s budget: cnn 8,8,16, ", out)  # less start-up
+    config = read_config_file(tmp_path / "run" / "config.json")
+    assert config["eval_every"] == 1  # every epoch evaluated: the re-planner measures from them
+    assert config["epochs"] == len(result.rows) and 0 < config["steps"] <= 20
+    replans = json.loads((tmp_path / "run" / "status.json").read_text())["replans"]
+    assert replans and replans[-1]["steps"] == config["steps"]
+    assert f"-> {config['steps']:,} steps ({config['epochs']} epochs)." in out
+    assert all(r["seconds_left"] < 0.3 and r["step_ms"] > 0 for r in replans)
