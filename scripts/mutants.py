@@ -64,7 +64,10 @@ def main(argv: list[str]) -> int:
     # made now, not by mutmut: a PYTHONPATH folder missing when Python starts is remembered as
     # missing (sys.path_importer_cache), and the tests would quietly import the unmutated code
     (work / "mutants" / "src").mkdir(parents=True)
-    env = {**os.environ, "PYTHONPATH": str(work / "mutants" / "src")}
+    # one thread: mutmut forks a test process per mutant from one that has run torch, and a
+    # forked OpenMP pool hangs (every mutant of a torch-using test "timed out" with more)
+    env = {**os.environ, "PYTHONPATH": str(work / "mutants" / "src"), "OMP_NUM_THREADS": "1",
+           "MKL_NUM_THREADS": "1"}
     mutmut = str(Path(sys.executable).with_name("mutmut"))
     children = os.environ.get("MUTANTS_CHILDREN", "1")  # 2 shared cores: one test run at a time
     run = subprocess.run([mutmut, "run", "--max-children", children], cwd=work, env=env)
