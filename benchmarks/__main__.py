@@ -89,6 +89,10 @@ def show(path: str, cases: list[str] | None = None, commands: bool = True) -> st
             from benchmarks.serve_lifecycle import lifecycle_table
 
             return lifecycle_table(saved)
+        if saved.get("benchmark") == "serve_hostile":
+            from benchmarks.serve_hostile import hostile_table
+
+            return hostile_table(saved)
         raise ValueError(f"{path} is not a results file of `python -m benchmarks` or "
                          "`benchmarks.serve_load` (it has no 'cases'); read it as it is.")
     results = {OLD_KEYS.get(k, k): v for k, v in saved["cases"].items()}

@@ -214,7 +214,7 @@ def ceiling(checkpoint: str, backend: str, png: bytes, seconds: float) -> dict[s
     return out
 
 
-def default_checkpoint(folder: Path) -> str:
+def default_checkpoint(folder: Path, seed: int = 0) -> str:
     import torch
 
     from fmnist.checkpoint import FASHION_CLASSES, save_model
@@ -222,7 +222,7 @@ def default_checkpoint(folder: Path) -> str:
     from fmnist.recipes import get_recipe
 
     recipe = get_recipe("default")
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     save_model(folder, build_model(recipe.model, recipe.model_config), {
         "classes": FASHION_CLASSES, "normalize": {"mean": 0.286, "std": 0.353},
         "dataset": "fashion-mnist", "tta_flip": recipe.tta_flip,

@@ -5,7 +5,7 @@
     fmnist_forward_pass_images / _seconds                histograms of the shared passes
     fmnist_predictions_queued / fmnist_uploads_in_progress   gauges (summed over live workers)
     fmnist_rejected_total{reason}                        busy, uploads, deadline, client_gone
-    fmnist_model_info{model,backend,tta,model_id}        always 1
+    fmnist_model_info{model,backend,tta,model_id}        1 (0: a model replaced by a reload)
     fmnist_predictions_total{recognised,set_size}        every image answered: recognised true,
                                                          false or unknown (an uncalibrated
                                                          model); classes in its set 0, 1, 2, 3+
@@ -103,7 +103,11 @@ class Metrics:
         self.top_probability.observe(top)
 
     def unset_model(self, model: Any, backend: str, tta: bool, model_id: str) -> None:
-        self.model.remove(str(model), backend, str(tta).lower(), model_id)
+        labels = (str(model), backend, str(tta).lower(), model_id)
+        if multiprocess():  # prometheus_client cannot remove a series there: it reads 0
+            self.model.labels(*labels).set(0)
+        else:
+            self.model.remove(*labels)
 
     def exposition(self) -> bytes:
         if not multiprocess():
