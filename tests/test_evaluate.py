@@ -150,6 +150,20 @@ def test_cli_json_and_pictures_in_the_run_folder(make_checkpoint, fake_data, cap
     assert "confusion.png" in err
 
 
+def test_cli_ood_reports_auroc_and_the_not_recognised_share(make_checkpoint, fake_data,
+                                                           capsys, tmp_path):
+    from fmnist.cli import main
+
+    folder = make_checkpoint("cnn")
+    assert main(["evaluate", str(folder), "--json", "--ood", "blank", "--out",
+                 str(tmp_path)]) == 0
+    trust = json.loads(capsys.readouterr().out)["trust"]
+    assert trust["calibrated"] is False and trust["temperature"] == 1.0  # an old checkpoint
+    assert trust["ood"]["source"] == "blank" and trust["ood"]["n"] == 200
+    assert 0 <= trust["ood"]["auroc"] <= 1 and trust["ood"]["not_recognised_rate"] is None
+    assert (tmp_path / "reliability.png").is_file()
+
+
 def test_cli_text_for_a_pth_writes_eval_folder(tmp_path, fake_data, monkeypatch, capsys):
     from fmnist.cli import main
     from fmnist.models import build_model
@@ -170,6 +184,8 @@ def test_cli_text_for_a_pth_writes_eval_folder(tmp_path, fake_data, monkeypatch,
         (["--model", "mlp"], "holds a 'cnn' model, not 'mlp'"),
         (["--dataset", "nope"], "Unknown dataset 'nope'"),
         (["--batch-size", "0"], "--batch-size must be at least 1"),
+        (["--coverage", "1.5"], "Coverage must be between"),
+        (["--ood", "nothing-like-this"], "Unknown dataset 'nothing-like-this'"),
     ],
 )
 def test_cli_errors_are_one_line(make_checkpoint, fake_data, capsys, argv, message):

@@ -650,3 +650,43 @@ def test_an_old_runs_config_json_evaluates_every_epoch_as_it_did(tmp_path):
     assert get_recipe("default").eval_every == 0
     assert apply_overrides(get_recipe("default"), read_config_file(tmp_path / "config.json")
                            ).eval_every == 1
+
+
+def test_a_run_with_held_out_images_saves_its_fitted_trust_and_predicts_with_it(tmp_path):
+    from fmnist import trust
+    from fmnist.inference import predict_logits
+    from fmnist.predict import Predictor
+    from fmnist.train.data import split_holdout
+
+    recipe = apply_overrides(SMALL, {"holdout": 64})
+    data = make_data(512, 64)
+    result = fit(recipe, data=data, out=tmp_path / "r", display=False)
+    saved = json.loads((tmp_path / "r" / "model.json").read_text())
+    fitted = saved["trust"]
+    assert result.meta["trust"] == fitted and fitted["held_out"] == 64
+    # fitted on exactly the images held out of training, with the logits the model predicts
+    held = split_holdout(data, 64)
+    model, meta = load_model(tmp_path / "r")
+    logits = predict_logits(model, held.holdout_images, *meta["normalize"].values())
+    expect = trust.fit(logits.double().numpy(), held.holdout_labels.numpy())
+    assert fitted["temperature"] == pytest.approx(expect["temperature"], rel=1e-6)
+    assert fitted["ood"]["threshold"] == pytest.approx(expect["ood"]["threshold"], rel=1e-6)
+    probs = Predictor(model, meta).predict_arrays(held.holdout_images.numpy())
+    np_logits = logits.double().numpy()
+    assert probs == pytest.approx(trust.softmax(np_logits, fitted["temperature"]), abs=1e-5)
+
+
+def test_a_run_without_held_out_images_fits_no_trust(tmp_path):
+    fit(apply_overrides(SMALL, {"epochs": 1}), data=make_data(), out=tmp_path / "r", display=False)
+    assert "trust" not in json.loads((tmp_path / "r" / "model.json").read_text())
+    assert get_recipe("quickstart").holdout == 0  # the Quickstart stays the Quickstart
+
+
+def test_the_default_recipe_holds_out_a_twelfth_at_most_unless_a_holdout_is_asked_for():
+    from fmnist.recipes import holdout_for
+
+    default = get_recipe("default")
+    assert holdout_for(default, 60000) == 5000
+    assert holdout_for(default, 1200) == 100  # a small dataset keeps most of its images
+    asked = apply_overrides(default, {"holdout": 600})
+    assert holdout_for(asked, 1200) == 600

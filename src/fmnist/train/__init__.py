@@ -6,6 +6,8 @@
                  the training step
     evaluation   per-epoch test and holdout accuracy and loss (DDP-aware)
     callbacks    the hooks and the built-in display, metrics, curves and status writers
+    calibration  the end-of-fit step: temperature, sets and not-recognised threshold fitted on
+                 the held-out images
     throughput   what --time-budget plans with (planning itself: fmnist.budget)
     loop         fit: the loop, saving each epoch, recording why a run stopped
 """

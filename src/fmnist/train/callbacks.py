@@ -48,6 +48,8 @@ class RunState:
     # The last evaluation's test logits (this rank's slice under torchrun); at on_fit_end, the
     # final model's, with the recipe's TTA: what end-of-run reports reuse instead of a new pass.
     test_logits: torch.Tensor | None = None
+    # model.json's `trust` once fitted on the held-out images at the end (fmnist.trust)
+    trust: dict[str, Any] | None = None
 
     @property
     def global_step(self) -> int:

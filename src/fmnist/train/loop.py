@@ -23,6 +23,7 @@ from fmnist.checkpoint import ResumeState
 from fmnist.errors import ConfigError, DivergedError, WriteError
 from fmnist.models import unwrap
 from fmnist.recipes import Recipe, apply_overrides, get_recipe, to_dict, validate
+from fmnist.train.calibration import fit_trust
 from fmnist.train.callbacks import (
     Callback,
     Curves,
@@ -120,8 +121,8 @@ def fit(
         parts = None if parts is None else replace(parts, train_model=parts.model)
         distributed.shutdown()
     model = unwrap(parts.model).eval()
-    return FitResult(model, checkpoint.model_meta(model, run_meta(setup, state.rows)), state.rows,
-                     run_dir)
+    meta = run_meta(setup, state.rows, state.trust)
+    return FitResult(model, checkpoint.model_meta(model, meta), state.rows, run_dir)
 
 
 def restore(state: RunState, resumed: ResumeState | None, info: distributed.DistInfo) -> None:
@@ -171,6 +172,7 @@ def run_epochs(state: RunState, callbacks: Sequence[Callback], stops: Stops, sav
         if stops.signum is not None:  # it came during the evaluation: the epoch is saved
             stops.saved()
     evaluate_final(state, save)
+    calibrate(state, save)
     for cb in callbacks:
         cb.on_fit_end(state)
 
@@ -195,6 +197,16 @@ def evaluate_final(state: RunState, save: bool) -> None:
     state.rows[-1] |= evaluated.row
     state.test_logits = evaluated.test_logits
     if save:
+        save_state(state)
+
+
+def calibrate(state: RunState, save: bool) -> None:
+    """Fit the checkpoint's temperature, prediction sets and not-recognised threshold on the
+    held-out images (fmnist.train.calibration), and save them with the final model."""
+    setup, parts = state.setup, state.parts
+    assert setup is not None and parts is not None
+    state.trust = fit_trust(parts.model, setup)
+    if save and state.trust is not None:
         save_state(state)
 
 
@@ -340,13 +352,15 @@ def save_state(state: RunState) -> None:
         label, keep = f"epoch-{epoch + 1:04d}-step-{progress.step:06d}", (rundir.WEIGHTS, rundir.META)
     else:
         label = f"epoch-{epoch:04d}"
-        files |= checkpoint.model_files(parts.model, run_meta(setup, rows))
+        files |= checkpoint.model_files(parts.model, run_meta(setup, rows, state.trust))
     rundir.commit(state.run_dir, files, label, keep=keep)
 
 
-def run_meta(setup: Setup, rows: list[dict[str, Any]]) -> dict[str, Any]:
+def run_meta(setup: Setup, rows: list[dict[str, Any]],
+             trust: dict[str, Any] | None = None) -> dict[str, Any]:
     """What the checkpoint says besides the model itself (`checkpoint.model_meta` adds that):
-    the data, its normalisation, the recipe, the epoch and its metrics."""
+    the data, its normalisation, the recipe, the epoch and its metrics, and once fitted at the
+    end, how far to trust its answers (fmnist.trust)."""
     return {
         "classes": setup.data.classes,
         "normalize": {"mean": setup.mean, "std": setup.std},
@@ -357,6 +371,7 @@ def run_meta(setup: Setup, rows: list[dict[str, Any]]) -> dict[str, Any]:
         "evaluated_on": setup.data.evaluated_on,
         "epoch": rows[-1]["epoch"] if rows else 0,
         "metrics": rows[-1] if rows else {},
+        **({"trust": trust} if trust is not None else {}),
     }
 
 

@@ -16,7 +16,7 @@ from fmnist.checkpoint import ResumeState
 from fmnist.inference import autocast_for
 from fmnist.loader import Augment, Batches
 from fmnist.models import build_model
-from fmnist.recipes import Recipe, sized_for
+from fmnist.recipes import Recipe, holdout_for, sized_for
 from fmnist.train import whitening
 from fmnist.train.data import Data, check_same_data, load_data, pixel_stats, split_holdout
 from fmnist.train.optim import Schedule, make_optimizer, make_scheduler
@@ -69,7 +69,8 @@ def set_up(recipe: Recipe, info: distributed.DistInfo, data: Data | None,
         torch.set_num_threads(recipe.threads)
     device = distributed.device_for(info, hardware.resolve_device(recipe.device))  # cuda:LOCAL_RANK under DDP
     distributed.init(info, device)
-    data = split_holdout(data or load_data(recipe, data_dir), recipe.holdout)
+    data = data or load_data(recipe, data_dir)
+    data = split_holdout(data, holdout_for(recipe, len(data.train_images)))
     mean, std = pixel_stats(recipe, data)
     if resumed is not None:
         check_same_data(resumed, data, mean, std)
