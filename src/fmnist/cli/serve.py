@@ -35,6 +35,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("checkpoint", metavar="RUN_DIR|CHECKPOINT",
                    help="run folder, model.safetensors, a Quickstart model.pth, or an exported "
                         "model.onnx")
+    p.add_argument("--api-key-file", default=None, metavar="FILE",
+                   help="require the key in FILE (Authorization: Bearer KEY) on every route but "
+                        "the probes and the page; default: the FMNIST_API_KEY variable, if set")
     p.add_argument("--coverage", type=float, default=None,
                    help="how often a prediction's set of classes holds the true one, as a "
                         "fraction (default 0.9; the model must have been calibrated)")
@@ -132,6 +135,7 @@ def run(args: argparse.Namespace) -> int:
     if args.request_timeout <= 0 or args.predict_timeout <= 0 or args.graceful_timeout <= 0:
         raise ConfigError("--request-timeout, --predict-timeout and --graceful-timeout must be positive.")
     options: dict[str, Any] = {
+        "api_key": api_key(args.api_key_file),
         "max_upload_bytes": int(args.max_upload_mb * 2**20),  # MiB, like the app's default
         "max_batch": args.max_batch,
         "max_pixels": int(args.max_image_megapixels * 1e6),
@@ -194,6 +198,23 @@ def run(args: argparse.Namespace) -> int:
     return become_supervisor({"workers": workers, "common": common, "drain_s": args.drain_delay,
                               "tmp": str(tmp), "watchdog_s": args.watchdog_timeout,
                               "reload": reload})  # fmt: skip
+
+
+def api_key(path: str | None) -> str | None:
+    """The key in `path` (its one line), else FMNIST_API_KEY's value, else None."""
+    from fmnist.serve.auth import ENV
+
+    if path is None:
+        return os.environ.get(ENV) or None
+    try:
+        if Path(path).stat().st_size > 4096:
+            raise ConfigError(f"{path} is too large for an API key file (one line expected).")
+        key = Path(path).read_text().strip()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"Cannot read the API key file {path}: {getattr(e, 'strerror', None) or e}.") from None
+    if not key or "\n" in key:
+        raise ConfigError(f"The API key file {path} must hold one non-empty line.")
+    return key
 
 
 def load(args: argparse.Namespace, threads: int, workers: int, into: Path) -> tuple[Any, Any]:

@@ -41,6 +41,7 @@ from fastapi.staticfiles import StaticFiles
 
 from fmnist.errors import FmnistError
 from fmnist.predict import Predictor
+from fmnist.serve.auth import ApiKey
 from fmnist.serve.backends import Backend, as_backend, load_predictor
 from fmnist.serve.engine import Batching, Engine
 from fmnist.serve.errors import add_error_handlers
@@ -70,6 +71,7 @@ def create_app(
     predict_timeout_s: float = _DEFAULT.predict_timeout_s,
     warmup: bool = True,
     model_id: str | None = None,
+    api_key: str | None = None,
 ) -> FastAPI:
     """The ASGI app serving `predictor`.
 
@@ -81,7 +83,8 @@ def create_app(
     With `warmup`, one forward pass runs in a background thread at startup and /readyz answers
     503 until it is done; pass False when the predictor is already warm (the CLI warms it before
     it binds the port). `model_id` names the files served (fmnist.serve.pinning); without it,
-    a hash of the predictor's weights.
+    a hash of the predictor's weights. With `api_key`, every route but the probes and the page
+    needs it (fmnist.serve.auth).
     """
     limits = Limits(max_upload_bytes=max_upload_bytes, max_batch=max_batch, max_pixels=max_pixels,
                     max_request_pixels=max_request_pixels, max_queue=max_queue,
@@ -109,6 +112,8 @@ def create_app(
     )
     app.state.engine = engine
     app.add_middleware(BodyLimit, max_bytes=max_upload_bytes, timeout_s=request_timeout_s)
+    if api_key:  # outside the body limit (a request without the key is not read), inside metrics
+        app.add_middleware(ApiKey, key=api_key)
     app.add_middleware(RequestMetrics, metrics=engine.metrics)  # outermost: counts every answer
     add_error_handlers(app)
     app.include_router(router)

@@ -121,6 +121,24 @@
     send({ body, headers: { "Content-Type": "application/json" } });
   }
 
+  // A server started with an API key answers 401 without it: ask once, keep it for this tab.
+  async function api(url, opts = {}) {
+    const withKey = () => {
+      const key = sessionStorage.getItem("fmnist-api-key");
+      const headers = { ...(opts.headers || {}), ...(key ? { Authorization: `Bearer ${key}` } : {}) };
+      return fetch(url, { ...opts, headers });
+    };
+    let res = await withKey();
+    if (res.status === 401) {
+      const key = window.prompt("This server needs an API key:");
+      if (key) {
+        sessionStorage.setItem("fmnist-api-key", key.trim());
+        res = await withKey();
+      }
+    }
+    return res;
+  }
+
   // One request at a time; while one is out, only the newest next body is kept.
   function send(req) {
     if (state.inFlight) {
@@ -130,7 +148,7 @@
     state.inFlight = true;
     const seq = ++state.seq;
     const t0 = performance.now();
-    fetch("/v1/predict", { method: "POST", ...req })
+    api("/v1/predict", { method: "POST", ...req })
       .then(async (res) => {
         const data = await res.json().catch(() => ({ error: `HTTP ${res.status}` }));
         if (!res.ok) throw new Error(data.error || `HTTP ${res.status}`);
@@ -303,7 +321,7 @@
   async function loadSamples(seed) {
     const strip = $("strip");
     try {
-      const res = await fetch(`/v1/samples?n=12&seed=${seed}`);
+      const res = await api(`/v1/samples?n=12&seed=${seed}`);
       const data = await res.json();
       strip.textContent = "";
       if (!data.samples || data.samples.length === 0) {
@@ -350,7 +368,7 @@
   async function start() {
     resetPad();
     try {
-      const res = await fetch("/v1/model");
+      const res = await api("/v1/model");
       const info = await res.json();
       state.classes = info.classes || [];
       state.coverage = info.trust ? info.trust.coverage : null;
