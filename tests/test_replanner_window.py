@@ -37,7 +37,7 @@ def step_seconds(now: float) -> float:
     return SLOW if SLOW_FROM <= now < SLOW_UNTIL else FAST
 
 
-def budgeted_run(budget_s: float) -> tuple[float, list[dict]]:
+def budgeted_run(budget_s: float, show: bool = False) -> tuple[float, list[dict]]:
     """A run planned for `budget_s` at the fast step time, driven as fmnist.train.loop drives it;
     when it ended, and its re-plans."""
     recipe = replace(SMALL, batch_size=BATCH, epochs=1)
@@ -49,7 +49,7 @@ def budgeted_run(budget_s: float) -> tuple[float, list[dict]]:
     state = RunState(setup.recipe, None, True, PER_EPOCH, BATCH * PER_EPOCH, parts.epochs,
                      setup=setup, parts=parts)
     clock = FakeClock()
-    keeper = BudgetKeeper(budget_s, show=False, every=1.0, clock=clock)
+    keeper = BudgetKeeper(budget_s, show=show, every=1.0, clock=clock)
     epoch = 0
     while epoch < parts.epochs:
         epoch += 1
@@ -74,3 +74,18 @@ def test_after_a_slow_spell_the_replanner_plans_with_the_recent_step_time():
     assert during and all(abs(r["step_ms"] - 1000 * SLOW) < 1 for r in during), during
     assert after and all(abs(r["step_ms"] - 1000 * FAST) < 1 for r in after), after
     assert 0.95 * budget <= end <= budget
+
+
+def test_each_replan_is_said_as_it_happens_and_recorded(capsys):
+    _, replans = budgeted_run(120.0, show=True)
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == len(replans) >= 3
+    steps = None
+    for line, r in zip(lines, replans, strict=True):
+        assert line.startswith(f"Re-planned at step {r['at_step']:,} with "
+                               f"{r['seconds_left']:.1f} s left at {r['step_ms']:.1f} ms a step: ")
+        assert line.endswith(f" -> {r['steps']:,} steps ({-(-r['steps'] // PER_EPOCH)} epochs).")
+        if steps is not None:
+            assert f": {steps:,} -> " in line  # from what the previous re-plan planned
+        steps = r["steps"]
+    assert [r["at_step"] for r in replans] == sorted(r["at_step"] for r in replans)
