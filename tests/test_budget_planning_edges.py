@@ -11,7 +11,15 @@ from dataclasses import replace
 
 from test_budget import BASE
 
-from fmnist.budget import Measured, narrower, parse_duration, plan, remaining_steps, steps_for
+from fmnist.budget import (
+    Measured,
+    narrower,
+    parse_duration,
+    plan,
+    process_started,
+    remaining_steps,
+    steps_for,
+)
 from fmnist.recipes import apply_overrides, get_recipe
 
 
@@ -63,3 +71,4 @@ def test_the_budget_counts_from_the_process_start():
     age = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                                check=True).stdout)
     assert 1.0 <= age < 30  # the sleep, and the interpreter's start before it
+    assert process_started() < time.monotonic()  # and in this process, started long ago
