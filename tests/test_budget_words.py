@@ -16,7 +16,7 @@ from test_train import SMALL
 import fmnist.train.throughput
 from fmnist.budget import Measured, Plan, plan
 from fmnist.errors import ConfigError
-from fmnist.recipes import apply_overrides, read_config_file
+from fmnist.recipes import apply_overrides, get_recipe, read_config_file
 from fmnist.train import fit
 
 
@@ -28,10 +28,14 @@ def test_the_plans_line_says_what_will_run():
                     "img/s, evaluated 2 times (1.0 s each): ~63 s with 0.5 s of measuring.")
     one = Plan(replace(recipe, steps=400, epochs=1), Measured(2_000, 60_000, 1.0), 300, 0.25)
     assert "evaluated 1 time (1.0 s each): ~27 s with 0.2 s of measuring." in one.describe()
+    mlp = Plan(replace(get_recipe("quickstart"), steps=400, epochs=1), Measured(2_000, 60_000, 1.0),
+               300, 0.25)
+    assert mlp.describe().startswith("Plan for a 5.0 min budget: mlp, 400 steps = ")
 
 
 @pytest.mark.parametrize("seconds, words", [(5, "5.0 s"), (9.94, "9.9 s"), (10, "10 s"),
-                                            (119, "119 s"), (120, "2.0 min"), (150, "2.5 min")])
+                                            (119, "119 s"), (120, "2.0 min"), (150, "2.5 min"),
+                                            (600, "10.0 min")])
 def test_durations_are_written_as_a_person_reads_them(seconds, words):
     line = Plan(replace(BASE, steps=1, epochs=1), Measured(1e9, 60_000, 0.0), seconds, 0).describe()
     assert line.startswith(f"Plan for a {words} budget: ")
