@@ -93,12 +93,20 @@ def test_main_confusions_are_the_largest_off_diagonal_cells_first():
     assert main_confusions(matrix) == [(9, 1, 0), (3, 0, 1), (3, 2, 1), (1, 1, 2)]
 
 
-def test_a_run_without_held_out_images_says_it_has_no_calibration(tmp_path):
+def test_a_run_without_held_out_images_gets_its_card_from_fmnist_card_only(tmp_path,
+                                                                         monkeypatch):
     from dataclasses import replace
 
+    import fmnist.datasets
+
     folder = tmp_path / "run"
-    fit(replace(SMALL, holdout=0, epochs=1), data=make_data(256, 60), out=folder, display=False,
+    data = make_data(256, 60)
+    fit(replace(SMALL, holdout=0, epochs=1), data=data, out=folder, display=False,
         callbacks=[ModelCard()])
+    assert not (folder / CARD).exists()  # the end of an uncalibrated run is not slowed
+    monkeypatch.setattr(fmnist.datasets, "load_arrays",
+                        lambda *a, **k: (data.test_images.numpy(), data.test_labels.numpy()))
+    assert main(["card", str(folder)]) == 0
     card = (folder / CARD).read_text()
     assert "No temperature was fitted" in card and "## Prediction sets\n\nNone" in card
     assert json.loads((folder / "model.json").read_text()).get("trust") is None

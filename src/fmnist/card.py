@@ -2,7 +2,9 @@
 hashes, the recipe, the hardware, per-class test results and the main confusions, calibration,
 prediction-set coverage, and the out-of-distribution check with its limits.
 
-`fmnist card RUN` writes it; `fmnist train` writes it at the end of a run (`ModelCard`).
+`fmnist card RUN` writes it for any run; `fmnist train` writes it at the end of a run that held
+images out to calibrate on (`ModelCard`): a run without them (the Quickstart recipe) is not
+slowed by the few seconds of measuring, which would distort its timing against the Quickstart.
 Measuring takes one pass over the test set (or none: the run's final test logits are reused)
 and a few hundred out-of-distribution pictures.
 """
@@ -209,10 +211,11 @@ def write_card(run_dir: str | Path, **kwargs: Any) -> Path:
 
 
 class ModelCard(Callback):
-    """Writes the run's model card when it ends, from the final model and test logits."""
+    """Writes the run's model card when a calibrated run ends, from the final model and test
+    logits."""
 
     def on_fit_end(self, state: RunState) -> None:
-        if state.run_dir is None or not state.is_main or state.setup is None:
+        if state.run_dir is None or not state.is_main or state.setup is None or state.trust is None:
             return
         data = state.setup.data
         one_process = state.setup.info.world_size == 1  # else the logits are a rank's slice

@@ -127,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
     events = ", TensorBoard events" if callbacks else ""
     from fmnist.card import ModelCard
 
-    callbacks.append(ModelCard())  # model-card.md, measured when the run ends
+    callbacks.append(ModelCard())  # model-card.md, measured when a calibrated run ends
 
     if args.resume:
         given = [f for f in (*(f.name for f in recipe_flags()), "config", "out", "time_budget")
@@ -148,6 +148,6 @@ def run(args: argparse.Namespace) -> int:
                      checkpoint_every=args.checkpoint_every)
     if result.run_dir is not None:
         print(f"Saved run to {result.run_dir} (model.safetensors, metrics.jsonl, curves.png"
-              f"{events}, model-card.md)")
+              f"{events}{', model-card.md' if (result.run_dir / 'model-card.md').is_file() else ''})")
     return 0
 
