@@ -162,6 +162,9 @@ def swap_in(engine: Engine, pin: Callable[[], tuple[Pinned, str | None]],
     model with another id is loaded, warmed and swapped in, while the old one goes on
     answering. A failure leaves the old one serving, with the reason in the log and in
     /v1/model (`reload_error`)."""
+    if not engine.reloading.acquire(blocking=False):  # SIGHUP twice in a row: one reload
+        log.warning("A reload is already under way: this one is skipped")
+        return
     try:
         pinned, error = pin()
         if pinned.model_id != engine.model_id:
@@ -171,3 +174,5 @@ def swap_in(engine: Engine, pin: Callable[[], tuple[Pinned, str | None]],
     except FmnistError as e:
         engine.reload_error = str(e)
         log.error("Reload failed; model %s goes on serving: %s", engine.model_id, e)
+    finally:
+        engine.reloading.release()

@@ -98,6 +98,7 @@ class Engine:
                  model_id: str | None = None) -> None:  # fmt: skip
         self.served = Served(backend, model_id or content_id_of(backend))
         self.reload_error: str | None = None  # why the last reload failed, for /v1/model
+        self.reloading = threading.Lock()  # held by the one reload under way (fmnist.serve.app)
         self.limits = limits
         batching = batching or Batching()
         # Unbatched: one forward pass at a time, since torch already uses every core for one
