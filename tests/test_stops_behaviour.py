@@ -91,6 +91,17 @@ def test_a_timed_checkpoint_waits_its_whole_interval_again_after_each_save():
     assert saved_at == [10, 20, 30, 40, 50, 60]
 
 
+def test_stops_catches_the_signals_while_entered():
+    with Stops() as stops:
+        os.kill(os.getpid(), signal.SIGTERM)
+        deadline = time.monotonic() + 5
+        while stops.signum is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert stops.signum == signal.SIGTERM and stops.due()
+        with pytest.raises(Interrupted, match="SIGTERM"):
+            stops.saved()
+
+
 def test_no_timed_checkpoint_before_its_interval_and_none_without_one():
     clock = FakeClock()
     every_ten, never = Stops(checkpoint_every=600, clock=clock), Stops(clock=clock)
@@ -115,9 +126,12 @@ def test_a_run_with_an_hourly_checkpoint_saves_only_at_its_epochs(tmp_path):
 
 def test_a_run_stopped_by_ctrl_c_lets_go_so_its_resume_takes_over_from_nobody(tmp_path, capsys):
     run = tmp_path / "run"
-    with pytest.raises(Interrupted):
+    with pytest.raises(Interrupted) as stopped:
         fit(TINY, data=tiny_data(), out=run, display=False,
             callbacks=[SignalAt(2, 1, signal.SIGINT)])
+    assert stopped.value.signum == signal.SIGINT
+    assert f"Stopped by SIGINT: saved at epoch 2, step 2 in {run}" in capsys.readouterr().err
+    assert json.loads((run / rundir.STATUS).read_text())["step"] == 2  # the step, not the epoch
     claim = (run / rundir.CLAIM).read_text()
     assert "pid" not in claim and "host" not in claim, claim
     assert rundir.owner(run) is None
