@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import nn
 
 from fmnist import trust
@@ -17,15 +18,17 @@ from fmnist.inference import predict_logits
 from fmnist.train.setup import Setup
 
 
-def fit_trust(model: nn.Module, setup: Setup) -> dict[str, Any] | None:
+def fit_trust(model: nn.Module, setup: Setup,
+              logits: torch.Tensor | None = None) -> dict[str, Any] | None:
     """model.json's `trust`, from the held-out images' logits with the recipe's flip TTA (the
-    way the checkpoint predicts); None when the run held none out. Every process computes the
-    same (all the held-out images, ~0.5 s for 5,000 on 2 cores), so `fit` returns the same
-    metadata on every rank."""
+    way the checkpoint predicts): `logits` when the final evaluation already has them, else
+    computed here; None when the run held none out. Under torchrun every process computes
+    all of them, so `fit` returns the same metadata on every rank."""
     images, labels = setup.data.holdout_images, setup.data.holdout_labels
     if images is None or labels is None or len(images) == 0:
         return None
     recipe = setup.recipe
-    logits = predict_logits(model, images, setup.mean, setup.std,
-                            batch_size=recipe.eval_batch_size, tta_flip=recipe.tta_flip)
+    if logits is None or len(logits) != len(labels):
+        logits = predict_logits(model, images, setup.mean, setup.std,
+                                batch_size=recipe.eval_batch_size, tta_flip=recipe.tta_flip)
     return trust.fit(logits.double().cpu().numpy(), labels.cpu().numpy())

@@ -48,6 +48,7 @@ class RunState:
     # The last evaluation's test logits (this rank's slice under torchrun); at on_fit_end, the
     # final model's, with the recipe's TTA: what end-of-run reports reuse instead of a new pass.
     test_logits: torch.Tensor | None = None
+    holdout_logits: torch.Tensor | None = None  # the same evaluation's, of the held-out images
     # model.json's `trust` once fitted on the held-out images at the end (fmnist.trust)
     trust: dict[str, Any] | None = None
 

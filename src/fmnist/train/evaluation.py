@@ -26,6 +26,7 @@ class Evaluation:
 
     row: dict[str, Any]
     test_logits: torch.Tensor
+    holdout_logits: torch.Tensor | None = None  # this rank's, as test_logits
 
 
 def split_logits(
@@ -64,10 +65,11 @@ def evaluate_epoch(model: nn.Module, setup: Setup, final: bool = True) -> Evalua
     tta = setup.recipe.tta_flip and final
     acc, loss, logits = split_logits(model, data.test_images, data.test_labels, setup, tta)
     row: dict[str, Any] = {"test_accuracy": acc, "test_loss": loss, "tta": tta}
+    held = None
     if data.holdout_images is not None and data.holdout_labels is not None:
-        row["holdout_accuracy"], row["holdout_loss"] = evaluate_split(
+        row["holdout_accuracy"], row["holdout_loss"], held = split_logits(
             model, data.holdout_images, data.holdout_labels, setup, tta)
-    return Evaluation(row, logits)
+    return Evaluation(row, logits, held)
 
 
 def reduce_device(device: torch.device) -> torch.device:

@@ -160,7 +160,7 @@ def run_epochs(state: RunState, callbacks: Sequence[Callback], stops: Stops, sav
             # plain while more epochs follow, the recipe's TTA for the last (see evaluate_final)
             evaluated = evaluate_epoch(parts.model, setup, final=last)
             row |= evaluated.row
-            state.test_logits = evaluated.test_logits
+            state.test_logits, state.holdout_logits = evaluated.test_logits, evaluated.holdout_logits
         check_learning(row, len(setup.data.classes), state.recipe, last)
         state.rows.append(row)
         state.progress = EpochProgress()
@@ -195,7 +195,7 @@ def evaluate_final(state: RunState, save: bool) -> None:
         return  # TTA as the recipe says (a row saved before rows said "tta" had it)
     evaluated = evaluate_epoch(parts.model, setup, final=True)
     state.rows[-1] |= evaluated.row
-    state.test_logits = evaluated.test_logits
+    state.test_logits, state.holdout_logits = evaluated.test_logits, evaluated.holdout_logits
     if save:
         save_state(state)
 
@@ -205,7 +205,10 @@ def calibrate(state: RunState, save: bool) -> None:
     held-out images (fmnist.train.calibration), and save them with the final model."""
     setup, parts = state.setup, state.parts
     assert setup is not None and parts is not None
-    state.trust = fit_trust(parts.model, setup)
+    # the last evaluation's held-out logits are the final model's, with the recipe's TTA (in one
+    # process: under torchrun a rank holds a slice)
+    reuse = state.holdout_logits if setup.info.world_size == 1 else None
+    state.trust = fit_trust(parts.model, setup, reuse)
     if save and state.trust is not None:
         save_state(state)
 
