@@ -18,12 +18,13 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from fmnist.cli.common import add_command, add_model_arguments, dataset_for, load_checkpoint
 from fmnist.errors import ConfigError, ImageError
+
+if TYPE_CHECKING:  # numpy only in an annotation: every --help builds this parser
+    import numpy as np
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp")
 
