@@ -42,7 +42,7 @@ for argv in {argvs!r}:
         main([*argv, "--help"])
     except SystemExit:
         pass
-print("\\nIMPORTED:", sorted(m for m in ("torch", "matplotlib") if m in sys.modules))
+print("\\nIMPORTED:", sorted(m for m in ("torch", "numpy", "matplotlib") if m in sys.modules))
 """
 
 
