@@ -59,13 +59,19 @@ def test_after_fit_returns_the_process_has_its_own_signal_handlers_again():
 
 
 def test_ctrl_c_interrupts_the_program_again_once_an_interrupted_fit_has_returned(tmp_path):
-    with pytest.raises(Interrupted):
-        fit(TINY, data=tiny_data(), out=tmp_path / "run", display=False,
-            callbacks=[SignalAt(1, 1, signal.SIGINT)])
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    with pytest.raises(KeyboardInterrupt):  # Python's own Ctrl-C, not a note for a finished run
-        os.kill(os.getpid(), signal.SIGINT)
-        time.sleep(5)
+    # Python's own Ctrl-C handler, whatever this process was started with (a background job
+    # starts with SIGINT ignored)
+    started_with = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(Interrupted):
+            fit(TINY, data=tiny_data(), out=tmp_path / "run", display=False,
+                callbacks=[SignalAt(1, 1, signal.SIGINT)])
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        with pytest.raises(KeyboardInterrupt):  # not a note for a run that has ended
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)
+    finally:
+        signal.signal(signal.SIGINT, started_with)
 
 
 class FakeClock:
@@ -189,9 +195,10 @@ def test_fit_runs_in_a_thread_where_signals_cannot_be_handled():
     """A notebook's or a server's worker thread: Python allows signal handlers only in the main
     thread, so there the run simply does not catch them."""
     outcome: list = []
+    before = signal.getsignal(signal.SIGINT)
     worker = threading.Thread(target=lambda: outcome.append(
         fit(TINY, data=tiny_data(), save=False, display=False)))
     worker.start()
     worker.join(120)
     assert len(outcome) == 1 and len(outcome[0].rows) == TINY.epochs
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is before
