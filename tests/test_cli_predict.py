@@ -246,3 +246,21 @@ def test_debug_shows_the_traceback(tmp_path):
 
     with pytest.raises(CheckpointError):
         main(["predict", str(tmp_path / "nowhere"), "--index", "0", "--debug"])
+
+
+def test_the_table_gives_each_set_in_words_and_marks_what_was_not_recognised(capsys):
+    from fmnist.cli.predict import _print_table, trust_words
+    from fmnist.predict import Prediction
+
+    unsure = Prediction(6, "Shirt", {"Shirt": 0.55, "T-shirt/top": 0.4, "Coat": 0.05},
+                        set=["Shirt", "T-shirt/top"], recognised=True, ood_score=0.8)
+    strange = Prediction(2, "Coat", {"Shirt": 0.3, "T-shirt/top": 0.3, "Coat": 0.4},
+                         set=[], recognised=False, ood_score=1.1)
+    _print_table({"a.png": unsure, "b.png": strange}, 2, 0.9)
+    lines = capsys.readouterr().out.splitlines()
+    assert "set (90 %)" in lines[0]
+    assert "Shirt or T-shirt/top" in lines[1] and "*" not in lines[1]
+    assert "Coat *" in lines[2] and "no class likely enough" in lines[2]
+    assert lines[3].startswith("* not recognised: 1 of 2")
+    assert trust_words(unsure) == "set: Shirt or T-shirt/top"
+    assert "NOT RECOGNISED" in trust_words(strange)
