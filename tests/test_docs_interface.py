@@ -20,7 +20,7 @@ FENCE = re.compile(r"^```[^\n]*\n(.*?)^```", re.S | re.M)
 # An absolute path outside the standard system locations (where packages, services and
 # examples of installed software live) is a path of some machine: a temp folder, a home, a
 # checkout. URLs (`http://host/x`, `sqlite:///x`) and HTTP routes (one segment) are not paths.
-ABSOLUTE = re.compile(r"(?<![\w.:/~-])/(?!(?:usr|etc|proc|dev|opt|srv|mnt|sys|run|v\d+)/)"
+ABSOLUTE = re.compile(r"(?<![\w.:/~-])/(?!(?:usr|bin|sbin|lib|etc|proc|dev|opt|srv|mnt|sys|run|v\d+)/)"
                       r"[A-Za-z][\w.-]*/[\w./-]*")
 
 
@@ -118,7 +118,7 @@ def test_an_absolute_path_is_caught():
     assert absolute_paths("`--data-dir /home/me/data`, /work/main/x.toml") == [
         "/home/me/data", "/work/main/x.toml"]
     assert not absolute_paths("Debian's /usr/share/datasets/x/, http://127.0.0.1:8000/v1/model, "
-                              "sqlite:///shared/x.db, 28/28, img/s, GET /readyz")
+                              "sqlite:///shared/x.db, 28/28, img/s, GET /readyz, /bin/kill")
 
 
 def test_every_exit_code_is_in_the_docs_table():
