@@ -614,7 +614,7 @@ def test_cli_serve_binds_loopback_with_a_warm_model(make_checkpoint, monkeypatch
 
     seen: dict[str, Any] = {}
     monkeypatch.setattr(fmnist.serve.server, "serve", lambda config, **kw: seen.update(config=config, **kw) or 0)
-    argv = ["serve", str(make_checkpoint("mlp")), "--port", "8123", "--max-batch", "7",
+    argv = ["serve", str(make_checkpoint("mlp")), "--port", "8123", "--max-images", "7",
             "--workers", "1", "--backend", "torch", "--graceful-timeout", "4", "--drain-delay", "2"]  # fmt: skip
     assert cli_main(argv) == 0
     config = seen["config"]
@@ -689,3 +689,17 @@ def test_serve_without_the_serve_extra_is_one_sentence(monkeypatch, capsys, make
     err = capsys.readouterr().err
     assert err.startswith("fmnist: error: fmnist serve needs the 'uvicorn' package: pip install")
     assert err.count("\n") == 1
+
+
+def test_serve_options_old_names_still_work_but_are_not_listed(capsys) -> None:
+    from fmnist.cli import get_parser
+
+    parser = get_parser()
+    new = parser.parse_args(["serve", "run", "--max-images", "5", "--max-pass-images", "9"])
+    old = parser.parse_args(["serve", "run", "--max-batch", "5", "--batch-size", "9"])
+    assert (new.max_batch, new.batch_size) == (old.max_batch, old.batch_size) == (5, 9)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["serve", "--help"])
+    shown = capsys.readouterr().out
+    assert "--max-images" in shown and "--max-pass-images" in shown
+    assert "--max-batch" not in shown and "--batch-size" not in shown

@@ -60,3 +60,4 @@ def test_the_key_comes_from_a_file_or_the_environment(tmp_path, monkeypatch) -> 
     for bad, words in ((tmp_path / "empty", "one non-empty line"), (tmp_path / "missing", "Cannot read")):
         with pytest.raises(ConfigError, match=words):
             api_key(str(bad))
+

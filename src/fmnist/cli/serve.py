@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fmnist.cli.common import add_command
+from fmnist.cli.common import add_command, hidden_alias
 from fmnist.errors import ConfigError
 
 # One single-threaded worker per core: the GIL keeps one process's HTTP and decoding work on
@@ -55,8 +55,9 @@ def add_parser(sub: Any) -> None:
                    help="architecture the checkpoint must hold (picks it for a Quickstart .pth)")
     p.add_argument("--max-upload-mb", type=float, default=10.0,
                    help="largest request body accepted, in MiB (default 10)")
-    p.add_argument("--max-batch", type=int, default=64,
+    p.add_argument("--max-images", dest="max_batch", type=int, default=64,
                    help="most images per request (default 64)")
+    hidden_alias(p, "--max-batch", dest="max_batch", type=int)
     p.add_argument("--max-image-megapixels", type=float, default=40.0,
                    help="largest image accepted, in millions of pixels (default 40)")
     p.add_argument("--max-request-megapixels", type=float, default=64.0,
@@ -64,8 +65,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--batch-window-ms", type=float, default=2.0,
                    help="how long a request waits for others to share its forward pass "
                         "(default 2)")
-    p.add_argument("--batch-size", type=int, default=64,
+    p.add_argument("--max-pass-images", dest="batch_size", type=int, default=64,
                    help="most images in one shared forward pass (default 64)")
+    hidden_alias(p, "--batch-size", dest="batch_size", type=int)
     p.add_argument("--no-batching", action="store_true",
                    help="one forward pass per request, in turn (for comparison)")
     p.add_argument("--max-queue", type=int, default=64,
@@ -123,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"Invalid --port {args.port}: use 0-65535.")
     workers, threads = workers_and_threads(args.workers, os.cpu_count() or 1)
     if args.max_batch < 1 or args.max_upload_mb <= 0 or args.batch_size < 1 or args.max_queue < 1:
-        raise ConfigError("--max-batch, --max-upload-mb, --batch-size and --max-queue must be positive.")
+        raise ConfigError("--max-images, --max-upload-mb, --max-pass-images and --max-queue must be positive.")
     if args.max_uploads < 1:
         raise ConfigError("--max-uploads must be positive.")
     if args.max_image_megapixels <= 0 or args.max_request_megapixels <= 0:
