@@ -17,7 +17,9 @@ HELP = {
     "lr": "peak learning rate",
     "warmup": "fraction of steps spent warming up",
     "shift": "random translation in pixels (0: off)",
-    "holdout": "train images held out for a second accuracy",
+    "holdout": "train images held out: a second accuracy, and the calibration fitted on them "
+               "(temperature, prediction sets, not-recognised threshold)",
+    "holdout_max_share": "the most of a small training set held out unless --holdout is given",
     "lr_scaling": "none or linear (lr x world size under torchrun)",
     "threads": "torch intra-op threads (0: torch's default)",
     "tta_flip": "average with the mirrored image at evaluation and prediction",
