@@ -4,6 +4,7 @@ planned run on synthetic data whose config.json repeats it exactly."""
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 
 import pytest
@@ -101,7 +102,8 @@ def test_a_planned_run_ends_its_schedule_and_its_config_records_it(tmp_path, cap
     recipe = apply_overrides(SMALL, {"epochs": 1, "schedule": "onecycle", "eval_every": 0})
     planned = fit(recipe, data=make_data(), out=tmp_path / "planned", time_budget="0.3s")
     out = capsys.readouterr().out
-    assert out.startswith("Plan for a 0.3 s budget: cnn 8,8,16, ")
+    # the budget left when the plan is made: 0.3 s less what start-up took on a busy machine
+    assert re.match(r"Plan for a 0\.[1-3] s budget: cnn 8,8,16, ", out), out[:200]
     config = read_config_file(tmp_path / "planned" / "config.json")
     epochs, steps = config["epochs"], config["steps"]
     assert 0 < steps <= 20 and epochs == -(-steps // 8)  # 8 batches an epoch

@@ -36,7 +36,7 @@ from fmnist.predict import Predictor
 N_TRAIN, N_TEST = 200, 101  # 101: an odd test set, split 51/50 over two ranks
 B = 16  # per process; the single-process reference uses 2B
 RUN_FILES = {"config.json", "metrics.jsonl", "model.safetensors", "model.json", "resume.pt",
-             "curves.png", "status.json", ".claim", "current", "checkpoints"}
+             "curves.png", "status.json", ".claim", "current", "checkpoints", "model-card.md"}
 # The synthetic classes are mirror images of each other: no flips. Tiny widths keep CPU runs short.
 # eval_every 1 (the default recipe evaluates its last epoch only): the ranks' shared evaluation
 # is compared epoch by epoch
