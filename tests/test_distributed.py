@@ -192,8 +192,10 @@ def test_rank0_writes_the_run_folder_once_and_it_loads_in_one_process(mlp_runs, 
     files = {p.name for p in two.iterdir()}
     events = {f for f in files if f.startswith("events.out.tfevents.")}
     assert files - events == RUN_FILES  # no temp files, nothing per rank
-    # the last save and the one before it, nothing half-written
-    assert sorted(p.name for p in (two / "checkpoints").iterdir()) == ["epoch-0001", "epoch-0002"]
+    # the last two saves, nothing half-written: the last epoch's, and the same epoch saved again
+    # with the calibration fitted at the end (fmnist.train.calibration)
+    assert sorted(p.name for p in (two / "checkpoints").iterdir()) == ["epoch-0002", "epoch-0002-2"]
+    assert "trust" in json.loads((two / "model.json").read_text())
     assert len(events) == (1 if importlib.util.find_spec("tensorboard") else 0)  # rank 0's only
     assert json.loads((two / "status.json").read_text())["status"] == "finished"
     rows = metrics(two)
