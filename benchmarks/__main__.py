@@ -89,6 +89,10 @@ def show(path: str, cases: list[str] | None = None, commands: bool = True) -> st
             from benchmarks.serve_lifecycle import lifecycle_table
 
             return lifecycle_table(saved)
+        if saved.get("benchmark") == "serve_vs_litserve":
+            from benchmarks.serve_vs_litserve import comparison_table
+
+            return comparison_table(saved)
         if saved.get("benchmark") == "serve_hostile":
             from benchmarks.serve_hostile import hostile_table
 
