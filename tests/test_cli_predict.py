@@ -264,3 +264,14 @@ def test_the_table_gives_each_set_in_words_and_marks_what_was_not_recognised(cap
     assert lines[3].startswith("* not recognised: 1 of 2")
     assert trust_words(unsure) == "set: Shirt or T-shirt/top"
     assert "NOT RECOGNISED" in trust_words(strange)
+
+
+@pytest.mark.parametrize("command", ["predict", "evaluate"])
+def test_device_picks_where_the_model_runs(make_checkpoint, fake_data, capsys, tmp_path, command):
+    folder = make_checkpoint("mlp")
+    extra = ["--index", 0] if command == "predict" else ["--out", tmp_path / "eval"]
+    code, out, err = run(capsys, command, folder, *extra, "--device", "cpu")
+    assert code == 0, err
+    if not torch.cuda.is_available():  # asked for a GPU that is not there: one sentence
+        code, out, err = run(capsys, command, folder, *extra, "--device", "cuda")
+        assert_user_error(code, err, "no CUDA GPU is available")

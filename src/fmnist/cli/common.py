@@ -59,14 +59,25 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def load_checkpoint(path: str, model: str | None) -> tuple[Any, dict[str, Any]]:
-    """`checkpoint.load_model`, with an unknown --model name reported before any file is read."""
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+def add_device(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", choices=DEVICES,
+                   help="where the model runs (default auto: a CUDA GPU, then Apple's MPS, then "
+                        "the CPU)")  # fmt: skip
+
+
+def load_checkpoint(path: str, model: str | None, device: str = "cpu") -> tuple[Any, dict[str, Any]]:
+    """`checkpoint.load_model` on `device` (a --device choice), with an unknown --model name
+    or a missing device reported before any file is read."""
     from fmnist.checkpoint import load_model
+    from fmnist.hardware import resolve_device
     from fmnist.models import MODELS
 
     if model is not None and model not in MODELS:
         raise ConfigError(f"Unknown model '{model}'. Valid models: {', '.join(MODELS)}.")
-    return load_model(path, model=model)
+    return load_model(path, model=model, device=resolve_device(device))
 
 
 def dataset_for(meta: dict[str, Any], requested: str | None) -> str:

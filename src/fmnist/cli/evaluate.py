@@ -20,7 +20,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from fmnist.cli.common import add_command, add_model_arguments, dataset_for, load_checkpoint
+from fmnist.cli.common import (
+    add_command,
+    add_device,
+    add_model_arguments,
+    dataset_for,
+    load_checkpoint,
+)
 
 
 def add_parser(sub: Any) -> None:
@@ -35,6 +41,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--json", action="store_true",
                    help="print one JSON object (accuracy, loss, per_class, confusion_matrix, ece)")
     p.add_argument("--out", metavar="DIR", help="where to write the PNGs (see above)")
+    add_device(p)
     p.add_argument("--coverage", type=float, default=None, metavar="P",
                    help="the prediction sets' coverage to check (default 0.9)")
     p.add_argument("--ood", metavar="DATASET_OR_FOLDER",
@@ -63,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}.")
     if args.coverage is not None:
         check_coverage(args.coverage)  # before any file is read
-    model, meta = load_checkpoint(args.checkpoint, args.model)
+    model, meta = load_checkpoint(args.checkpoint, args.model, args.device)
     out_dir = Path(args.out) if args.out else default_out_dir(args.checkpoint)
     dataset = dataset_for(meta, args.dataset)
     tta = bool(meta.get("tta_flip")) if args.tta is None else args.tta

@@ -20,7 +20,13 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fmnist.cli.common import add_command, add_model_arguments, dataset_for, load_checkpoint
+from fmnist.cli.common import (
+    add_command,
+    add_device,
+    add_model_arguments,
+    dataset_for,
+    load_checkpoint,
+)
 from fmnist.errors import ConfigError, ImageError
 
 if TYPE_CHECKING:  # numpy only in an annotation: every --help builds this parser
@@ -43,6 +49,7 @@ def add_parser(sub: Any) -> None:
                    help="classes to show per file (default 3)")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                    help="average with the mirrored image (default: as the run was evaluated)")
+    add_device(p)
     p.add_argument("--coverage", type=float, default=None, metavar="P",
                    help="how often the set of likely classes holds the true one (default 0.9)")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
@@ -61,8 +68,9 @@ def run(args: argparse.Namespace) -> int:
 
     from fmnist.predict import Predictor
 
-    model, meta = load_checkpoint(args.checkpoint, args.model)
-    predictor = Predictor(model, meta, tta=args.tta, coverage=args.coverage)
+    model, meta = load_checkpoint(args.checkpoint, args.model, args.device)
+    device = next(model.parameters()).device
+    predictor = Predictor(model, meta, device, tta=args.tta, coverage=args.coverage)
     code = _predict_index(predictor, args) if args.index is not None else _predict_files(predictor, args)
     if not predictor.trust.calibrated:  # after the answers: stdout stays the seed's line
         from fmnist.trust import UNCALIBRATED, say_once
