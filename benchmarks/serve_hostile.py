@@ -8,8 +8,9 @@
   20 times a second: /healthz p50/p99/max, and the uploads' statuses and rate.
 - ordinary: the default server (one worker per core), 8 keep-alive clients posting one small
   PNG each: requests/s and p99, so that the limits can be seen to cost nothing.
-- reload (this code only): 16 clients posting for `--seconds` x 6 against two workers; after
-  `--seconds`, the path served is pointed at another checkpoint and the server gets SIGHUP. Failed
+- reload (this code only): 16 clients posting against two workers from `--seconds` before to
+  `--seconds` after the swap (at most 120 s); after `--seconds`, the path served is pointed at
+  another checkpoint and the server gets SIGHUP. Failed
   requests (anything but a 200, or a connection error), and the seconds from SIGHUP until
   /v1/model answers with the new model id from every worker.
 
@@ -55,12 +56,13 @@ def text_chunk_png() -> bytes:
     return base[:33] + chunk * 64 + base[33:]
 
 
-def start(src: str, checkpoint: str, *flags: str) -> tuple[subprocess.Popen, str]:
+def start(src: str, checkpoint: str, *flags: str, log: Path | None = None) -> tuple[subprocess.Popen, str]:
     port = free_port()
     env = {**os.environ, "PYTHONPATH": src}
+    err = open(log, "w") if log is not None else subprocess.DEVNULL  # noqa: SIM115
     proc = subprocess.Popen([sys.executable, "-m", "fmnist", "serve", checkpoint, "--port", str(port),
-                             "--log-level", "warning", *flags],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)  # fmt: skip
+                             "--log-level", "info" if log is not None else "warning", *flags],
+                            stdout=subprocess.DEVNULL, stderr=err, env=env)  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
@@ -71,7 +73,7 @@ def start(src: str, checkpoint: str, *flags: str) -> tuple[subprocess.Popen, str
         except httpx.HTTPError:
             pass
         if proc.poll() is not None:
-            raise SystemExit(f"the server did not start:\n{proc.stderr.read() if proc.stderr else ''}")
+            raise SystemExit(f"the server did not start (status {proc.returncode})")
         time.sleep(0.5)
     proc.kill()
     raise SystemExit("the server did not start in 240 s")
@@ -169,17 +171,21 @@ def model_ids(url: str) -> set[str]:
     return ids
 
 
-def reload(checkpoint: str, folder: Path, seconds: float) -> dict[str, Any]:
+def reload(checkpoint: str, folder: Path, seconds: float, wait_s: float = 120.0) -> dict[str, Any]:
     second = Path(default_checkpoint(folder / "second", seed=1))  # other weights: another id
     latest = folder / "latest"
     latest.symlink_to(Path(checkpoint).resolve())
     body = folder / "one.png"
     body.write_bytes(sample_pngs(1)[0])
-    proc, url = start(SRC, str(latest), "--workers", "2")
+    log = folder / "reload.log"
+    proc, url = start(SRC, str(latest), "--workers", "2", log=log)
     try:
         (before,) = model_ids(url)
         result: dict[str, Any] = {}
-        load = threading.Thread(target=lambda: result.update(load=hey(url + "/v1/predict", seconds * 6, 16, body)))
+        # the load goes on until well after the swap (the new model loads in a process of its
+        # own, then in each worker, beside the one serving)
+        duration = seconds + wait_s + seconds
+        load = threading.Thread(target=lambda: result.update(load=hey(url + "/v1/predict", duration, 16, body)))
         load.start()
         time.sleep(seconds)
         latest.unlink()
@@ -187,16 +193,18 @@ def reload(checkpoint: str, folder: Path, seconds: float) -> dict[str, Any]:
         t0 = time.monotonic()
         proc.send_signal(signal.SIGHUP)
         ids = model_ids(url)
-        while (ids == {before} or len(ids) > 1) and time.monotonic() - t0 < seconds * 4.5:
+        while (ids == {before} or len(ids) > 1) and time.monotonic() - t0 < wait_s:
             time.sleep(0.2)
             ids = model_ids(url)
         swapped = time.monotonic() - t0 if len(ids) == 1 and ids != {before} else None
         load.join()
         sent = result["load"]
         failed = sum(n for s, n in sent["statuses"].items() if s != "200") + sum(sent["errors"].values())
-        return {"clients": 16, "seconds": seconds * 6, "load": sent, "failed": failed,
+        lines = [line.replace(str(folder), "<tmp>") for line in log.read_text().splitlines()
+                 if "SIGHUP" in line or "Reload" in line]  # fmt: skip
+        return {"clients": 16, "seconds": duration, "load": sent, "failed": failed,
                 "seconds_to_new_model": None if swapped is None else round(swapped, 2),
-                "old_id": before, "new_ids": sorted(ids)}  # fmt: skip
+                "old_id": before, "new_ids": sorted(ids), "log": lines}  # fmt: skip
     finally:
         stop(proc)
 
@@ -207,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reference", default=None, help="the src folder of another fmnist, measured beside")
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--only", choices=("reload",), default=None, help="the reload alone")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     if shutil.which("hey") is None:
@@ -218,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="serve-hostile-") as tmp:
         folder = Path(tmp)
         checkpoint = args.checkpoint or default_checkpoint(folder / "first")
-        for r in range(args.rounds):
+        for r in range(args.rounds if args.only is None else 0):
             for name, src in codes.items():  # alternating, round by round
                 row = {"round": r, "code": name, "textchunks": textchunks(src, checkpoint, folder, args.seconds),
                        "ordinary": ordinary(src, checkpoint, folder, args.seconds)}  # fmt: skip
