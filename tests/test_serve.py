@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 from fastapi import FastAPI, Request
 from fastapi.testclient import TestClient
 from PIL import Image
@@ -667,6 +668,10 @@ def test_cli_serve_workers_use_the_app_factory(make_checkpoint, monkeypatch) -> 
         (["serve", "{ckpt}", "--max-queue", "0"], "--max-queue"),
         (["serve", "{ckpt}", "--batch-window-ms", "-1"], "--batch-window-ms"),
         (["serve", "{ckpt}", "--backend", "torch", "--request-timeout", "0"], "--request-timeout"),
+        # (on a machine with CUDA this one is served; the next is refused everywhere)
+        *([] if torch.cuda.is_available() else [(["serve", "{ckpt}", "--device", "cuda"], "no CUDA GPU")]),
+        (["serve", "{ckpt}", "--device", "cuda", "--backend", "onnxruntime"],
+         "no CUDA GPU" if not torch.cuda.is_available() else "onnxruntime runs the model on the CPU"),
     ],
 )
 def test_cli_serve_user_errors_are_one_line(make_checkpoint, tmp_path: Path, capsys, args, words) -> None:

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from test_serve import png, wait_ready
@@ -87,3 +88,16 @@ def test_fmnist_serve_coverage_reaches_every_backend(make_checkpoint) -> None:
     for backend in ("torch", "onnxruntime"):
         assert load_predictor(folder, backend=backend, coverage=0.99).trust.coverage == 0.99
         assert load_predictor(folder, backend=backend).trust.coverage == 0.9
+
+
+def test_a_device_other_than_the_cpu_runs_on_pytorch(make_checkpoint) -> None:
+    from fmnist.errors import ConfigError
+    from fmnist.serve.backends import OnnxPredictor, load_predictor
+
+    folder = make_checkpoint("mlp")
+    assert isinstance(load_predictor(folder, backend="auto", device="cpu"), OnnxPredictor)
+    with pytest.raises(ConfigError, match="onnxruntime runs the model on the CPU"):
+        load_predictor(folder, backend="onnxruntime", device="meta")
+    # any torch device name reaches the Predictor (the meta device: no GPU needed to see it)
+    predictor = load_predictor(folder, backend="auto", device="meta")
+    assert not isinstance(predictor, OnnxPredictor) and predictor.device.type == "meta"

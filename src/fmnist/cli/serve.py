@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fmnist.cli.common import add_command, hidden_alias
+from fmnist.cli.common import add_command, add_device, hidden_alias
 from fmnist.errors import ConfigError
 
 # One single-threaded worker per core: the GIL keeps one process's HTTP and decoding work on
@@ -38,6 +38,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--api-key-file", default=None, metavar="FILE",
                    help="require the key in FILE (Authorization: Bearer KEY) on every route but "
                         "the probes and the page; default: the FMNIST_API_KEY variable, if set")
+    add_device(p)
     p.add_argument("--coverage", type=float, default=None,
                    help="how often a prediction's set of classes holds the true one, as a "
                         "fraction (default 0.9; the model must have been calibrated)")
@@ -174,9 +175,10 @@ def run(args: argparse.Namespace) -> int:
 
             def repin() -> tuple[Any, None]:  # SIGHUP: the path again, into a folder of its own
                 into = tmp / f"model-{next(generations)}"
-                return prepare(args.checkpoint, args.model, args.backend, into, args.coverage)[0], None
+                return prepare(args.checkpoint, args.model, args.backend, into, args.coverage,
+                               args.device)[0], None  # fmt: skip
 
-            app.state.reload = lambda: swap_in(app.state.engine, repin, args.coverage)
+            app.state.reload = lambda: swap_in(app.state.engine, repin, args.coverage, args.device)
             return serve(uvicorn.Config(app, **common), drain_s=args.drain_delay)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -189,7 +191,8 @@ def run(args: argparse.Namespace) -> int:
     current = tmp / "current.json"
     write_current(current, pinned)
     os.environ[SETTINGS_ENV] = json.dumps({"current": str(current), "threads": threads,
-                                           "coverage": args.coverage, "app": options})  # fmt: skip
+                                           "coverage": args.coverage, "device": args.device,
+                                           "app": options})  # fmt: skip
     # /metrics sums every worker's values from files here (prometheus_client reads the
     # variable when the workers import it); an operator's own directory is kept
     if MULTIPROC_ENV not in os.environ:
@@ -223,12 +226,15 @@ def load(args: argparse.Namespace, threads: int, workers: int, into: Path) -> tu
     """(the pinned model, its backend, warm), with the "Loaded ..." line on stderr."""
     import torch
 
+    from fmnist.hardware import resolve_device
     from fmnist.serve.backends import as_backend
     from fmnist.serve.prepare import prepare
 
     t0 = time.perf_counter()
     torch.set_num_threads(threads)
-    pinned, predictor = prepare(args.checkpoint, args.model, args.backend, into, args.coverage)
+    args.device = str(resolve_device(args.device))  # auto: what this machine has, once
+    pinned, predictor = prepare(args.checkpoint, args.model, args.backend, into, args.coverage,
+                                args.device)  # fmt: skip
     predictor = as_backend(predictor)
     meta = predictor.meta
     acc = (meta.get("metrics") or {}).get("test_accuracy")

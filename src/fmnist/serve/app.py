@@ -140,24 +140,24 @@ def app_from_env() -> FastAPI:
     current = Path(settings["current"])
     pinned, _ = read_current(current)
     # warm before uvicorn listens: a worker the supervisor restarts takes no traffic cold
-    coverage = settings.get("coverage")
-    predictor = _load(pinned, coverage)
+    coverage, device = settings.get("coverage"), settings.get("device", "cpu")
+    predictor = _load(pinned, coverage, device)
     options = dict(settings.get("app", {}))
     options["batching"] = Batching(**options.get("batching", {}))
     app = create_app(predictor, **options, warmup=False, model_id=pinned.model_id)
     engine: Engine = app.state.engine
-    app.state.reload = lambda: swap_in(engine, lambda: read_current(current), coverage)
+    app.state.reload = lambda: swap_in(engine, lambda: read_current(current), coverage, device)
     return app
 
 
-def _load(pinned: Pinned, coverage: float | None) -> Backend:
-    predictor = as_backend(load_predictor(pinned.path, pinned.model, pinned.backend, coverage))
+def _load(pinned: Pinned, coverage: float | None, device: str = "cpu") -> Backend:
+    predictor = as_backend(load_predictor(pinned.path, pinned.model, pinned.backend, coverage, device))
     predictor.warmup()
     return predictor
 
 
 def swap_in(engine: Engine, pin: Callable[[], tuple[Pinned, str | None]],
-            coverage: float | None = None) -> None:  # fmt: skip
+            coverage: float | None = None, device: str = "cpu") -> None:  # fmt: skip
     """A reload: `pin()` says what to serve (and why the last attempt failed, if it did); a
     model with another id is loaded, warmed and swapped in, while the old one goes on
     answering. A failure leaves the old one serving, with the reason in the log and in
@@ -168,7 +168,7 @@ def swap_in(engine: Engine, pin: Callable[[], tuple[Pinned, str | None]],
     try:
         pinned, error = pin()
         if pinned.model_id != engine.model_id:
-            engine.swap(_load(pinned, coverage), pinned.model_id)
+            engine.swap(_load(pinned, coverage, device), pinned.model_id)
             log.info("Reloaded: serving model %s (from %s)", pinned.model_id, pinned.source)
         engine.reload_error = error
     except FmnistError as e:

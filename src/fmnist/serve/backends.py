@@ -220,14 +220,20 @@ def _onnxruntime() -> Any:
 
 
 def load_predictor(path: str | Path, model: str | None = None, backend: str = "auto",
-                   coverage: float | None = None) -> Predictor:  # fmt: skip
+                   coverage: float | None = None, device: str = "cpu") -> Predictor:  # fmt: skip
     """The predictor `fmnist serve` serves: a run folder or checkpoint on `backend`, or an
     exported .onnx file (always ONNX Runtime). The ONNX model of a checkpoint is made in
     memory; `OnnxPredictor.onnx_model` holds its bytes (worker processes load those). `auto`
     is onnxruntime when it and the exporter's packages are installed, else torch. `coverage`
-    is the prediction sets' (fmnist.trust)."""
+    is the prediction sets' (fmnist.trust). On a `device` other than the CPU (a torch device
+    name) the model runs on PyTorch: the onnxruntime backend here is the CPU's."""
     if backend not in BACKENDS:
         raise ConfigError(f"Unknown backend '{backend}': choose from {', '.join(BACKENDS)}.")
+    if device != "cpu":
+        if str(path).endswith(".onnx") or backend == "onnxruntime":
+            raise ConfigError(f"onnxruntime runs the model on the CPU here: drop --device {device} "
+                              "or serve the run folder with --backend torch.")  # fmt: skip
+        return Predictor.from_checkpoint(path, model=model, coverage=coverage, device=device)
     if str(path).endswith(".onnx"):
         if model is not None:
             raise ConfigError("--model does not apply to an .onnx file (it names its model).")

@@ -57,13 +57,13 @@ def pin(path: str | Path, into: Path) -> tuple[Path, str, Path]:
 
 
 def prepare(path: str | Path, model: str | None, backend: str, into: Path,
-            coverage: float | None = None) -> tuple[Pinned, Any]:  # fmt: skip
+            coverage: float | None = None, device: str = "cpu") -> tuple[Pinned, Any]:  # fmt: skip
     """Pin `path` into `into`, load it on `backend` (the server's choice: auto picks), warm it,
     and, for onnxruntime from a checkpoint, write the ONNX file workers load: (the pinned
     model, the loaded predictor). Any problem is a CheckpointError or ConfigError, before any
     worker sees the new files."""
     copy, model_id, source = pin(path, into)
-    predictor = load_predictor(copy, model, backend, coverage)
+    predictor = load_predictor(copy, model, backend, coverage, device)
     predictor.warmup()
     load_path, load_model = str(copy), model
     if isinstance(predictor, OnnxPredictor) and copy.suffix != ".onnx":
