@@ -226,13 +226,22 @@ def write_status(run_dir: str | Path, status: str, **fields: Any) -> Path:
     """Set the run's status (and `fields`) in status.json, keeping what it said before
     (when the run started, on what machine)."""
     path = Path(run_dir) / STATUS
-    old = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    old = old if isinstance(old, dict) else {}
+    old = read_status(run_dir)
     new = {"started": now(), **old, **fields, "status": status, "updated": now(),
            "pid": os.getpid(), "host": socket.gethostname()}
     if status != "failed":
         new.pop("error", None)
     return write_text(path, json.dumps(new, indent=2) + "\n", "run status")
+
+
+def read_status(run_dir: str | Path) -> dict[str, Any]:
+    """What status.json says; {} when it is missing or damaged (a crash of an older version, a
+    full disk): the next update then writes it whole again."""
+    try:
+        found = json.loads((Path(run_dir) / STATUS).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return found if isinstance(found, dict) else {}
 
 
 def note_status(run_dir: Path, status: str, **fields: Any) -> None:
