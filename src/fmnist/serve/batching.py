@@ -25,8 +25,9 @@ raises gets that error alone; the others in its pass are answered as usual.
 
 Supervision: anything a pass raises (the forward pass, `np.concatenate` of mismatched images,
 a bug in `finish`) fails only the requests of that pass and the loop goes on. Should the thread
-die all the same (a bug in the loop itself), every queued request fails with `BatcherDied`,
-`submit` refuses new ones, and `alive` turns False so the server can say so (/readyz) and exit.
+die all the same (a bug in the loop itself), every queued request, and any of the pass under
+way still unanswered, fails with `BatcherDied`, `submit` refuses new ones, and `alive` turns
+False so the server can say so (/readyz) and exit.
 
 Cancellation: a request whose future is cancelled before its forward pass starts (its client
 hung up) is dropped then, even if it was already decoded: the pass is the costly part, and
@@ -210,6 +211,7 @@ class Batcher:
         return [r for r in taken if not r.failed]
 
     def _run(self) -> None:
+        running: list[_Request] = []  # the pass under way: answered too should the thread die
         try:
             while (taken := self._take()) is not None:
                 # the last moment to drop a request: from here on it costs a forward pass
@@ -224,14 +226,15 @@ class Batcher:
                     log.error("A forward pass of %d request(s) failed", len(running), exc_info=e)
                     for r in running:
                         _settle(r.future, error=e)
+                running = []
         except BaseException as e:
             self.died = e
             log.critical("The batcher's thread died: no prediction will be answered", exc_info=e)
             with self._cond:
                 self._closed = True
-                orphans = list(self._pending)
+                orphans = running + list(self._pending)
                 self._pending.clear()
-            for r in orphans:
+            for r in orphans:  # an answered one stays answered (_settle)
                 _settle(r.future, error=BatcherDied("The batcher has stopped on an error."))
 
     def _pass(self, taken: list[_Request]) -> None:
