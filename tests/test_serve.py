@@ -352,7 +352,7 @@ BAD_REQUESTS = {
     "unsupported content type": (dict(content=b"hello", headers={"Content-Type": "text/plain"}), 415, "Unsupported Content-Type"),
     "no content type": (dict(content=b"hello"), 415, "Unsupported Content-Type"),
     "body too large (content-length)": (dict(content=b"\0" * 300_000, headers={"Content-Type": "image/png"}), 413, "at most 200,000 bytes"),
-    "body too large (chunked)": (dict(content=iter([b"\0" * 50_000] * 6), headers={"Content-Type": "image/png"}), 413, "at most 200,000 bytes"),
+    "body too large (chunked)": (dict(content=[b"\0" * 50_000] * 6, headers={"Content-Type": "image/png"}), 413, "at most 200,000 bytes"),
     "json too large": (dict(json={"images": ["A" * 300_000]}), 413, "at most"),
 }  # fmt: skip
 

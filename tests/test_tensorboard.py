@@ -124,14 +124,15 @@ def test_training_works_without_tensorboard_installed(monkeypatch):
     assert tensorboard_callbacks(True) == []  # on by default only when importable
 
 
-def test_a_resumed_run_continues_its_curves_without_repeating_steps(tmp_path):
+def test_a_resumed_run_continues_its_curves_without_repeating_steps(tmp_path, monkeypatch):
+    monkeypatch.setattr(tensorboard, "FLUSH_SAMPLES", 1)  # each step's loss written at once
+
     class InterruptInEpoch2(TensorBoardLog):
         """Ctrl-C in epoch 2 after its first steps reached the event file (epoch 1 is saved)."""
 
         def on_step(self, state, step, loss, batch):
             super().on_step(state, step, loss, batch)
             if state.epoch == 2 and step == 5:
-                self._write_pending()
                 self.writer.flush()
                 raise KeyboardInterrupt
 
