@@ -28,7 +28,7 @@ from fmnist import runs  # noqa: E402
 from fmnist.cli import main  # noqa: E402
 from fmnist.errors import ConfigError  # noqa: E402
 from fmnist.recipes import Recipe, apply_overrides, read_config_file  # noqa: E402
-from fmnist.sweep import parse_space, sweep  # noqa: E402
+from fmnist.sweep import parse_space, report, sweep  # noqa: E402
 from fmnist.sweep.storage import with_driver  # noqa: E402
 
 TESTS = Path(__file__).parent
@@ -90,39 +90,44 @@ def test_finds_the_better_setting_prunes_resumes_and_never_reads_the_test_split(
     best = first.study.best_trial
     assert best.params["lr"] == 0.01 and best.value > 0.6  # the other learns nothing: ~0.1
     assert {t.params["lr"] for t in trials} == {1e-5, 0.01}  # both were tried
-    # pruning fired: a trial stopped after its first epoch, on the validation accuracy
+    # the first trial is the recipe's own settings; its score is its last, plain report
+    assert trials[0].user_attrs["from_recipe"] and trials[0].params["lr"] == 0.01
+    assert trials[0].value == trials[0].intermediate_values[100]
+    # pruning fired: a trial stopped part-way, on its plain validation accuracy at a share of
+    # its steps that the others reported at too
     pruned = [t for t in trials if t.state.name == "PRUNED"]
     assert pruned and all(t.params["lr"] == 1e-5 for t in pruned)
+    reported = pruned[0].intermediate_values
+    assert set(reported) <= set(trials[0].intermediate_values) and max(reported) < 100
     folder = Path(pruned[0].user_attrs["run_dir"])
-    metrics = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()]
-    assert len(metrics) == 1 < recipe.epochs
-    assert metrics[0]["test_accuracy"] == pruned[0].intermediate_values[1]  # the validation split
     status = json.loads((folder / "status.json").read_text())  # the folder says pruned too
     assert status["status"] == "pruned" and status["reason"].startswith("validation accuracy")
+    assert f"at {max(reported)} % of its steps" in status["reason"]
     assert status["evaluated_on"] == "validation" and "error" not in status
-    assert "| pruned |" in (out / "trials.md").read_text()
+    out = first.sweep_dir
+    assert "| pruned at" in (out / "trials.md").read_text()
     listed = {r.name: r for r in runs.list_runs(out / "trials")}[folder.name]
-    assert listed.status == "pruned" and "(val)" in runs.format_table([listed])
+    assert listed.status == "pruned"
     assert (out / "history.png").stat().st_size > 0 and (out / "importances.png").is_file()
 
     # The same command again, with more trials and the test split back: only the new trials
     # run, then the best settings are trained on all training images and tested once.
     hidden.rename(test_csv)
     monkeypatch.setattr(fmnist.datasets, "load_arrays", real_load)
-    stamps = {t.number: Path(t.user_attrs["run_dir"], "metrics.jsonl").stat().st_mtime_ns
+    stamps = {t.number: Path(t.user_attrs["run_dir"], "config.json").stat().st_mtime_ns
               for t in trials}
-    second = sweep(recipe, space, out=out, trials=6, validation=0.2, prune_after=1, seed=0,
-                   show=lambda line: None)
-    again = second.study.get_trials()
+    second = sweep(recipe, space, out=tmp_path / "sweep", trials=6, validation=0.2,
+                   prune_after=1, seed=0, show=lambda line: None)
+    again = report.trials(second.study)  # the final run's claim is no trial of the search
     assert len(again) == 6 and [t.number for t in again] == list(range(6))
-    assert all(Path(again[n].user_attrs["run_dir"], "metrics.jsonl").stat().st_mtime_ns == stamp
+    assert all(Path(again[n].user_attrs["run_dir"], "config.json").stat().st_mtime_ns == stamp
                for n, stamp in stamps.items())  # the first four were not run again
     assert second.final_dir is not None and second.final_accuracy > 0.6
     final = read_config_file(second.final_dir / "config.json")
     assert final["lr"] == 0.01 and final["holdout"] == 0
-    # trials evaluated every epoch for the pruner; the final run as the recipe says (last only)
+    # trials are scored by the sweep's own evaluations; the final run as the recipe says
     assert final["eval_every"] == 0
-    assert read_config_file(Path(again[0].user_attrs["run_dir"]) / "config.json")["eval_every"] == 1
+    assert read_config_file(Path(again[0].user_attrs["run_dir"]) / "config.json")["eval_every"] == 0
     apply_overrides(Recipe(), final)  # reusable as --config
     best_json = json.loads((out / "best.json").read_text())
     assert best_json["changed"] == {}  # lr 0.01 is the recipe's own: the table says so
@@ -141,7 +146,8 @@ def test_a_trial_that_diverges_fails_and_the_sweep_goes_on(dataset, tmp_path):
     assert len(trials) - len(failed) == 4  # --trials counts the trials that did not fail
     assert all("diverged" in t.user_attrs["error"] for t in failed)
     assert result.study.best_trial.params["lr"] == 0.01
-    assert "| failed |" in (out / "trials.md").read_text()
+    assert result.sweep_dir == out / "sweep"  # --out DIR holds DIR/NAME
+    assert "| failed |" in (result.sweep_dir / "trials.md").read_text()
 
 
 @pytest.mark.slow
@@ -155,7 +161,7 @@ def test_a_killed_worker_leaves_the_study_usable_and_its_trial_failed_and_retrie
                str(space), "--trials", "1", "--out", str(out), "--heartbeat", "1", "--no-final",
                "--validation", "0.2"]
     worker = subprocess.Popen(command, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    metrics = out / "trials" / "0000" / "metrics.jsonl"
+    metrics = out / "sweep" / "trials" / "0000" / "metrics.jsonl"
     deadline = time.monotonic() + 60
     while not metrics.is_file():  # mid-trial: an epoch done, many to go
         assert worker.poll() is None, worker.stderr.read().decode() if worker.stderr else ""
@@ -170,12 +176,12 @@ def test_a_killed_worker_leaves_the_study_usable_and_its_trial_failed_and_retrie
 
     # The same command in another process: the dead trial is failed and its place retried.
     assert main(command[3:]) == 0
-    study = optuna.load_study(study_name="sweep", storage=f"sqlite:///{out / 'study.db'}")
+    study = optuna.load_study(study_name="sweep", storage=f"sqlite:///{out / 'sweep' / 'study.db'}")
     killed, retry = study.get_trials()
     assert killed.state.name == "FAIL" and "skipped" not in killed.user_attrs
     assert retry.state.name in ("COMPLETE", "PRUNED")
     assert retry.system_attrs["failed_trial"] == 0 and retry.params == killed.params
-    table = (out / "trials.md").read_text()
+    table = (out / "sweep" / "trials.md").read_text()
     assert "| 0 | failed |" in table and "(retry of 0)" in table
 
 

@@ -10,7 +10,7 @@ pytest.importorskip("optuna")
 
 from test_sweep import TWO_LRS, small  # noqa: E402
 
-import fmnist.sweep.study  # noqa: E402
+import fmnist.sweep.trial  # noqa: E402
 from fmnist.errors import ConfigError  # noqa: E402
 from fmnist.sweep import parse_space, sweep  # noqa: E402
 
@@ -23,14 +23,14 @@ def test_a_trial_trains_on_the_training_split_less_its_validation_images(
         tmp_path, fake_data, monkeypatch):
     """fake_data: 50 distinct training images; the test split is never asked for."""
     trained, validated = [], []
-    real_fit = fmnist.sweep.study.fit
+    real_fit = fmnist.sweep.trial.fit
 
     def watched_fit(recipe, *, data, **kwargs):  # what `fit` is handed: what the trial sees
         trained.append(pixels(data.train_images))
         validated.append(pixels(data.test_images))
         return real_fit(recipe, data=data, **kwargs)
 
-    monkeypatch.setattr(fmnist.sweep.study, "fit", watched_fit)
+    monkeypatch.setattr(fmnist.sweep.trial, "fit", watched_fit)
     recipe = small("fashion-mnist")
     space = parse_space(TWO_LRS, recipe)
     sweep(recipe, space, out=tmp_path / "sweep", trials=2, validation=0.2, seed=0, final=False,

@@ -4,6 +4,8 @@ the training images, the best settings trained on all of them and tested once.""
 from __future__ import annotations
 
 import argparse
+import shlex
+import sys
 from typing import Any
 
 from fmnist.cli.common import add_command, hidden_alias
@@ -26,10 +28,13 @@ def add_parser(sub: Any) -> None:
     hidden_alias(p, "--budget", dest="budget")
     p.add_argument("--trial-budget", metavar="DURATION",
                    help="every trial (and the final run) planned to this time, e.g. 60s")
+    p.add_argument("--objective", default="accuracy",
+                   help="accuracy (default), or accuracy,latency or accuracy,params for a Pareto "
+                        "front of faster or smaller models (nothing is pruned then)")
     p.add_argument("--validation", type=float, default=0.1,
                    help="training images held out to score trials: fraction or count (default 0.1)")
     p.add_argument("--name", default="sweep", help="study name (default sweep)")
-    p.add_argument("--out", metavar="DIR", help="sweep folder (default sweeps/NAME)")
+    p.add_argument("--out", metavar="DIR", help="the sweep folder is DIR/NAME (default sweeps/NAME)")
     p.add_argument("--storage", metavar="URL",
                    help="shared study, e.g. postgresql://user:pw@host/db (default: SQLite in DIR)")
     p.add_argument("--pruner", default="median", help="median or none (default median)")
@@ -48,17 +53,25 @@ def add_parser(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from fmnist.cli.train import recipe_from_args
     from fmnist.errors import ConfigError
-    from fmnist.sweep import parse_space, read_space, sweep
+    from fmnist.sweep import SweepStopped, parse_space, read_space, sweep
+    from fmnist.sweep.storage import default_url, hide_password
 
     recipe = recipe_from_args(args)
     if args.heartbeat < 1:
         raise ConfigError(f"--heartbeat must be at least 1 second, got {args.heartbeat}.")
     space = parse_space(read_space(args.space), recipe) if args.space else None
-    result = sweep(recipe, space, out=args.out, name=args.name, storage=args.storage,
-                   trials=args.trials, budget=args.budget, trial_budget=args.trial_budget,
-                   validation=args.validation, pruner=args.pruner, prune_after=args.prune_after,
-                   seed=args.sampler_seed, final=args.final, data_dir=args.data_dir,
-                   heartbeat=args.heartbeat, verbose=args.verbose)
-    print(f"Sweep folder: {result.sweep_dir} (trials.md, best.json, history.png, "
-          f"importances.png; trial runs: fmnist runs --dir {result.sweep_dir / 'trials'})")
+    try:
+        result = sweep(recipe, space, out=args.out, name=args.name, storage=args.storage,
+                       trials=args.trials, budget=args.budget, trial_budget=args.trial_budget,
+                       validation=args.validation, objective=args.objective,
+                       pruner=args.pruner, prune_after=args.prune_after, seed=args.sampler_seed,
+                       final=args.final, data_dir=args.data_dir, heartbeat=args.heartbeat,
+                       verbose=args.verbose, again=shlex.join(["fmnist", *sys.argv[1:]]))
+    except SweepStopped as e:  # a signal: where it stopped and the command that goes on
+        print(f"\n{e}", file=sys.stderr, flush=True)
+        return 128 + e.signum
+    pictures = "history.png, importances.png" + (", pareto.png" if "," in args.objective else "")
+    print(f"Sweep folder: {result.sweep_dir} (trials.md, best.json, {pictures}; trial runs: "
+          f"fmnist runs --dir {result.sweep_dir / 'trials'}; watch the study: optuna-dashboard "
+          f"{hide_password(args.storage) if args.storage else default_url(result.sweep_dir)})")
     return 0

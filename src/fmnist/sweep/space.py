@@ -184,6 +184,11 @@ def to_recipe(recipe: Recipe, values: dict[str, Any]) -> Recipe:
         base = recipe.model_config if name == recipe.model else {}
         make_config(name, {**base, **model})  # unknown keys: ConfigError naming the valid ones
         fields["model_config"] = {**base, **model}
+    if not {"epochs", "steps", "min_steps"} & set(fields):
+        # A sampled batch size is a point of the search, not a user's wish for exactly that
+        # batch (for which apply_overrides turns min_steps off): the recipe's floor on steps
+        # still holds, in trials and in the final run alike.
+        fields["min_steps"] = recipe.min_steps
     return apply_overrides(recipe, fields)
 
 
@@ -204,3 +209,36 @@ def differences(recipe: Recipe, values: dict[str, Any]) -> dict[str, tuple[Any, 
 
 def describe(space: Space) -> dict[str, str]:
     return {key: p.describe() for key, p in space.items()}
+
+
+def recipe_value(recipe: Recipe, key: str) -> Any:
+    """The recipe's own value for a space key (a model's default where its config is silent)."""
+    if key.startswith("model_config."):
+        value = getattr(make_config(recipe.model, recipe.model_config), key.split(".", 1)[1])
+        return list(value) if isinstance(value, tuple) else value
+    return getattr(recipe, key)
+
+
+def with_recipe(space: Space, recipe: Recipe) -> tuple[Space, dict[str, Any], list[str]]:
+    """The space made to hold the recipe's own settings, which the first trial of a new study
+    tries: (that space, the first trial's values, a sentence for each entry that had to change).
+    A choice that lacks the recipe's value gains it; a range that lacks it keeps its ends, and
+    the first trial takes the nearer end (a range is the user's idea of what is sensible, and
+    a log range cannot hold 0)."""
+    widened: Space = {}
+    first: dict[str, Any] = {}
+    notes = []
+    for key, p in space.items():
+        value = recipe_value(recipe, key)
+        if p.kind == "choice" and value not in p.choices:
+            p = Param("choice", choices=(value, *p.choices))
+            notes.append(f"{key}: the recipe's {json.dumps(value)} added to the choices")
+        elif p.kind in ("float", "int") and not (p.low <= value <= p.high):  # type: ignore[operator]
+            nearer = p.low if value < p.low else p.high  # type: ignore[operator]
+            notes.append(f"{key}: the recipe's {value:g} lies outside {p.describe()}, so the "
+                         f"first trial takes {nearer:g}")
+            value = nearer
+        widened[key] = p
+        if p.kind != "fixed":  # Optuna's values: a list choice travels as its JSON
+            first[key] = json.dumps(value) if isinstance(value, list | dict) else value
+    return widened, first, notes
