@@ -44,9 +44,14 @@ FLAGS = ["--model", "cnn", "--batch-size", "32", "--epochs", "2", "--lr", "0.01"
          "--threads", "1", "--schedule", "constant", "--shift", "0"]
 
 
+def small_dataset(folder: Path) -> str:
+    """320 training and 64 test images as CSV files in `folder`; the `--dataset` that reads them."""
+    return write_csv(folder / "data", make_data(320, 64))
+
+
 @pytest.fixture
 def dataset(tmp_path: Path) -> str:
-    return write_csv(tmp_path / "data", make_data(320, 64))
+    return small_dataset(tmp_path)
 
 
 def small(dataset: str) -> Recipe:

@@ -140,7 +140,7 @@ def sweep(
     with Stops() as stops:
         run = TrialObjective(study, recipe, space, sweep_dir,
                              lambda: trial_data(recipe, data_dir, validation), stops, goal,
-                             trials, per_trial, pruner == "median", verbose)
+                             trials, per_trial, verbose)
         stopped = run_trials(study, run, trials, seconds, per_trial, final, show)
         report.write(sweep_dir, study, recipe)
         if run.signum is not None or stops.signum is not None:

@@ -70,18 +70,19 @@ def percent(done: int, total: int) -> int:
 class Pruning(Callback):
     """Scores the trial on the validation split (in the test slots) at each eighth of its
     planned steps, plain, and reports it to Optuna; ends the trial when the pruner says so.
-    A multi-objective study is scored the same way but not pruned (Optuna cannot). `reported`
+    A multi-objective study is scored the same way, but Optuna takes no reports there, so
+    nothing is reported or pruned (`report` False). `reported`
     holds the reports of the run this one resumes (percent -> accuracy): made again, first.
     `stops` is the sweep's own: a signal it caught just before fit took the signals over is
     passed on to fit, which then saves and stops at its first step."""
 
-    def __init__(self, trial: Any, prune: bool, reported: dict[int, float] | None = None,
+    def __init__(self, trial: Any, report: bool, reported: dict[int, float] | None = None,
                  stops: Stops | None = None) -> None:
-        self.trial, self.prune, self.stops = trial, prune, stops
+        self.trial, self.report, self.stops = trial, report, stops
         self.reports: dict[int, float] = dict(reported or {})
 
     def on_fit_start(self, state: RunState) -> None:
-        if self.prune:
+        if self.report:
             for at, accuracy in sorted(self.reports.items()):
                 self.trial.report(accuracy, at)
         if self.stops is not None and self.stops.signum is not None:
@@ -94,7 +95,7 @@ class Pruning(Callback):
         if at > max(self.reports, default=0):
             self.score(state, at)
             parts.train_model.train()  # the evaluation left it in eval mode, mid-epoch
-            if self.prune and at < 100 and self.trial.should_prune():
+            if self.report and at < 100 and self.trial.should_prune():
                 raise EndRun("pruned", f"validation accuracy {self.reports[at]:.2%} at {at} % "
                              "of its steps is below the other trials' median there")
 
@@ -107,7 +108,7 @@ class Pruning(Callback):
         assert state.parts is not None and state.setup is not None
         evaluated = evaluate_epoch(state.parts.model, state.setup, final=False)
         self.reports[at] = float(evaluated.row["test_accuracy"])
-        if self.prune:
+        if self.report:
             self.trial.report(self.reports[at], at)
 
     @property
@@ -129,7 +130,6 @@ class TrialObjective:
     objective: Objective = Objective()
     trials: int | None = None
     per_trial: float | None = None
-    prune: bool = True
     verbose: bool = False
     loaded: list[Data] = field(default_factory=list)
     signum: int | None = None  # the signal that stopped a trial of this process
@@ -151,7 +151,7 @@ class TrialObjective:
         trial.set_user_attr("run_dir", str(run_dir.resolve()))
         trial.set_user_attr("host", worker())
         reported = {int(k): v for k, v in trial.user_attrs.get("reported", {}).items()}
-        pruning = Pruning(trial, self.prune and not self.objective.second,
+        pruning = Pruning(trial, not self.objective.second,
                           reported if resume_dir else None, self.stops)
         try:
             if not self.loaded:
