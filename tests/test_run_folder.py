@@ -196,8 +196,8 @@ class SignalAt(Callback):
             os.kill(os.getpid(), self.signum)  # delivered to this process, as `kill` would
 
 
-@pytest.mark.parametrize("epoch, step", [(1, 0), (1, 2), (1, 3), (2, 1), (2, 3)])
-def test_a_signal_saves_the_step_and_the_resume_is_exact(tmp_path, epoch, step, capsys):
+@pytest.mark.parametrize("epoch, step", [(1, 0), (1, 2), (1, 3), (2, 1), (2, 2)])
+def test_a_signal_saves_the_step_and_the_resume_is_exact(tmp_path, epoch, step):
     from fmnist.train.stops import Interrupted
 
     data = make_data(n_train=128, n_test=32)  # 4 steps an epoch, 2 epochs
@@ -206,11 +206,10 @@ def test_a_signal_saves_the_step_and_the_resume_is_exact(tmp_path, epoch, step, 
     after_whole = torch.rand(3)
 
     run, draws = tmp_path / "stopped", Draws()
-    with pytest.raises(Interrupted):
+    with pytest.raises(Interrupted) as stopped:
         fit(SMALL, data=data, out=run, display=False, callbacks=[draws, SignalAt(epoch, step)])
     status = json.loads((run / "status.json").read_text())
-    assert status["status"] == "interrupted"
-    assert f"`fmnist train --resume {run}`" in capsys.readouterr().err
+    assert status["status"] == "interrupted" and stopped.value.resume_from == run
     resumed = fit(resume=run, data=data, display=False, callbacks=[draws])
     after_resumed = torch.rand(3)
 

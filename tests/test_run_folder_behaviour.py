@@ -43,6 +43,24 @@ def test_status_started_stays_when_the_run_began_across_updates_and_a_resume(tmp
     assert now["started"] == began
 
 
+def test_a_truncated_status_file_is_written_whole_again_and_reads_finished_after_a_resume(
+        tmp_path, capsys):
+    """A crash of an older version or a full disk left half a status.json: the resume's first
+    update writes it whole, so the run is not shown as damaged forever."""
+    run = tmp_path / "run"
+    with pytest.raises(Interrupted):
+        fit(TINY, data=tiny_data(), out=run, display=False,
+            callbacks=[SignalAt(2, 1, signal.SIGTERM)])
+    whole = (run / rundir.STATUS).read_text()
+    (run / rundir.STATUS).write_text(whole[: len(whole) // 2])
+    fit(resume=run, data=tiny_data(), display=False)
+    assert status(run)["status"] == "finished"
+    capsys.readouterr()
+    assert main(["runs", "--dir", str(tmp_path), "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [(r["status"], r.get("damaged")) for r in listed] == [("finished", None)]
+
+
 def test_status_updates_keep_started_and_what_was_said_before(tmp_path):
     rundir.write_status(tmp_path, "running", epoch=0, device="cpu")
     began = status(tmp_path)["started"]
@@ -59,9 +77,9 @@ def test_a_folder_stopped_mid_epoch_with_its_older_saves_gone_evaluates_predicts
     recipe = replace(TINY, dataset=write_csv(tmp_path / "data", make_data(96, 32)))
     with pytest.raises(Interrupted):  # saved at every step: epoch 2's saves replace epoch 1's
         fit(recipe, out=run, display=False, checkpoint_every=1e-9,
-            callbacks=[SignalAt(2, 2, signal.SIGTERM)])
+            callbacks=[SignalAt(2, 1, signal.SIGTERM)])
     saves = sorted(p.name for p in (run / rundir.CHECKPOINTS).iterdir())
-    assert saves == ["epoch-0002-step-000002", "epoch-0002-step-000003"]  # epoch-0001 is gone
+    assert saves == ["epoch-0002-step-000001", "epoch-0002-step-000002"]  # epoch-0001 is gone
     capsys.readouterr()
 
     assert main(["evaluate", str(run), "--json", "--out", str(tmp_path / "report")]) == 0
@@ -76,7 +94,7 @@ def test_a_folder_stopped_mid_epoch_with_its_older_saves_gone_evaluates_predicts
     with TestClient(create_app(Predictor.from_checkpoint(run))) as client:
         answer = client.post("/v1/predict", content=png(), headers={"Content-Type": "image/png"})
     assert answer.status_code == 200, answer.text
-    assert os.readlink(run / rundir.CURRENT) == "checkpoints/epoch-0002-step-000003"
+    assert os.readlink(run / rundir.CURRENT) == "checkpoints/epoch-0002-step-000002"
 
 
 class PythonDraws(Callback):

@@ -84,8 +84,8 @@ class FakeClock:
 
 def test_a_timed_checkpoint_waits_its_whole_interval_again_after_each_save():
     """--checkpoint-every 10m over an hour of one-minute steps saves 6 times, not at every step
-    once the first ten minutes are up. The loop asks `due()` after each step and says `saved()`
-    after it saved (fmnist.train.loop)."""
+    once the first ten minutes are up. The loop asks `due()` after each step and restarts the
+    timer after it saved (fmnist.train.loop)."""
     clock = FakeClock()
     stops = Stops(checkpoint_every=600, clock=clock)
     saved_at = []
@@ -93,7 +93,8 @@ def test_a_timed_checkpoint_waits_its_whole_interval_again_after_each_save():
         clock.now += 60
         if stops.due():
             saved_at.append(minute)
-            stops.saved()
+            stops.restart_timer()
+            stops.raise_if_asked()  # no signal came: goes on
     assert saved_at == [10, 20, 30, 40, 50, 60]
 
 
@@ -105,7 +106,7 @@ def test_stops_catches_the_signals_while_entered():
             time.sleep(0.01)
         assert stops.signum == signal.SIGTERM and stops.due()
         with pytest.raises(Interrupted, match="SIGTERM"):
-            stops.saved()
+            stops.raise_if_asked()
 
 
 def test_no_timed_checkpoint_before_its_interval_and_none_without_one():
@@ -135,8 +136,8 @@ def test_a_run_stopped_by_ctrl_c_lets_go_so_its_resume_takes_over_from_nobody(tm
     with pytest.raises(Interrupted) as stopped:
         fit(TINY, data=tiny_data(), out=run, display=False,
             callbacks=[SignalAt(2, 1, signal.SIGINT)])
-    assert stopped.value.signum == signal.SIGINT
-    assert f"Stopped by SIGINT: saved at epoch 2, step 2 in {run}" in capsys.readouterr().err
+    assert stopped.value.signum == signal.SIGINT and stopped.value.resume_from == run
+    assert str(stopped.value) == f"Stopped by SIGINT: saved at epoch 2, step 2 in {run}."
     assert json.loads((run / rundir.STATUS).read_text())["step"] == 2  # the step, not the epoch
     claim = (run / rundir.CLAIM).read_text()
     assert "pid" not in claim and "host" not in claim, claim

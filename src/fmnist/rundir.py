@@ -287,6 +287,12 @@ class Claim:
         os.ftruncate(self.fd, 0)
         os.pwrite(self.fd, json.dumps(me).encode(), 0)
 
+    def __enter__(self) -> Claim:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
     def release(self) -> None:
         """Let go: empty the file (nothing to take over), then drop the lock."""
         if self.fd < 0:

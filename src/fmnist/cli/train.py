@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import Field, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fmnist.cli.common import add_command
 from fmnist.errors import ConfigError
+
+if TYPE_CHECKING:
+    from fmnist.train import FitResult
 
 # Every recipe field is a flag of the same name, but these: the recipe's name (--recipe picks
 # it) and the model's own settings (a table: --config).
@@ -123,13 +126,31 @@ def left_of_budget(text: str | None) -> float | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fmnist.train import fit
+    import sys
+
+    from fmnist.train import Interrupted
 
     callbacks = tensorboard_callbacks(args.tensorboard)
     events = ", TensorBoard events" if callbacks else ""
     from fmnist.card import ModelCard
 
     callbacks.append(ModelCard())  # model-card.md, measured when a calibrated run ends
+
+    try:
+        result = train(args, callbacks)
+    except Interrupted as e:  # a signal: say where it stopped, and how to go on
+        again = f" Continue with `fmnist train --resume {e.resume_from}`." if e.resume_from else ""
+        print(f"\n{e}{again}", file=sys.stderr, flush=True)
+        raise
+    if result.run_dir is not None:
+        print(f"Saved run to {result.run_dir} (model.safetensors, metrics.jsonl, curves.png"
+              f"{events}{', model-card.md' if (result.run_dir / 'model-card.md').is_file() else ''})")
+    return 0
+
+
+def train(args: argparse.Namespace, callbacks: list[Any]) -> FitResult:
+    """`fit` as the flags say: a new run, or --resume."""
+    from fmnist.train import fit
 
     if args.resume:
         given = [f for f in (*(f.name for f in recipe_flags()), "config", "out", "time_budget")
@@ -139,17 +160,13 @@ def run(args: argparse.Namespace) -> int:
                 "--resume continues a run with its saved config.json; drop "
                 f"{', '.join('--' + g.replace('_', '-') for g in given) or '--recipe'}."
             )
-        result = fit(resume=args.resume, data_dir=args.data_dir, callbacks=callbacks,
+        return fit(resume=args.resume, data_dir=args.data_dir, callbacks=callbacks,
                      checkpoint_every=args.checkpoint_every)
     else:
         if args.time_budget is not None and (args.epochs is not None or args.steps is not None):
             raise ConfigError("--time-budget chooses the length of the run: drop --epochs and "
                               "--steps.")
-        result = fit(recipe_from_args(args), out=args.out, data_dir=args.data_dir,
+        return fit(recipe_from_args(args), out=args.out, data_dir=args.data_dir,
                      time_budget=left_of_budget(args.time_budget), callbacks=callbacks,
                      checkpoint_every=args.checkpoint_every)
-    if result.run_dir is not None:
-        print(f"Saved run to {result.run_dir} (model.safetensors, metrics.jsonl, curves.png"
-              f"{events}{', model-card.md' if (result.run_dir / 'model-card.md').is_file() else ''})")
-    return 0
 

@@ -9,12 +9,15 @@
     calibration  the end-of-fit step: temperature, sets and not-recognised threshold fitted on
                  the held-out images
     throughput   what --time-budget plans with (planning itself: fmnist.budget)
+    guard        the divergence guard: whether a run still learns
+    stops        signals and timed checkpoints: where a run may stop, and how
     loop         fit: the loop, saving each epoch, recording why a run stopped
 """
 
 from fmnist.train.callbacks import Callback, RunState
 from fmnist.train.data import Data, load_data
 from fmnist.train.loop import FitResult, fit
-from fmnist.train.stops import EndRun
+from fmnist.train.stops import EndRun, Interrupted
 
-__all__ = ["Callback", "Data", "EndRun", "FitResult", "RunState", "fit", "load_data"]
+__all__ = ["Callback", "Data", "EndRun", "FitResult", "Interrupted", "RunState", "fit",
+           "load_data"]

@@ -26,6 +26,7 @@ class EpochProgress:
     images: int = 0
     loss_sum: float = 0.0
     seconds: float = 0.0
+    start_loss: float | None = None  # the run's first step's loss, in epoch 1 (the guard's start)
 
 
 @dataclass
@@ -51,6 +52,7 @@ class RunState:
     holdout_logits: torch.Tensor | None = None  # the same evaluation's, of the held-out images
     # model.json's `trust` once fitted on the held-out images at the end (fmnist.trust)
     trust: dict[str, Any] | None = None
+    finished: bool = False  # every step is done: what is left is the final bookkeeping
 
     @property
     def global_step(self) -> int:

@@ -10,7 +10,7 @@ import contextlib
 import json
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -34,8 +34,8 @@ from fmnist.train.callbacks import (
 )
 from fmnist.train.data import Data
 from fmnist.train.evaluation import evaluate_epoch, reduce_device
-from fmnist.train.guard import check_learning
-from fmnist.train.setup import Parts, Setup, build, set_up, train_step
+from fmnist.train.guard import diverged
+from fmnist.train.setup import Setup, build, set_up, train_step
 from fmnist.train.stops import EndRun, Interrupted, Stops
 from fmnist.train.throughput import BudgetKeeper, plan_for
 
@@ -76,53 +76,74 @@ def fit(
     the run goes (see fmnist.budget); the run folder's config.json records the steps that ran.
 
     SIGTERM, SIGINT and SIGHUP save the state of the current step and end the run as
-    interrupted (`Interrupted`); `checkpoint_every` (seconds, or "10m") saves it on a timer too.
+    interrupted (`Interrupted`, saying where; after the last step, once the run has finished);
+    `checkpoint_every` (seconds, or "10m") saves it on a timer too.
     """
     info = distributed.from_env()
     recipe, resumed, seconds = checked_inputs(recipe, out, resume, time_budget, info)
     deadline = None if seconds is None else time.monotonic() + seconds
-    every = None if checkpoint_every is None else budget.parse_duration(checkpoint_every)
-    if every is not None and info.enabled:
-        raise ConfigError("--checkpoint-every saves part-way through an epoch in one process; "
-                          "under torchrun each epoch is saved as it ends.")
-    parts: Parts | None = None
-    claim: rundir.Claim | None = None
+    every = checked_every(checkpoint_every, info)
     if save and out is not None and not info.enabled:
         rundir.refuse_taken(Path(out))  # at once, not after the data and the model (~4 s)
-    try:
+
+    def folder(planned: Recipe) -> Path | None:  # a resumed run keeps its folder and config.json
+        if not (save and info.is_main):
+            return None
+        return Path(resume) if resume else rundir.start(out, planned.name, to_dict(planned))
+
+    # Signals are caught from the first line (under torchrun every rank would have to stop at
+    # the same step: there they end the processes as before).
+    with Stops(every, enabled=not info.enabled) as stops, contextlib.ExitStack() as held:
+        held.callback(distributed.shutdown)
         if save and info.is_main and resume is not None:  # before anything is written to it
-            claim = rundir.Claim(Path(resume))
-        setup = set_up(recipe, info, data, data_dir, resumed)
-        if display and setup.recipe != recipe:
-            print(resized(recipe, setup.recipe, len(setup.data.train_images)), flush=True)
-        if deadline is not None:
-            setup = replace(setup, recipe=plan_for(setup, deadline - time.monotonic(), display))
-        recipe, parts = setup.recipe, build(setup, resumed)
-        run_dir = None
-        if save and info.is_main:  # a resumed run keeps its folder and config.json
-            run_dir = Path(resume) if resume else rundir.start(out, recipe.name, to_dict(recipe))
-            claim = claim or rundir.Claim(run_dir)
-        state = RunState(recipe, run_dir, info.is_main, len(parts.batches),
-                         parts.batches.samples_per_rank, parts.epochs, setup=setup, parts=parts)
-        restore(state, resumed, info)
-        shown = [display_callback(recipe)] if display else []
+            held.enter_context(rundir.Claim(Path(resume)))
+        state = start(recipe, info, data, data_dir, resumed, deadline, display, folder)
+        held.callback(release_ddp, state)
+        if state.run_dir is not None and resume is None:
+            held.enter_context(rundir.Claim(state.run_dir))
+        shown = [display_callback(state.recipe)] if display else []
         keeper = [BudgetKeeper(deadline, display)] if deadline is not None else []
         cbs = [*shown, *keeper, *callbacks, Curves(), Status()] if info.is_main else []
-        # under torchrun every rank would have to stop at the same step: signals end it as before
-        with stops_recorded(state), Stops(every, enabled=not info.enabled) as stops:
+        with stops_recorded(state):
             run_epochs(state, cbs, stops, save)
         # Finish together: a rank that tears gloo down while rank 0 is still writing the run
         # folder could abort at exit (seen here, about 1 run in 4, before this barrier).
         distributed.barrier(info)
-    finally:
-        if claim is not None:
-            claim.release()
-        # DDP must be released before the process group goes, or the process can abort at exit.
-        parts = None if parts is None else replace(parts, train_model=parts.model)
-        distributed.shutdown()
-    model = unwrap(parts.model).eval()
-    meta = run_meta(setup, state.rows, state.trust)
-    return FitResult(model, checkpoint.model_meta(model, meta), state.rows, run_dir)
+    assert state.setup is not None and state.parts is not None
+    model = unwrap(state.parts.model).eval()
+    meta = run_meta(state.setup, state.rows, state.trust)
+    return FitResult(model, checkpoint.model_meta(model, meta), state.rows, state.run_dir)
+
+
+def start(recipe: Recipe, info: distributed.DistInfo, data: Data | None,
+          data_dir: str | Path | None, resumed: ResumeState | None, deadline: float | None,
+          display: bool, folder: Callable[[Recipe], Path | None]) -> RunState:
+    """Set up the data and device, plan a budgeted run, build the model, optimiser and batches,
+    open the run folder (`folder` of the recipe that runs) and restore a resumed run's place."""
+    setup = set_up(recipe, info, data, data_dir, resumed)
+    if display and setup.recipe != recipe:
+        print(resized(recipe, setup.recipe, len(setup.data.train_images)), flush=True)
+    if deadline is not None:
+        setup = replace(setup, recipe=plan_for(setup, deadline - time.monotonic(), display))
+    parts = build(setup, resumed)
+    state = RunState(setup.recipe, folder(setup.recipe), info.is_main, len(parts.batches),
+                     parts.batches.samples_per_rank, parts.epochs, setup=setup, parts=parts)
+    restore(state, resumed, info)
+    return state
+
+
+def release_ddp(state: RunState) -> None:
+    """DDP must be released before the process group goes, or the process can abort at exit."""
+    if state.parts is not None:
+        state.parts = replace(state.parts, train_model=state.parts.model)
+
+
+def checked_every(checkpoint_every: float | str | None, info: distributed.DistInfo) -> float | None:
+    every = None if checkpoint_every is None else budget.parse_duration(checkpoint_every)
+    if every is not None and info.enabled:
+        raise ConfigError("--checkpoint-every saves part-way through an epoch in one process; "
+                          "under torchrun each epoch is saved as it ends.")
+    return every
 
 
 def restore(state: RunState, resumed: ResumeState | None, info: distributed.DistInfo) -> None:
@@ -136,15 +157,21 @@ def restore(state: RunState, resumed: ResumeState | None, info: distributed.Dist
     if resumed.step and resumed.partial:
         done = resumed.partial
         state.progress = EpochProgress(resumed.step, int(done["images"]), done["loss_sum"],
-                                       done["seconds"])
+                                       done["seconds"], done.get("start_loss"))
     checkpoint.set_rng_state(distributed.rank_rng_state(resumed, info))
 
 
 def run_epochs(state: RunState, callbacks: Sequence[Callback], stops: Stops, save: bool) -> None:
     """The loop: train, evaluate (every `eval_every` epochs and the last), check and save each
-    epoch left, calling the callbacks."""
+    epoch left, calling the callbacks; then the final evaluation and calibration.
+
+    A signal is answered at the next point where the saved state is whole: after set-up (nothing
+    new to save), after a step (its state saved), after an epoch's save. One that comes after
+    the last step lets the bookkeeping finish first (the run is then finished, not
+    interrupted)."""
     setup, parts = state.setup, state.parts
     assert setup is not None and parts is not None
+    stops.raise_if_asked()  # it came during set-up
     for cb in callbacks:
         cb.on_fit_start(state)
     epoch = state.saved_epoch
@@ -161,20 +188,37 @@ def run_epochs(state: RunState, callbacks: Sequence[Callback], stops: Stops, sav
             evaluated = evaluate_epoch(parts.model, setup, final=last)
             row |= evaluated.row
             state.test_logits, state.holdout_logits = evaluated.test_logits, evaluated.holdout_logits
-        check_learning(row, len(setup.data.classes), state.recipe, last)
+        verdict = diverged(row, state.rows, setup.data, last, state.global_step + state.progress.step)
+        if verdict:
+            row["diverged"] = verdict
         state.rows.append(row)
         state.progress = EpochProgress()
-        if save:
+        if save:  # a diverged epoch too: a resume does not replay it
             save_state(state)
             state.saved_epoch = epoch
+        if verdict:
+            raise DivergedError(diverged_message(state, verdict))
         for cb in callbacks:
             cb.on_epoch_end(state, row)
-        if stops.signum is not None:  # it came during the evaluation: the epoch is saved
-            stops.saved()
+        if epoch < parts.epochs:  # (the last epoch's end goes on to the bookkeeping)
+            stops.raise_if_asked()  # it came during the evaluation or the save: both are done
+    state.finished = True
     evaluate_final(state, save)
     calibrate(state, save)
     for cb in callbacks:
         cb.on_fit_end(state)
+    stops.raise_if_asked()  # it came after the last step: the run is finished and saved
+
+
+def diverged_message(state: RunState, verdict: str) -> str:
+    """What diverged, what was kept, and what a new run should change (a resume would not)."""
+    recipe, run_dir = state.recipe, state.run_dir
+    lower = f"--lr {recipe.lr / 2:g}"
+    kept = f" Epoch {state.epoch} is saved in {run_dir}, marked diverged." if run_dir else ""
+    again = (f": `fmnist train --config {run_dir / rundir.CONFIG} {lower} --out NEW_FOLDER` "
+             "repeats this run's recipe with it" if run_dir else "")
+    return (f"Training diverged in epoch {state.epoch}: {verdict}.{kept} Start a new run with a "
+            f"lower learning rate ({lower}) or a longer warm-up (--min-steps, --epochs){again}.")
 
 
 def evaluates(recipe: Recipe, epoch: int) -> bool:
@@ -242,7 +286,7 @@ def checked_inputs(
 
 @contextlib.contextmanager
 def stops_recorded(state: RunState) -> Iterator[None]:
-    """A run that stops early says why in status.json, and its error says how to go on."""
+    """A run that stops early says why in status.json, and its error says where it stopped."""
     run_dir = state.run_dir
     try:
         yield
@@ -259,14 +303,13 @@ def stops_recorded(state: RunState) -> Iterator[None]:
         if run_dir is not None:
             rundir.note_status(run_dir, e.status, epoch=state.saved_epoch, reason=str(e)[:500])
         raise
-    except Interrupted as e:  # a signal: the state of this step is saved
-        if run_dir is not None:
-            step = state.progress.step
+    except Interrupted as e:  # a signal: the state of the last step is saved
+        step = state.progress.step
+        if run_dir is not None and not state.finished:  # (a finished run's status says so)
             mark_stopped(run_dir, "interrupted", state.saved_epoch, step=step)
-            where = f"epoch {state.epoch}, step {step}" if step else f"epoch {state.saved_epoch}"
-            print(f"\nStopped by {e}: saved at {where} in {run_dir}; continue with "
-                  f"`fmnist train --resume {run_dir}`.", file=sys.stderr, flush=True)
-        raise
+        where, resumable = where_stopped(state)
+        raise Interrupted(e.signum, where, state.finished,
+                          run_dir if resumable else None) from None
     except KeyboardInterrupt:
         if run_dir is not None:  # Ctrl-C twice: the folder says so, and how to go on
             mark_stopped(run_dir, "interrupted", state.saved_epoch)
@@ -277,6 +320,21 @@ def stops_recorded(state: RunState) -> Iterator[None]:
         if run_dir is not None:
             mark_stopped(run_dir, "failed", state.saved_epoch, f"{type(e).__name__}: {e}")
         raise
+
+
+def where_stopped(state: RunState) -> tuple[str, bool]:
+    """The sentence saying what a stopped run kept, and whether it can be continued."""
+    run_dir, step = state.run_dir, state.progress.step
+    if state.finished:
+        kept = f" in {run_dir}" if run_dir else ""
+        return f"after the last step; the run finished{kept}.", False
+    if run_dir is None:
+        return "nothing was saved (the run was not writing a folder).", False
+    if step:
+        return f"saved at epoch {state.epoch}, step {step} in {run_dir}.", True
+    if state.saved_epoch:
+        return f"saved at epoch {state.saved_epoch} in {run_dir}.", True
+    return f"before the first step; {run_dir} holds nothing to continue from.", False
 
 
 def mark_stopped(run_dir: Path, status: str, saved_epoch: int, error: str | None = None,
@@ -304,11 +362,15 @@ def train_epoch(state: RunState, callbacks: Sequence[Callback], stops: Stops,
         progress.step, progress.images = step + 1, progress.images + len(y)
         for cb in callbacks:
             cb.on_step(state, step, loss, len(y))
-        if stops.due():
+        if state.epoch == 1 and step == 0:
+            progress.start_loss = loss.item()  # where the guard's "far above its start" starts
+        # a stop at the run's last step waits for the epoch's end, which saves and finishes
+        if stops.due() and state.global_step + step + 1 < parts.total_steps:
             progress.loss_sum, progress.seconds = total.item(), time.perf_counter() - t0
             if save:
                 save_state(state)
-            stops.saved()
+            stops.restart_timer()
+            stops.raise_if_asked()
     mean_loss = (total / max(1, progress.step)).item()  # waits for the last step
     if setup.device.type == "cuda":
         torch.cuda.synchronize()
@@ -317,9 +379,11 @@ def train_epoch(state: RunState, callbacks: Sequence[Callback], stops: Stops,
     loss_sum = distributed.all_reduce_sum(
         torch.tensor([mean_loss, 1.0], device=reduce_device(setup.device)), info)
     previous = state.rows[-1]["train_seconds"] if state.rows else 0.0
+    start = {} if progress.start_loss is None else {"start_loss": progress.start_loss}
     return {
         "epoch": state.epoch,
         "train_loss": (loss_sum[0] / loss_sum[1]).item(),
+        **start,
         "lr": parts.scheduler.get_last_lr()[0],
         "seconds": seconds,
         "train_seconds": previous + seconds,

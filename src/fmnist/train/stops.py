@@ -1,6 +1,8 @@
 """Stopping a run gracefully: SIGTERM (Slurm, Kubernetes, `docker stop`, systemd, spot VMs),
 SIGINT (Ctrl-C) and SIGHUP become a request that the loop answers after its current step, by
-saving the state of that step and ending as an interrupted run. A second Ctrl-C does not wait.
+saving the state of that step and ending as an interrupted run; one that comes after the last
+step lets the run finish its bookkeeping, then ends it the same way. A second Ctrl-C does not
+wait.
 
 The same check saves the state every `checkpoint_every` seconds without stopping, so even a
 kill -9 loses at most that much.
@@ -12,6 +14,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -19,11 +22,17 @@ SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 class Interrupted(KeyboardInterrupt):
-    """The run stopped on a signal after saving its state; `signum` says which."""
+    """The run stopped on a signal; `signum` says which. `finished`: the signal came after the
+    run's last step, so the run finished its bookkeeping (its folder says finished) first;
+    otherwise the state of its last step is saved and the run can be continued. The message is
+    the sentence that says where it stopped; the caller adds how to go on."""
 
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
+    def __init__(self, signum: int, where: str = "", finished: bool = False,
+                 resume_from: Path | None = None) -> None:
+        name = signal.Signals(signum).name
+        super().__init__(f"Stopped by {name}" + (f": {where}" if where else ""))
+        self.signum, self.finished = signum, finished
+        self.resume_from = resume_from  # the folder to continue, where one was saved
 
 
 class EndRun(Exception):
@@ -71,8 +80,11 @@ class Stops:
         every = self.checkpoint_every
         return every is not None and self.clock() - self.last_save >= every
 
-    def saved(self) -> None:
-        """The state was saved: raise Interrupted if that was for a signal, else restart the timer."""
-        if self.signum is not None:
-            raise Interrupted(self.signum)
+    def restart_timer(self) -> None:
+        """A save was made: the next timed one is `checkpoint_every` from now."""
         self.last_save = self.clock()
+
+    def raise_if_asked(self, where: str = "", finished: bool = False) -> None:
+        """Raise Interrupted if a signal came (`where`: the sentence saying what was saved)."""
+        if self.signum is not None:
+            raise Interrupted(self.signum, where, finished)
