@@ -263,30 +263,48 @@ def postgres():
 
 
 @pytest.mark.slow
-def test_two_workers_share_one_study_on_postgresql(dataset, tmp_path, postgres):
+def test_two_workers_share_one_study_and_one_final_run_on_postgresql(dataset, tmp_path, postgres):
     space = space_file(tmp_path / "space.toml", epochs=2)
     outs = [tmp_path / "machine-a", tmp_path / "machine-b"]
-    workers = [subprocess.Popen(
-        [sys.executable, "-m", "fmnist", "sweep", "--dataset", dataset, *FLAGS, "--space",
-         str(space), "--trials", "5", "--storage", postgres, "--name", "shared", "--out", str(out),
-         "--no-final", "--validation", "0.2", "--pruner", "none", "--sampler-seed", str(i)],
-        env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for i, out in enumerate(outs)]
-    for w in workers:
-        output = w.communicate(timeout=300)[0].decode()
-        assert w.returncode == 0, output
 
+    def workers(*flags: str) -> list[str]:
+        started = [subprocess.Popen(
+            [sys.executable, "-m", "fmnist", "sweep", "--dataset", dataset, *FLAGS, "--space",
+             str(space), "--trials", "5", "--storage", postgres, "--name", "shared", "--out",
+             str(out), "--validation", "0.2", "--pruner", "none", "--sampler-seed", str(i),
+             *flags], env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            for i, out in enumerate(outs)]
+        said = [w.communicate(timeout=300)[0].decode() for w in started]
+        for w, text in zip(started, said, strict=True):
+            assert w.returncode == 0, text
+        return said
+
+    workers("--no-final")
     study = optuna.load_study(study_name="shared", storage=with_driver(postgres))
-    ran = [t for t in study.get_trials() if "skipped" not in t.user_attrs]
+    searched = len(report.trials(study))
+    ran = [t for t in report.trials(study) if "skipped" not in t.user_attrs]
     assert sum(t.state.name == "COMPLETE" for t in ran) == 5  # no trial lost ...
     assert all(t.state.name == "COMPLETE" for t in ran)  # ... none left running or failed
-    folders = {out.name: sorted(int(p.name) for p in (out / "trials").iterdir())
-               for out in outs if (out / "trials").is_dir()}
+    folders = {out.name: sorted(int(p.name) for p in (out / "shared" / "trials").iterdir())
+               for out in outs if (out / "shared" / "trials").is_dir()}
     numbers = [n for ns in folders.values() for n in ns]
     assert sorted(numbers) == sorted(t.number for t in ran)  # each trial ran exactly once ...
     assert all(len(ns) >= 1 for ns in folders.values()) and len(folders) == 2  # ... shared out
     for t in ran:  # ... in the folder of the worker that the study says ran it
-        assert Path(t.user_attrs["run_dir"]).parent.parent.name in folders
-        assert t.number in folders[Path(t.user_attrs["run_dir"]).parent.parent.name]
+        machine = Path(t.user_attrs["run_dir"]).parent.parent.parent.name
+        assert t.number in folders[machine]
+
+    # The same command with the final run on, on both machines at once: the study has its
+    # trials, so both go straight to the final run, together. One trains it, the other says who.
+    said = workers()
+    finals = [p for out in outs for p in (out / "shared").glob("final-*")]
+    assert len(finals) == 1
+    assert sum("Training trial" in text for text in said) == 1
+    assert sum("trains the final run in" in text or "trained the final run in" in text
+               for text in said) == 1
+    study = optuna.load_study(study_name="shared", storage=with_driver(postgres))
+    assert study.user_attrs["final_run"]["dir"] == str(finals[0].resolve())
+    assert len(report.trials(study)) == searched  # the claims are no trials of the search
 
 
 class StoredStudy:

@@ -7,8 +7,9 @@ PostgreSQL alike): each worker that would train it adds a claim, a bookkeeping t
 in the order they were added, and the lowest-numbered claim wins. The others say who trains it.
 
 A claim whose worker died (same host, its process gone: a kill -9, a stopped final run) is
-taken over by a later claim that names it (`replaces`); the lowest such wins in turn, and trains
-(or continues from its resume.pt) the final run. From another host nobody can tell a worker is
+taken over by a later claim that names it (`replaces`); the lowest such wins in turn, and
+continues the final run in the dead worker's folder (from its resume.pt; or just reads it, if
+it had finished). From another host nobody can tell a worker is
 gone: that host says who holds the claim.
 """
 
@@ -82,7 +83,8 @@ def claim(study: Any, trial: int, final_dir: Path) -> Any:
     winner = holder(study, trial)
     assert winner is not None  # ours, if no other
     if winner.user_attrs[CLAIM] != worker() and gone(winner.user_attrs[CLAIM]):
-        add(replaces=winner.number)
+        # its folder is on this host: continue (or just read) the final run there
+        add(replaces=winner.number, final_dir=winner.user_attrs["final_dir"])
         winner = holder(study, trial)
     return winner
 
@@ -92,8 +94,8 @@ def final_run(study: Any, best: Any, recipe: Recipe, sweep_dir: Path, per_trial:
               show: Callable[[str], None]) -> tuple[Path | None, float | None]:
     """The final run of `best` (a trial), trained here if this worker holds its claim; its
     folder and test accuracy (None, None when another worker trains it)."""
-    final_dir = sweep_dir / f"final-{best.number:04d}"
-    winner = claim(study, best.number, final_dir)
+    winner = claim(study, best.number, sweep_dir / f"final-{best.number:04d}")
+    final_dir = Path(winner.user_attrs["final_dir"])
     if winner.user_attrs[CLAIM] != worker():
         done = study.user_attrs.get(DONE) or {}
         if done.get("trial") == best.number:
