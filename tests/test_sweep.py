@@ -204,6 +204,8 @@ def test_a_killed_worker_leaves_the_study_usable_and_its_trial_failed_and_retrie
     ("lr = {low = 0.01, high = 0.1}", ["--budget", "30s", "--trial-budget", "20s"],
      "cannot hold a trial and the final run"),
     ("lr = {low = 0.01, high = 0.1}\nepochs = 2", ["--trial-budget", "20s"], "drop one of them"),
+    ("lr = {low = 0.01, high = 0.1}", ["--objective", "accuracy,speed"],
+     "Invalid objective 'accuracy,speed'"),
 ])
 def test_bad_input_is_one_sentence(dataset, tmp_path, capsys, space, args, says):
     (tmp_path / "s.toml").write_text(space)
