@@ -131,10 +131,7 @@ def sweep(
          f"{len(report.trials(study))} trial(s) so far; "
          + (f"{per_trial:g} s per trial" if per_trial else "trials at the recipe's length")
          + "; scored on a validation split of the training images.")
-    if not report.trials(study):  # a new study starts from what the recipe does now
-        study.enqueue_trial(first, user_attrs={"from_recipe": True})
-        show("The first trial is the recipe's own settings"
-             + (f" ({'; '.join(notes)})." if notes else "."))
+    start_from_recipe(study, first, notes, show)
     if goal.second and pruner == "median":
         show(f"Nothing is pruned: Optuna prunes single-objective studies only ({goal.name}).")
     with Stops() as stops:
@@ -166,6 +163,17 @@ def sweep_folder(out: str | Path | None, name: str) -> Path:
         folder = Path(out) if old == name else Path(out) / name
     folder.mkdir(parents=True, exist_ok=True)
     return folder
+
+
+def start_from_recipe(study: Any, first: dict[str, Any], notes: list[str],
+                      show: Callable[[str], None]) -> None:
+    """A new study's first trial: the recipe's own settings (`first`), so the sweep's winner is
+    never worse on the validation split than what the user has now."""
+    if report.trials(study):
+        return
+    study.enqueue_trial(first, user_attrs={"from_recipe": True})
+    show("The first trial is the recipe's own settings"
+         + (f" ({'; '.join(notes)})." if notes else "."))
 
 
 def open_study(url: str, name: str, heartbeat: int, seed: int | None, goal: Objective,
