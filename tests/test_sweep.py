@@ -186,6 +186,8 @@ def test_a_killed_worker_leaves_the_study_usable_and_its_trial_failed_and_retrie
     assert killed.state.name == "FAIL" and "skipped" not in killed.user_attrs
     assert retry.state.name in ("COMPLETE", "PRUNED")
     assert retry.system_attrs["failed_trial"] == 0 and retry.params == killed.params
+    # the recipe's own settings (the first trial) are retried too: not taken for a duplicate
+    assert killed.user_attrs["from_recipe"] and retry.user_attrs["from_recipe"]
     table = (out / "sweep" / "trials.md").read_text()
     assert "| 0 | failed |" in table and "(retry of 0)" in table
 

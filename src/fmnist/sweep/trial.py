@@ -193,8 +193,9 @@ class TrialObjective:
             raise Surplus()
         if trial.user_attrs.get("from_recipe") and any(
                 t.user_attrs.get("from_recipe") for t in self.study.get_trials(deepcopy=False)
-                if t.number < trial.number):
+                if t.number < trial.number and t.state.name != "FAIL"):
             # two workers that started a new study together both queued the recipe's settings
+            # (a failed one's retry or continuation takes its place, as any trial's does)
             trial.set_user_attr("skipped", "the recipe's settings are another trial already")
             raise Surplus()
 
