@@ -55,6 +55,7 @@ def test_a_sigterm_mid_trial_is_continued_by_the_same_command(dataset, tmp_path)
     assert worker.returncode == 143, err
     # one sentence: where it stopped, and the sweep command (not `fmnist train`) to go on
     assert "Traceback" not in err and "fmnist train --resume" not in err
+    assert "Trial 1 is queued to continue from there when the sweep goes on" in err
     assert f"run `fmnist sweep --dataset {dataset}" in err and "to go on" in err
 
     cut, queued = report.trials(load(out / "sweep"))[1:]

@@ -219,8 +219,7 @@ def stop_message(run: TrialObjective, stops: Stops, again: str | None) -> SweepS
     assert signum is not None
     go_on = f"run `{again}` to go on" if again else "run the same sweep again to go on"
     if run.cut is not None:
-        return SweepStopped(signum, f"{run.cut} It is queued to continue when the sweep goes "
-                                    f"on: {go_on}.")
+        return SweepStopped(signum, f"{run.cut}: {go_on}.")
     return SweepStopped(signum, f"Stopped by {signal.Signals(signum).name} between trials: no "
                                 f"trial was cut short; {go_on}.")
 

@@ -133,7 +133,7 @@ class TrialObjective:
     verbose: bool = False
     loaded: list[Data] = field(default_factory=list)
     signum: int | None = None  # the signal that stopped a trial of this process
-    cut: str | None = None  # where it stopped a trial part-way, in a sentence
+    cut: str | None = None  # where it stopped a trial part-way and what is queued, in words
 
     def __call__(self, trial: Any) -> float | tuple[float, float]:
         self.check_place(trial)
@@ -218,7 +218,10 @@ class TrialObjective:
         if trial.user_attrs.get("from_recipe"):
             attrs["from_recipe"] = True
         self.study.enqueue_trial(trial.params, user_attrs=attrs)
-        self.signum, self.cut = signum, where
+        saved = run_dir is not None and (run_dir / rundir.RESUME).is_file()
+        self.signum = signum
+        self.cut = (f"{where} Trial {trial.number} is queued to "
+                    f"{'continue from there' if saved else 'start again'} when the sweep goes on")
         raise TrialInterrupted(signum, where)
 
     def finish(self, trial: Any, pruning: Pruning, run_dir: Path, model: Any,
