@@ -146,7 +146,7 @@ class TrialObjective:
         trial.set_user_attr("values", values)
         if self.stops.signum is not None:  # a signal as the trial began: it is not started
             name = signal.Signals(self.stops.signum).name
-            self.interrupted(trial, values, None, self.stops.signum,
+            self.interrupted(trial, None, self.stops.signum,
                              f"Stopped by {name} as trial {trial.number} began, before it trained.")
         trial.set_user_attr("run_dir", str(run_dir.resolve()))
         trial.set_user_attr("host", worker())
@@ -170,10 +170,10 @@ class TrialObjective:
         except KeyboardInterrupt as e:  # fmnist.train.Interrupted, or Ctrl-C twice
             signum = getattr(e, "signum", signal.SIGINT)
             if not getattr(e, "finished", False):
-                where = str(e) if str(e).endswith(".") else (
-                    f"Stopped by {signal.Signals(signum).name} in trial {trial.number}, saved "
-                    f"in {run_dir}.")
-                self.interrupted(trial, values, run_dir, signum, where, pruning.reports)
+                where = str(e) if str(e).endswith(".") else (  # Ctrl-C twice says nothing
+                    f"Stopped by {signal.Signals(signum).name} in trial {trial.number} (its last "
+                    f"save is in {run_dir}).")
+                self.interrupted(trial, run_dir, signum, where, pruning.reports)
             self.signum = signum  # finished: the trial is complete, but the sweep stops
             return self.finish(trial, pruning, run_dir, None, trial_recipe.tta_flip)
         except DivergedError as e:  # settings that do not learn: a result, not the sweep's end
@@ -207,8 +207,8 @@ class TrialObjective:
             return Path(folder)
         return None
 
-    def interrupted(self, trial: Any, values: dict[str, Any], run_dir: Path | None,
-                    signum: int, where: str, reported: dict[int, float] | None = None) -> None:
+    def interrupted(self, trial: Any, run_dir: Path | None, signum: int, where: str,
+                    reported: dict[int, float] | None = None) -> None:
         """Queue the trial's continuation, then end it (TrialInterrupted)."""
         trial.set_user_attr("interrupted", str(run_dir.resolve()) if run_dir else "")
         attrs: dict[str, Any] = {"continues": trial.number}
