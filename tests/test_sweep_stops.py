@@ -6,6 +6,7 @@ and one that lets a trial finish keeps it complete."""
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -121,3 +122,33 @@ def test_a_signal_after_a_trials_last_step_keeps_it_complete(dataset, tmp_path, 
     trials = report.trials(load(tmp_path / "sweep"))
     assert [t.state.name for t in trials] == ["COMPLETE"]
     assert trials[0].value == trials[0].intermediate_values[100]
+
+
+def test_a_stopped_trial_whose_folder_is_not_here_is_trained_afresh(dataset, tmp_path,
+                                                                    monkeypatch):
+    """The continuation is picked up where the stopped trial's folder is not (another worker's
+    machine): it trains the same settings from the start, in a folder of its own."""
+    real_fit = fmnist.sweep.trial.fit
+    calls: list[dict] = []
+
+    def stopped_the_first_time(*args, **kwargs):
+        calls.append(kwargs)
+        result = real_fit(*args, **kwargs)
+        if len(calls) == 1:
+            raise Interrupted(signal.SIGTERM)  # as if part-way: its resume.pt is in its folder
+        return result
+
+    monkeypatch.setattr(fmnist.sweep.trial, "fit", stopped_the_first_time)
+    recipe = small(dataset)
+    space = parse_space(TWO_LRS, recipe)
+    with pytest.raises(SweepStopped):
+        sweep(recipe, space, out=tmp_path, trials=1, validation=0.2, final=False,
+              show=lambda line: None)
+    shutil.rmtree(tmp_path / "sweep" / "trials" / "0000")
+    result = sweep(recipe, space, out=tmp_path, trials=1, validation=0.2, final=False,
+                   show=lambda line: None)
+    cut, again = report.trials(result.study)
+    assert [report.state_of(t) for t in (cut, again)] == ["interrupted", "complete"]
+    assert again.params == cut.params and again.user_attrs["continues"] == 0
+    assert "resume" not in calls[1] and calls[1]["out"] == tmp_path / "sweep" / "trials" / "0001"
+    assert again.user_attrs["run_dir"] == str((tmp_path / "sweep" / "trials" / "0001").resolve())
