@@ -239,11 +239,12 @@ class TrialObjective:
     def note_length(self, trial: Any, run_dir: Path) -> None:
         """The epochs and training seconds the trial's folder holds, for the table."""
         path = run_dir / rundir.METRICS
-        lines = path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
-        if lines:
-            last = json.loads(lines[-1])
-            trial.set_user_attr("epochs", last["epoch"])
-            trial.set_user_attr("train_seconds", round(last["train_seconds"], 2))
+        try:
+            last = json.loads(path.read_text(encoding="utf-8").splitlines()[-1])
+        except (OSError, IndexError, ValueError):  # none yet, or a damaged file: the table's loss
+            return
+        trial.set_user_attr("epochs", last.get("epoch"))
+        trial.set_user_attr("train_seconds", round(last.get("train_seconds", 0.0), 2))
 
     def nothing_works(self) -> bool:
         """Nothing has worked, twice (the trial itself not yet counted): the sweep stops."""
