@@ -16,6 +16,7 @@ optuna = pytest.importorskip("optuna", reason="the sweep extra is not installed"
 from fmnist.recipes import Recipe  # noqa: E402
 from fmnist.sweep import final, report  # noqa: E402
 from fmnist.sweep.trial import worker  # noqa: E402
+from fmnist.train.stops import Stops  # noqa: E402
 
 
 def study_with_a_best_trial(tmp_path: Path) -> optuna.Study:
@@ -44,7 +45,7 @@ def test_the_oldest_claim_trains_the_final_run_and_the_others_say_who(tmp_path):
     add_claim(study, "machine-b:4242")  # another host's worker claimed it first
     lines: list[str] = []
     final_dir, accuracy = final.final_run(study, study.best_trial, Recipe(), tmp_path, None, None,
-                                          lines.append)
+                                          Stops(), lines.append)
     assert (final_dir, accuracy) == (None, None) and not (tmp_path / "final-0000").exists()
     assert lines == ["Worker machine-b:4242 trains the final run in /elsewhere/final-0000."]
     # a claim already held: none is added (two that look at once both add one: the older wins)

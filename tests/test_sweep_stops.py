@@ -19,7 +19,9 @@ optuna = pytest.importorskip("optuna", reason="the sweep extra is not installed"
 
 from test_sweep import FLAGS, TWO_LRS, env, small, small_dataset, space_file  # noqa: E402
 
+import fmnist.sweep.final  # noqa: E402
 import fmnist.sweep.trial  # noqa: E402
+from fmnist import rundir  # noqa: E402
 from fmnist.sweep import SweepStopped, parse_space, report, sweep  # noqa: E402
 from fmnist.train.stops import Interrupted  # noqa: E402
 
@@ -152,3 +154,29 @@ def test_a_stopped_trial_whose_folder_is_not_here_is_trained_afresh(dataset, tmp
     assert again.params == cut.params and again.user_attrs["continues"] == 0
     assert "resume" not in calls[1] and calls[1]["out"] == tmp_path / "sweep" / "trials" / "0001"
     assert again.user_attrs["run_dir"] == str((tmp_path / "sweep" / "trials" / "0001").resolve())
+
+
+def test_a_signal_as_the_final_run_begins_stops_it_and_the_rerun_trains_it(dataset, tmp_path,
+                                                                           monkeypatch):
+    real_claim = fmnist.sweep.final.claim
+
+    def claim_then_signal(*args, **kwargs):  # the signal comes between the claim and fit
+        winner = real_claim(*args, **kwargs)
+        signal.raise_signal(signal.SIGTERM)
+        return winner
+
+    monkeypatch.setattr(fmnist.sweep.final, "claim", claim_then_signal)
+    recipe = small(dataset)
+    space = parse_space(TWO_LRS, recipe)
+    with pytest.raises(SweepStopped) as stopped:
+        sweep(recipe, space, out=tmp_path, trials=1, validation=0.2, show=lambda line: None,
+              again="fmnist sweep --trials 1")
+    assert stopped.value.signum == signal.SIGTERM
+    assert str(stopped.value).endswith("run `fmnist sweep --trials 1` to continue the final run.")
+    final_dir = tmp_path / "sweep" / "final-0000"
+    assert rundir.read_status(final_dir).get("status") != "finished"
+
+    monkeypatch.setattr(fmnist.sweep.final, "claim", real_claim)
+    result = sweep(recipe, space, out=tmp_path, trials=1, validation=0.2, show=lambda line: None)
+    assert result.final_dir == final_dir and result.final_accuracy is not None
+    assert rundir.read_status(final_dir)["status"] == "finished"

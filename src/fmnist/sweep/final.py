@@ -29,8 +29,9 @@ from fmnist.recipes import Recipe
 from fmnist.sweep.report import CLAIM
 from fmnist.sweep.space import to_recipe
 from fmnist.sweep.storage import optuna
-from fmnist.sweep.trial import worker
+from fmnist.sweep.trial import PassOn, worker
 from fmnist.train import fit
+from fmnist.train.stops import Stops
 
 DONE = "final_run"  # the study's user attribute for a finished final run: trial, dir, accuracy
 
@@ -90,10 +91,11 @@ def claim(study: Any, trial: int, final_dir: Path) -> Any:
 
 
 def final_run(study: Any, best: Any, recipe: Recipe, sweep_dir: Path, per_trial: float | None,
-              data_dir: str | Path | None,
+              data_dir: str | Path | None, stops: Stops,
               show: Callable[[str], None]) -> tuple[Path | None, float | None]:
     """The final run of `best` (a trial), trained here if this worker holds its claim; its
-    folder and test accuracy (None, None when another worker trains it)."""
+    folder and test accuracy (None, None when another worker trains it). `stops`: the sweep's,
+    whose signal, if one came as the run began, the run is stopped by."""
     winner = claim(study, best.number, sweep_dir / f"final-{best.number:04d}")
     final_dir = Path(winner.user_attrs["final_dir"])
     if winner.user_attrs[CLAIM] != worker():
@@ -105,14 +107,14 @@ def final_run(study: Any, best: Any, recipe: Recipe, sweep_dir: Path, per_trial:
             show(f"Worker {winner.user_attrs[CLAIM]} trains the final run in "
                  f"{winner.user_attrs['final_dir']}.")
         return None, None
-    accuracy = train_final(best, recipe, final_dir, per_trial, data_dir, show)
+    accuracy = train_final(best, recipe, final_dir, per_trial, data_dir, stops, show)
     study.set_user_attr(DONE, {"trial": best.number, "dir": str(final_dir.resolve()),
                                "accuracy": accuracy, "worker": worker()})
     return final_dir, accuracy
 
 
 def train_final(best: Any, recipe: Recipe, final_dir: Path, per_trial: float | None,
-                data_dir: str | Path | None, show: Callable[[str], None]) -> float:
+                data_dir: str | Path | None, stops: Stops, show: Callable[[str], None]) -> float:
     """Train (or continue, or just read) the final run in `final_dir`; its test accuracy."""
     if rundir.read_status(final_dir).get("status") != "finished":
         if final_dir.is_dir() and not (final_dir / rundir.RESUME).is_file() and not (
@@ -120,12 +122,13 @@ def train_final(best: Any, recipe: Recipe, final_dir: Path, per_trial: float | N
             shutil.rmtree(final_dir)  # a start that saved nothing (stopped in its set-up)
         if (final_dir / rundir.RESUME).is_file():
             show(f"Continuing the final run in {final_dir}.")
-            fit(resume=final_dir, data_dir=data_dir)
+            fit(resume=final_dir, data_dir=data_dir, callbacks=[PassOn(stops)])
         else:
             show(f"Training trial {best.number}'s settings on all training images into "
                  f"{final_dir}; the test set is read now, once.")
             final = replace(to_recipe(recipe, best.user_attrs["values"]), name=f"{recipe.name}-sweep")
-            fit(final, out=final_dir, data_dir=data_dir, time_budget=per_trial)
+            fit(final, out=final_dir, data_dir=data_dir, time_budget=per_trial,
+                callbacks=[PassOn(stops)])
     rows = [json.loads(line) for line in
             (final_dir / rundir.METRICS).read_text(encoding="utf-8").splitlines() if line]
     return float(rows[-1]["test_accuracy"])

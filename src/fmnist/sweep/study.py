@@ -143,7 +143,7 @@ def sweep(
         if run.signum is not None or stops.signum is not None:
             raise stop_message(run, stops, again)
         final_dir, accuracy = final_step(study, recipe, sweep_dir, per_trial, data_dir, final,
-                                         again, show)
+                                         stops, again, show)
     for line in report.summary(study, recipe, final_dir, accuracy):
         show(line)
     return SweepResult(sweep_dir, study, stopped, final_dir, accuracy)
@@ -225,7 +225,7 @@ def stop_message(run: TrialObjective, stops: Stops, again: str | None) -> SweepS
 
 
 def final_step(study: Any, recipe: Recipe, sweep_dir: Path, per_trial: float | None,
-               data_dir: str | Path | None, final: bool, again: str | None,
+               data_dir: str | Path | None, final: bool, stops: Stops, again: str | None,
                show: Callable[[str], None]) -> tuple[Path | None, float | None]:
     """The final run, if this is the time and the worker for it; a signal during it ends the
     sweep (SweepStopped), its state saved for the next run of the command."""
@@ -237,7 +237,7 @@ def final_step(study: Any, recipe: Recipe, sweep_dir: Path, per_trial: float | N
     if running or not final or best is None:
         return None, None
     try:
-        return final_run(study, best, recipe, sweep_dir, per_trial, data_dir, show)
+        return final_run(study, best, recipe, sweep_dir, per_trial, data_dir, stops, show)
     except KeyboardInterrupt as e:  # fit's Interrupted: saved where it stopped
         signum = getattr(e, "signum", signal.SIGINT)
         go_on = f"run `{again}`" if again else "run the same sweep again"

@@ -67,26 +67,33 @@ def percent(done: int, total: int) -> int:
     return round(100 * eighths / REPORTS)
 
 
+class PassOn(Callback):
+    """A signal the sweep's own Stops caught just before fit took the signals over, passed on
+    to fit: it then stops at its first chance, as if the signal had come a moment later."""
+
+    def __init__(self, stops: Stops) -> None:
+        self.stops = stops
+
+    def on_fit_start(self, state: RunState) -> None:
+        if self.stops.signum is not None:
+            signal.raise_signal(self.stops.signum)  # fit's handler, now
+
+
 class Pruning(Callback):
     """Scores the trial on the validation split (in the test slots) at each eighth of its
     planned steps, plain, and reports it to Optuna; ends the trial when the pruner says so.
     A multi-objective study is scored the same way, but Optuna takes no reports there, so
-    nothing is reported or pruned (`report` False). `reported`
-    holds the reports of the run this one resumes (percent -> accuracy): made again, first.
-    `stops` is the sweep's own: a signal it caught just before fit took the signals over is
-    passed on to fit, which then saves and stops at its first step."""
+    nothing is reported or pruned (`report` False). `reported` holds the reports of the run
+    this one resumes (percent -> accuracy): made again, first."""
 
-    def __init__(self, trial: Any, report: bool, reported: dict[int, float] | None = None,
-                 stops: Stops | None = None) -> None:
-        self.trial, self.report, self.stops = trial, report, stops
+    def __init__(self, trial: Any, report: bool, reported: dict[int, float] | None = None) -> None:
+        self.trial, self.report = trial, report
         self.reports: dict[int, float] = dict(reported or {})
 
     def on_fit_start(self, state: RunState) -> None:
         if self.report:
             for at, accuracy in sorted(self.reports.items()):
                 self.trial.report(accuracy, at)
-        if self.stops is not None and self.stops.signum is not None:
-            signal.raise_signal(self.stops.signum)  # fit's handler, now
 
     def on_step(self, state: RunState, step: int, loss: Any, batch: int) -> None:
         parts = state.parts
@@ -151,17 +158,17 @@ class TrialObjective:
         trial.set_user_attr("run_dir", str(run_dir.resolve()))
         trial.set_user_attr("host", worker())
         reported = {int(k): v for k, v in trial.user_attrs.get("reported", {}).items()}
-        pruning = Pruning(trial, not self.objective.second,
-                          reported if resume_dir else None, self.stops)
+        pruning = Pruning(trial, not self.objective.second, reported if resume_dir else None)
+        callbacks = [pruning, PassOn(self.stops)]
         try:
             if not self.loaded:
                 self.loaded.append(self.data())
             if resume_dir:
-                result = fit(resume=resume_dir, data=self.loaded[0], callbacks=[pruning],
+                result = fit(resume=resume_dir, data=self.loaded[0], callbacks=callbacks,
                              display=self.verbose)
             else:
                 result = fit(trial_recipe, data=self.loaded[0], out=run_dir,
-                             time_budget=self.per_trial, callbacks=[pruning], display=self.verbose)
+                             time_budget=self.per_trial, callbacks=callbacks, display=self.verbose)
         except EndRun as e:
             import optuna
 
