@@ -172,7 +172,7 @@ def test_a_signal_as_the_final_run_begins_stops_it_and_the_rerun_trains_it(datas
         sweep(recipe, space, out=tmp_path, trials=1, validation=0.2, show=lambda line: None,
               again="fmnist sweep --trials 1")
     assert stopped.value.signum == signal.SIGTERM
-    assert str(stopped.value).endswith("run `fmnist sweep --trials 1` to continue the final run.")
+    assert str(stopped.value).endswith(". Run `fmnist sweep --trials 1` to continue the final run.")
     final_dir = tmp_path / "sweep" / "final-0000"
     assert rundir.read_status(final_dir).get("status") != "finished"
 

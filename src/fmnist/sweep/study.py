@@ -240,9 +240,9 @@ def final_step(study: Any, recipe: Recipe, sweep_dir: Path, per_trial: float | N
         return final_run(study, best, recipe, sweep_dir, per_trial, data_dir, stops, show)
     except KeyboardInterrupt as e:  # fit's Interrupted: saved where it stopped
         signum = getattr(e, "signum", signal.SIGINT)
-        go_on = f"run `{again}`" if again else "run the same sweep again"
-        if getattr(e, "finished", False):
-            raise SweepStopped(signum, f"{e} The final run had finished.") from e
+        if getattr(e, "finished", False):  # it says the run finished
+            raise SweepStopped(signum, str(e)) from e
+        go_on = f"Run `{again}`" if again else "Run the same sweep again"
         raise SweepStopped(signum, f"{e} {go_on} to continue the final run.") from e
 
 
