@@ -156,7 +156,7 @@ def test_a_trial_that_diverges_fails_and_the_sweep_goes_on(dataset, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_killed_worker_leaves_the_study_usable_and_its_trial_failed_and_retried(
+def test_a_killed_worker_leaves_the_study_usable_and_its_trial_failed_and_resumed(
         dataset, tmp_path):
     # one gentle lr: the trial must still be training when it is killed, not have ended (or
     # stopped by the divergence guard) on a fast machine
@@ -174,6 +174,7 @@ def test_a_killed_worker_leaves_the_study_usable_and_its_trial_failed_and_retrie
         time.sleep(0.05)
     assert worker.poll() is None, "the trial ended before it could be killed mid-way"
     worker.send_signal(signal.SIGKILL)
+    first_epoch = metrics.read_text().splitlines()[0]
     worker.wait()
     # past the grace period (2 heartbeats = 2 s) by more than a second: SQLite stamps heartbeats
     # in whole seconds, so 2.5 s after the last beat can read as 2 s, not yet stale (it failed so)
@@ -190,6 +191,10 @@ def test_a_killed_worker_leaves_the_study_usable_and_its_trial_failed_and_retrie
     assert killed.user_attrs["from_recipe"] and retry.user_attrs["from_recipe"]
     table = (out / "sweep" / "trials.md").read_text()
     assert "| 0 | failed |" in table and "(retry of 0)" in table
+    # the retry resumed the killed trial's folder from its last saved epoch: not from scratch
+    assert retry.user_attrs["run_dir"] == killed.user_attrs["run_dir"]
+    assert metrics.read_text().splitlines()[0] == first_epoch
+    assert not (out / "sweep" / "trials" / "0001").exists()
 
 
 # ---- bad input ----------------------------------------------------------------------------------

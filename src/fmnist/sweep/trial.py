@@ -11,7 +11,9 @@ A stop: fit saves the step it was at and raises `Interrupted`. The trial is then
 with `interrupted` (its folder) among its attributes, and a continuation with the same settings
 is queued in the study: the next run of the same sweep command picks it first, resumes the folder
 (its reports made again in the new trial, so the pruner compares it as before), or trains it
-afresh where that folder is not on this machine.
+afresh where that folder is not on this machine. A trial whose worker was killed (kill -9, a
+lost machine) is retried by Optuna once its heartbeat is stale; the retry resumes the folder the
+same way, from its last saved epoch.
 """
 
 from __future__ import annotations
@@ -148,7 +150,7 @@ class TrialObjective:
         # the final run evaluates as the recipe says; a trial's scores come from Pruning, and
         # fit evaluates its last epoch anyway
         trial_recipe = replace(to_recipe(self.recipe, values), eval_every=0)
-        resume_dir = self.resumable(trial)
+        resume_dir, reported = self.resumable(trial)
         run_dir = resume_dir or self.sweep_dir / "trials" / f"{trial.number:04d}"
         trial.set_user_attr("values", values)
         if self.stops.signum is not None:  # a signal as the trial began: it is not started
@@ -157,8 +159,7 @@ class TrialObjective:
                              f"Stopped by {name} as trial {trial.number} began, before it trained.")
         trial.set_user_attr("run_dir", str(run_dir.resolve()))
         trial.set_user_attr("host", worker())
-        reported = {int(k): v for k, v in trial.user_attrs.get("reported", {}).items()}
-        pruning = Pruning(trial, not self.objective.second, reported if resume_dir else None)
+        pruning = Pruning(trial, not self.objective.second, reported)
         callbacks = [pruning, PassOn(self.stops)]
         try:
             if not self.loaded:
@@ -206,13 +207,20 @@ class TrialObjective:
             trial.set_user_attr("skipped", "the recipe's settings are another trial already")
             raise Surplus()
 
-    def resumable(self, trial: Any) -> Path | None:
-        """The folder a continuation resumes: the interrupted trial's, if it is here with its
-        resume state (else the continuation trains afresh in its own)."""
-        folder = trial.user_attrs.get("resume_dir")
+    def resumable(self, trial: Any) -> tuple[Path | None, dict[int, float]]:
+        """The folder a trial resumes and the reports its run had made (percent -> accuracy):
+        a continuation's, the stopped trial's folder; a retry's (its worker was killed), the
+        killed trial's, from its last save. None (and no reports) where that folder is not
+        here with its resume state: the trial trains afresh in its own."""
+        folder, reported = trial.user_attrs.get("resume_dir"), trial.user_attrs.get("reported", {})
+        stored = {t.number: t for t in self.study.get_trials(deepcopy=False)}
+        killed = stored[trial.number].system_attrs.get("failed_trial")  # Optuna's, on a retry
+        if folder is None and killed in stored:
+            folder = trial.user_attrs.get("run_dir")  # copied from the killed trial
+            reported = stored[killed].intermediate_values
         if folder and (Path(folder) / rundir.RESUME).is_file():
-            return Path(folder)
-        return None
+            return Path(folder), {int(k): v for k, v in reported.items()}
+        return None, {}
 
     def interrupted(self, trial: Any, run_dir: Path | None, signum: int, where: str,
                     reported: dict[int, float] | None = None) -> None:
