@@ -120,8 +120,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         where = f": {e.filename}" if e.filename else ""
         print(f"fmnist: error: {e.strerror or e}{where}.", file=sys.stderr)
         return 2
-    except KeyboardInterrupt as e:  # Ctrl-C, or a run stopped by a signal (it said where)
+    except KeyboardInterrupt as e:  # Ctrl-C, or a run or sweep stopped by a signal
         signum = getattr(e, "signum", None)
         if signum is None:
             print("fmnist: interrupted", file=sys.stderr)
+        else:  # where it stopped (fmnist.train.Interrupted, SweepStopped), and how to go on
+            folder = getattr(e, "resume_from", None)
+            again = f" Continue with `fmnist train --resume {folder}`." if folder else ""
+            print(f"\n{e}{again}", file=sys.stderr, flush=True)
         return 128 + (signum or 2)  # the shell's convention: 130 for SIGINT, 143 for SIGTERM

@@ -53,23 +53,20 @@ def add_parser(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from fmnist.cli.train import recipe_from_args
     from fmnist.errors import ConfigError
-    from fmnist.sweep import SweepStopped, parse_space, read_space, sweep
+    from fmnist.sweep import parse_space, read_space, sweep
     from fmnist.sweep.storage import default_url, hide_password
 
     recipe = recipe_from_args(args)
     if args.heartbeat < 1:
         raise ConfigError(f"--heartbeat must be at least 1 second, got {args.heartbeat}.")
     space = parse_space(read_space(args.space), recipe) if args.space else None
-    try:
-        result = sweep(recipe, space, out=args.out, name=args.name, storage=args.storage,
-                       trials=args.trials, budget=args.budget, trial_budget=args.trial_budget,
-                       validation=args.validation, objective=args.objective,
-                       pruner=args.pruner, prune_after=args.prune_after, seed=args.sampler_seed,
-                       final=args.final, data_dir=args.data_dir, heartbeat=args.heartbeat,
-                       verbose=args.verbose, again=shlex.join(["fmnist", *sys.argv[1:]]))
-    except SweepStopped as e:  # a signal: where it stopped and the command that goes on
-        print(f"\n{e}", file=sys.stderr, flush=True)
-        return 128 + e.signum
+    # a signal ends it with SweepStopped, which says where and names this command to go on
+    result = sweep(recipe, space, out=args.out, name=args.name, storage=args.storage,
+                   trials=args.trials, budget=args.budget, trial_budget=args.trial_budget,
+                   validation=args.validation, objective=args.objective,
+                   pruner=args.pruner, prune_after=args.prune_after, seed=args.sampler_seed,
+                   final=args.final, data_dir=args.data_dir, heartbeat=args.heartbeat,
+                   verbose=args.verbose, again=shlex.join(["fmnist", *sys.argv[1:]]))
     pictures = "history.png, importances.png" + (", pareto.png" if "," in args.objective else "")
     print(f"Sweep folder: {result.sweep_dir} (trials.md, best.json, {pictures}; trial runs: "
           f"fmnist runs --dir {result.sweep_dir / 'trials'}; watch the study: optuna-dashboard "

@@ -126,22 +126,13 @@ def left_of_budget(text: str | None) -> float | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import sys
-
-    from fmnist.train import Interrupted
-
     callbacks = tensorboard_callbacks(args.tensorboard)
     events = ", TensorBoard events" if callbacks else ""
     from fmnist.card import ModelCard
 
     callbacks.append(ModelCard())  # model-card.md, measured when a calibrated run ends
 
-    try:
-        result = train(args, callbacks)
-    except Interrupted as e:  # a signal: say where it stopped, and how to go on
-        again = f" Continue with `fmnist train --resume {e.resume_from}`." if e.resume_from else ""
-        print(f"\n{e}{again}", file=sys.stderr, flush=True)
-        raise
+    result = train(args, callbacks)  # a signal: Interrupted, which fmnist.cli reports
     if result.run_dir is not None:
         print(f"Saved run to {result.run_dir} (model.safetensors, metrics.jsonl, curves.png"
               f"{events}{', model-card.md' if (result.run_dir / 'model-card.md').is_file() else ''})")
