@@ -8,7 +8,10 @@ Only what is visible from outside is asserted: statuses, bodies, /metrics text."
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import json
+import re
 import select
 import socket
 import threading
@@ -89,6 +92,23 @@ def status_of(sock: socket.socket) -> int:
     return int(answer.split()[1])
 
 
+def answer_of(sock: socket.socket) -> tuple[int, dict[str, Any]]:
+    """The status and JSON body of the server's answer on `sock`."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, "the server closed the connection without an answer"
+        data += chunk
+    head, body = data.split(b"\r\n\r\n", 1)
+    length = re.search(rb"(?i)\r\ncontent-length: *(\d+)", head)
+    assert length is not None, head
+    while len(body) < int(length.group(1)):
+        chunk = sock.recv(65536)
+        assert chunk, "the server closed the connection in the middle of its answer"
+        body += chunk
+    return int(head.split()[1]), json.loads(body)
+
+
 def until(condition, what: str, seconds: float = 30.0) -> None:
     deadline = time.monotonic() + seconds
     while not condition():
@@ -134,7 +154,9 @@ def test_a_body_that_trickles_in_is_cut_when_the_requests_time_is_up(serve) -> N
             sock.sendall(body[sent:sent + 1])
             sent += 1
         assert sent < len(body) // 2, "the body trickled in without the server cutting it"
-        assert status_of(sock) == 408
+        assert answer_of(sock) == (408, {"error": "The request body did not arrive within 1 s: "
+                                         "send it at once (or start the server with a larger "
+                                         "--request-timeout)."})
     finally:
         sock.close()
 
@@ -185,3 +207,79 @@ def test_after_more_images_than_a_pass_holds_two_requests_still_share_one_pass(s
     m = server.metrics()
     assert m[("fmnist_forward_pass_images_count", ())] == before + 1
     assert m[("fmnist_forward_pass_images_sum", ())] == 8
+
+
+ADVICE = "send fewer or smaller images (or start it with a larger --max-upload-mb)."
+
+
+@pytest.mark.parametrize(
+    ("limit", "declared", "words"),
+    [
+        (10 * 2**20, 50_000_000,
+         "Request body is 50,000,000 bytes (47.7 MiB); this server accepts at most 10,485,760 "
+         "bytes (10.0 MiB) per request: "),
+        # a MiB and over is said in MiB too; under a MiB, in bytes alone
+        (2**20 - 1, 2**20,
+         "Request body is 1,048,576 bytes (1.0 MiB); this server accepts at most 1,048,575 bytes "
+         "per request: "),
+    ],
+)
+def test_a_body_too_large_is_told_its_size_and_the_limit_in_bytes_and_mib(
+    serve, limit: int, declared: int, words: str
+) -> None:
+    server = serve(max_upload_bytes=limit)
+    sock = server.raw(post_head(declared))  # the headers only
+    try:
+        assert answer_of(sock) == (413, {"error": words + ADVICE})
+    finally:
+        sock.close()
+
+
+def test_a_body_of_exactly_the_limit_is_read_and_one_byte_more_is_refused(serve) -> None:
+    server = serve(max_upload_bytes=1000)
+
+    def post(content: bytes | list[bytes]) -> httpx.Response:
+        return httpx.post(server.url + "/v1/predict", content=content, headers=PNG, timeout=30)
+
+    declared, chunked = post(b"x" * 1000), post([b"x" * 500, b"x" * 500])
+    assert (declared.status_code, chunked.status_code) == (422, 422)  # read: not an image
+    assert "not an image" in declared.json()["error"]
+    over_declared, over_chunked = post(b"x" * 1001), post([b"x" * 500, b"x" * 501])
+    assert over_declared.json() == {"error": "Request body is 1,001 bytes; this server accepts "
+                                    "at most 1,000 bytes per request: " + ADVICE}
+    assert over_chunked.json() == {"error": "Request body is over 1,000 bytes; this server "
+                                   "accepts at most 1,000 bytes per request: " + ADVICE}
+    assert (over_declared.status_code, over_chunked.status_code) == (413, 413)
+
+
+def test_a_content_length_that_is_not_a_number_is_a_json_400(make_checkpoint) -> None:
+    """uvicorn refuses such a request itself; an ASGI server that passes it on gets the app's
+    own answer (what the app sees is made here, as such a server would hand it over)."""
+    app = create_app(Predictor.from_checkpoint(make_checkpoint("mlp")), warmup=False)
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+        "scheme": "http", "path": "/v1/predict", "raw_path": b"/v1/predict", "root_path": "",
+        "query_string": b"", "client": ("127.0.0.1", 1234), "server": ("testserver", 80),
+        "headers": [(b"content-type", b"image/png"), (b"content-length", b"12abc")],
+    }  # fmt: skip
+    asyncio.run(app(scope, receive, send))  # type: ignore[arg-type]
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    assert start["status"] == 400 and (b"content-type", b"application/json") in start["headers"]
+    assert json.loads(body) == {"error": "Content-Length header is not a number."}
+
+
+def test_a_prediction_may_take_longer_than_its_body_was_allowed_to(serve) -> None:
+    """The request timeout is for the body to arrive; once it has, the request waits for its
+    answer as long as the prediction takes (here a batching window longer than that timeout)."""
+    server = serve(request_timeout_s=0.5, batching=Batching(window_ms=1500, max_images=64))
+    answer = httpx.post(server.url + "/v1/predict", content=png(), headers=PNG, timeout=30)
+    assert answer.status_code == 200, answer.text
