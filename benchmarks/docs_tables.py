@@ -144,6 +144,9 @@ def sweep_block(path: str, page: Path) -> str:
     changed = ", ".join(f"{k} {v['recipe']:.3g} -> {v['best']:.3g}"
                         if isinstance(v["best"], float) else f"{k} {v['recipe']} -> {v['best']}"
                         for k, v in r["best"].get("changed", {}).items())
+    second = r.get("objective", "accuracy").partition(",")[2]
+    if second:
+        return front_block(r, path, page, second, states, data)
     rows = []
     for who, label in (("default", "default recipe"), ("winner", "sweep's winner")):
         runs, summary = r["runs"][who], r["summary"][who]
@@ -152,19 +155,64 @@ def sweep_block(path: str, page: Path) -> str:
         rows.append(f"| {label} | {seeds} % | {100 * summary['mean']:.2f} ± "
                     f"{100 * summary['std']:.2f} % |")
     return "\n".join([
-        f"- {machine_line(r['machine'])}; load average {r['load_before'][0]:.1f} before, "
-        f"{r['load_after'][0]:.1f} after",
+        machine_bullet(r),
         f"- Sweep: `{portable(r['commands'][0].split(' -m ', 1)[1])}`: {len(states)} trials "
         f"({states.count('complete')} complete, {states.count('pruned')} pruned, "
         f"{states.count('failed')} failed) in {r['sweep_seconds'] / 60:.1f} min, on {data}; "
         f"best trial {r['best']['trial']} ({100 * r['best']['validation_accuracy']:.2f} % on the validation split)"
         + (f": {changed}" if changed else ""),
+        *recipe_line(r),
         f"- Results: {link(path, page)}",
         "",
         f"| {length} per run | test accuracy, seeds 0 / 1 / 2 | mean ± std |",
         "| --- | --- | --- |",
         *rows,
     ])
+
+
+def machine_bullet(r: dict) -> str:
+    """The machine, and the torch threads every run was given where that was not the default."""
+    n = r.get("threads")
+    threads = f"; every run at {n} torch thread{'s' if n != 1 else ''}" if n else ""
+    return (f"- {machine_line(r['machine'])}; load average {r['load_before'][0]:.1f} before, "
+            f"{r['load_after'][0]:.1f} after{threads}")
+
+
+def recipe_line(r: dict) -> list[str]:
+    """The recipe's own settings, the sweep's first trial, beside the winner (newer files)."""
+    own = r.get("recipe_trial")
+    if not own or own.get("validation_accuracy") is None:
+        return []
+    return [f"- The recipe's own settings (trial {own['trial']}, the first): "
+            f"{100 * own['validation_accuracy']:.2f} % on the validation split; the winner "
+            f"{100 * r['best']['validation_accuracy']:.2f} %"]
+
+
+def front_block(r: dict, path: str, page: Path, second: str, states: list[str], data: str) -> str:
+    """A sweep with a second objective: its Pareto front, and the final run of its most
+    accurate point."""
+    unit = {"latency": "ms per image", "params": "parameters"}[second]
+    lines = [
+        machine_bullet(r),
+        f"- Sweep: `{portable(r['commands'][0].split(' -m ', 1)[1])}`: {len(states)} trials "
+        f"({states.count('complete')} complete, {states.count('failed')} failed) in "
+        f"{r['sweep_seconds'] / 60:.1f} min, on {data}",
+        f"- The final run (the front's most accurate point, trial {r['best']['trial']}): "
+        f"{100 * r['runs']['winner'][0]['test_accuracy']:.2f} % test accuracy",
+        f"- Results: {link(path, page)}",
+        "",
+        f"| trial on the front | validation accuracy | {unit} | settings |",
+        "| --- | --- | --- | --- |",
+    ]
+    for point in r["best"]["front"]:
+        value = point[second]
+        shown = f"{value:.3f}" if second == "latency" else f"{value:,.0f}"
+        settings = ", ".join(f"{k.removeprefix('model_config.')} {v:.3g}" if isinstance(v, float)
+                             else f"{k.removeprefix('model_config.')} {v}"
+                             for k, v in point["values"].items())
+        lines.append(f"| {point['trial']} | {100 * point['validation_accuracy']:.2f} % | "
+                     f"{shown} | {settings} |")
+    return "\n".join(lines)
 
 
 def screen_block(paths: list[str], page: Path) -> str:
