@@ -179,6 +179,13 @@ def main() -> None:
                  commands, work)
 
 
+def without_local_paths(text: str, work: Path) -> str:
+    """The results as a reader can use them: the work folder as WORK, the repository as `.`,
+    this machine's Python as `python`."""
+    return (text.replace(sys.executable, "python").replace(str(work), "WORK")
+            .replace(str(ROOT) + "/", ""))
+
+
 def stats(rows: list[dict[str, Any]]) -> dict[str, float]:
     accs = [r["test_accuracy"] for r in rows if "test_accuracy" in r]
     if not accs:
@@ -203,7 +210,7 @@ def save_results(args: argparse.Namespace, info: dict[str, Any], load_before: An
     kind += f"-{args.threads}thread" if args.threads else ""
     kind += "-" + args.objective.replace(",", "-") if "," in args.objective else ""
     out = HERE / "results" / f"{saved['date']}-{machine_slug(info)}-sweep-vs-default-{kind}.json"
-    out.write_text(json.dumps(saved, indent=2) + "\n")
+    out.write_text(without_local_paths(json.dumps(saved, indent=2), work) + "\n")
     print(machine_line(info))
     if recipe_trial is not None:
         print(f"recipe as trial 0: validation {100 * (recipe_trial.get('validation_accuracy') or 0):.2f} %; "
