@@ -96,6 +96,7 @@ def test_workers_values_are_summed_and_a_dead_workers_counts_are_kept_and_its_fi
     scrape = Metrics()
     ok = ("fmnist_http_requests_total", (("method", "POST"), ("route", "/v1/predict"), ("status", "200")))
     model = ("fmnist_model_info", (("backend", "torch"), ("model", "mlp"), ("model_id", "old"), ("tta", "false")))  # fmt: skip
+    new = ("fmnist_model_info", (("backend", "torch"), ("model", "mlp"), ("model_id", "new"), ("tta", "false")))  # fmt: skip
     both = samples(scrape)
     assert both[ok] == 7 and both[("fmnist_forward_pass_images_count", ())] == 7
     assert both[("fmnist_predictions_queued", ())] == 2
@@ -108,6 +109,8 @@ def test_workers_values_are_summed_and_a_dead_workers_counts_are_kept_and_its_fi
         assert after[ok] == 7 and after[("fmnist_forward_pass_images_count", ())] == 7
         assert after[("fmnist_forward_pass_images_sum", ())] == 14
         assert after[("fmnist_rejected_total", (("reason", "busy"),))] == 2
+        if dead == first:  # the worker left serves "new" only: "old" reads 0 there
+            assert after.get(model, 0) == 0 and after[new] == 1
     assert after.get(("fmnist_predictions_queued", ()), 0) == 0  # a dead worker waits for nothing
     assert not any(name == "fmnist_model_info" and v for (name, _), v in after.items())
     assert sorted(p.name for p in folder.iterdir()) == ["counter_archive.db", "histogram_archive.db"]
