@@ -84,7 +84,7 @@ class Stops:
         """A save was made: the next timed one is `checkpoint_every` from now."""
         self.last_save = self.clock()
 
-    def raise_if_asked(self, where: str = "", finished: bool = False) -> None:
-        """Raise Interrupted if a signal came (`where`: the sentence saying what was saved)."""
+    def raise_if_asked(self) -> None:
+        """Raise Interrupted if a signal came (the loop's caller adds where the run stopped)."""
         if self.signum is not None:
-            raise Interrupted(self.signum, where, finished)
+            raise Interrupted(self.signum)
