@@ -5,7 +5,11 @@ are counted, and forward passes are held open with events to make requests meet.
 from __future__ import annotations
 
 import asyncio
+import logging
+import subprocess
+import sys
 import threading
+import time
 from concurrent.futures import CancelledError
 from pathlib import Path
 from typing import Any
@@ -21,7 +25,7 @@ from fmnist.errors import CheckpointError, ConfigError
 from fmnist.images import open_image, preprocess
 from fmnist.predict import Predictor
 from fmnist.serve import create_app
-from fmnist.serve.batching import Batcher, BatcherClosed
+from fmnist.serve.batching import Batcher, BatcherClosed, BatcherDied
 from fmnist.serve.engine import Batching
 
 # ---- the batcher on its own ------------------------------------------------------------------
@@ -46,6 +50,22 @@ class Forward:
             self.fail_next = False
             raise RuntimeError("simulated failure in the forward pass")
         return images[:, :1].astype(np.float32) * 10
+
+
+class RaisesOnTheFirstError(logging.Filter):
+    """A logging filter with a bug, as an operator might install: it raises on the first record
+    that carries an exception (the batcher's log of a failed pass), and so in the batcher's
+    loop itself, outside any pass."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tripped = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and not self.tripped:
+            self.tripped = True
+            raise RuntimeError("simulated bug in a logging filter")
+        return True
 
 
 def ids(*values: int) -> np.ndarray:
@@ -109,7 +129,9 @@ def test_a_pass_never_splits_a_request_and_a_large_one_runs_alone(forward: Forwa
     assert forward.passes == [[0], [1, 2, 3], [4, 5], [6, 7, 8, 9, 10]]
 
 
-def test_a_failing_pass_fails_its_requests_and_the_next_pass_works(forward: Forward) -> None:
+def test_a_failing_pass_fails_its_requests_and_the_next_pass_works(
+    forward: Forward, caplog: pytest.LogCaptureFixture
+) -> None:
     forward.hold = threading.Event()
     forward.fail_next = True
     batcher = Batcher(forward, max_images=64, window_s=0)
@@ -119,9 +141,18 @@ def test_a_failing_pass_fails_its_requests_and_the_next_pass_works(forward: Forw
         forward.hold.set()
         with pytest.raises(RuntimeError, match="simulated failure"):
             doomed.result(timeout=10)
-        assert batcher.submit(ids(2)).result(timeout=10).rows[0, 0] == 20
+        forward.fail_next = True  # and once more
+        with pytest.raises(RuntimeError, match="simulated failure"):
+            batcher.submit(ids(2)).result(timeout=10)
+        assert batcher.submit(ids(3)).result(timeout=10).rows[0, 0] == 30
     finally:
         batcher.close()
+    assert batcher.failed_passes == 2 and batcher.alive
+    # the operator's log: each failure, with its traceback
+    failures = [r for r in caplog.records if r.name == "fmnist.serve"]
+    assert [(r.levelname, r.getMessage()) for r in failures] == [
+        ("ERROR", "A forward pass of 1 request(s) failed")] * 2  # fmt: skip
+    assert all(r.exc_info and "simulated failure" in str(r.exc_info[1]) for r in failures)
 
 
 def test_a_cancelled_request_is_left_out_of_the_pass(forward: Forward) -> None:
@@ -155,7 +186,7 @@ def test_close_answers_what_is_queued_then_refuses_and_stops(forward: Forward) -
     assert started_threads(before) == []
     assert [f.result(timeout=0).rows[0, 0] for f in queued] == [10, 20]
     assert forward.passes == [[1, 2]]
-    with pytest.raises(BatcherClosed):
+    with pytest.raises(BatcherClosed, match=r"^The server is shutting down\.$"):
         batcher.submit(ids(3))
 
 
@@ -204,11 +235,180 @@ def test_requests_are_prepared_while_the_window_is_open(forward: Forward) -> Non
         batcher.close()
 
 
+def test_a_pass_says_how_long_it_took_and_every_pass_is_counted_by_its_size(forward: Forward) -> None:
+    batcher = Batcher(forward, max_images=64, window_s=0)
+    try:
+        t0 = time.perf_counter()
+        first = batcher.submit(ids(1)).result(timeout=10)
+        elapsed = time.perf_counter() - t0
+        batcher.submit(ids(2)).result(timeout=10)
+        batcher.submit(ids(3, 4)).result(timeout=10)
+    finally:
+        batcher.close()
+    assert 0 <= first.forward_s <= elapsed  # the pass, within the wait for its answer
+    assert (batcher.passes, dict(batcher.batch_sizes)) == (3, {1: 2, 2: 1})
+
+
+def test_requests_cancelled_while_a_pass_runs_are_all_dropped_and_counted(forward: Forward) -> None:
+    """Clients that hung up while the pass before theirs ran: none is computed, each is counted
+    (/v1/stats' `dropped`), and a request queued behind them is still prepared while its window
+    is open."""
+    prepared = threading.Event()
+
+    def prepare(payload: np.ndarray) -> np.ndarray:
+        if int(payload[0, 0]) == 4:
+            prepared.set()
+        return payload
+
+    forward.hold = threading.Event()
+    batcher = Batcher(forward, prepare=prepare, max_images=4, window_s=3600)
+    try:
+        blocker = batcher.submit(ids(1, 9, 9, 9))  # a full pass: it runs at once, held
+        assert forward.entered.wait(10)
+        gone = [batcher.submit(ids(2)), batcher.submit(ids(3))]
+        kept = batcher.submit(ids(4))
+        assert all(f.cancel() for f in gone)
+        forward.hold.set()
+        assert blocker.result(timeout=10)
+        # behind the two dropped ones, in a window of an hour: decoded now, not at its pass
+        assert prepared.wait(10) and forward.passes == [[1, 9, 9, 9]]
+        filler = batcher.submit(ids(5))  # the queue counts 4 images: the pass runs
+        assert kept.result(timeout=10).rows[0, 0] == 40 and filler.result(timeout=10)
+    finally:
+        batcher.close()
+    assert batcher.dropped == 2 and forward.passes == [[1, 9, 9, 9], [4, 5]]
+
+
+def test_a_request_that_comes_within_a_window_of_under_a_second_shares_the_pass(forward: Forward) -> None:
+    prepared = threading.Event()
+
+    def prepare(payload: np.ndarray) -> np.ndarray:
+        prepared.set()
+        return payload
+
+    batcher = Batcher(forward, prepare=prepare, max_images=64, window_s=0.9)
+    try:
+        first = batcher.submit(ids(1))
+        assert prepared.wait(10)  # the first is in its window
+        second = batcher.submit(ids(2))
+        assert first.result(timeout=10) and second.result(timeout=10)
+    finally:
+        batcher.close()
+    assert forward.passes == [[1, 2]]
+
+
+def test_requests_queued_behind_a_pass_fill_the_next_ones_up_to_max_images(forward: Forward) -> None:
+    forward.hold = threading.Event()
+    batcher = Batcher(forward, max_images=3, window_s=0)
+    try:
+        blocker = batcher.submit(ids(1))
+        assert forward.entered.wait(10)
+        queued = [batcher.submit(ids(2, 2)), batcher.submit(ids(3)), batcher.submit(ids(4))]
+        forward.hold.set()
+        assert blocker.result(timeout=10) and all(f.result(timeout=10) for f in queued)
+    finally:
+        batcher.close()
+    assert forward.passes == [[1], [2, 2, 3], [4]]
+
+
+def test_a_request_whose_client_hangs_up_while_it_is_decoded_is_dropped_not_computed(forward: Forward) -> None:
+    class Upload:
+        def __init__(self) -> None:
+            self.future: Any = None
+            self.submitted = threading.Event()
+
+    def prepare(upload: Upload) -> np.ndarray:  # the client hangs up in the middle
+        assert upload.submitted.wait(10)
+        upload.future.cancel()
+        return ids(1)
+
+    batcher = Batcher(forward, prepare=prepare, max_images=64, window_s=0)
+    try:
+        upload = Upload()
+        upload.future = batcher.submit(upload, count=1)
+        upload.submitted.set()
+        with pytest.raises(CancelledError):
+            upload.future.result(timeout=10)
+    finally:
+        batcher.close()
+    assert batcher.dropped == 1 and forward.passes == []
+
+
+def test_close_gives_up_waiting_for_a_pass_that_does_not_end(forward: Forward) -> None:
+    """A server shutting down is not held for ever by a stuck forward pass: close() waits its
+    timeout, then returns (the pass goes on, in its daemon thread)."""
+    forward.hold = threading.Event()
+    batcher = Batcher(forward, max_images=64, window_s=0)
+    stuck = batcher.submit(ids(1))
+    assert forward.entered.wait(10)
+    closed = threading.Event()
+    threading.Thread(target=lambda: (batcher.close(timeout=0.1), closed.set()), daemon=True).start()
+    try:
+        assert closed.wait(5), "close() waited for the stuck pass"
+        assert not stuck.done()
+    finally:
+        forward.hold.set()
+    assert stuck.result(timeout=10).rows[0, 0] == 10
+
+
 def test_bad_settings_are_refused(forward: Forward) -> None:
-    with pytest.raises(ValueError):
+    words = r"^max_images must be >= 1 and window_s >= 0$"
+    with pytest.raises(ValueError, match=words):
         Batcher(forward, max_images=0)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=words):
         Batcher(forward, window_s=-1)
+    one = Batcher(forward, max_images=1, window_s=0)  # the least: a pass per image
+    try:
+        assert one.submit(ids(1)).result(timeout=10).rows[0, 0] == 10
+    finally:
+        one.close()
+
+
+def test_a_batcher_that_dies_fails_the_pass_under_way_and_everything_queued(
+    forward: Forward, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A bug in the loop itself (here a logging filter that raises while the batcher logs a
+    failed pass): every request it holds gets BatcherDied, new ones are refused, the thread says
+    why in the log, and `alive` turns False (the server's /readyz then says failed)."""
+    forward.hold = threading.Event()
+    broken = RaisesOnTheFirstError()
+    logger = logging.getLogger("fmnist.serve")
+    logger.addFilter(broken)
+    batcher = Batcher(forward, max_images=1, window_s=0)
+    try:
+        running = batcher.submit(ids(1))
+        assert forward.entered.wait(10)
+        queued = [batcher.submit(ids(2)), batcher.submit(ids(3))]
+        forward.fail_next = True
+        forward.hold.set()
+        for future in [running, *queued]:
+            with pytest.raises(BatcherDied, match=r"^The batcher has stopped on an error\.$"):
+                future.result(timeout=10)
+        with pytest.raises(BatcherDied, match=r"^The batcher has stopped on an error\.$"):
+            batcher.submit(ids(4))
+    finally:
+        logger.removeFilter(broken)
+        batcher.close()
+    assert broken.tripped and not batcher.alive and forward.passes == [[1]]
+    died = [r for r in caplog.records if r.levelname == "CRITICAL"]
+    assert [r.getMessage() for r in died] == ["The batcher's thread died: no prediction will be answered"]
+    assert died[0].exc_info and "simulated bug in a logging filter" in str(died[0].exc_info[1])
+
+
+def test_a_program_that_never_closes_its_batcher_still_exits(forward: Forward) -> None:
+    before = set(threading.enumerate())
+    here = Batcher(forward)  # in this process too: its thread, named for thread dumps
+    try:
+        assert [t.name for t in started_threads(before)] == ["fmnist-batcher"]
+    finally:
+        here.close()
+    program = ("import threading\n"
+               "from fmnist.serve.batching import Batcher\n"
+               "Batcher(lambda images: images)\n"
+               "print(sorted(t.name for t in threading.enumerate()))\n")  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "['MainThread', 'fmnist-batcher']"  # named for thread dumps
 
 
 # ---- through the app -------------------------------------------------------------------------
@@ -455,6 +655,19 @@ def test_a_checkpoint_is_exported_in_memory_for_the_onnx_backend(onnx_run: Path)
     assert predictor.predict_arrays(images) == pytest.approx(want, abs=1e-5)
 
 
+@pytest.fixture
+def torch_threads_put_back() -> Any:
+    """`fmnist serve` sets torch's thread count for its whole process: put it back, so that no
+    later test runs a pool it did not ask for (nor a process forked from this one, as mutmut's
+    are: one forked from a process with a 2-thread OpenMP pool hangs at its first torch op)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.usefixtures("torch_threads_put_back")
 @pytest.mark.parametrize(
     ("target", "extra", "words"),
     [

@@ -27,7 +27,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from test_serve import Spy, png, wait_ready
-from test_serve_batching import Forward, ids
+from test_serve_batching import Forward, RaisesOnTheFirstError, ids
 
 from fmnist.errors import CheckpointError, ConfigError, DatasetError, WriteError
 from fmnist.predict import Predictor
@@ -215,23 +215,9 @@ def forward() -> Forward:
     return Forward()
 
 
-class RaisesOnTheFirstError(logging.Filter):
-    """A logging filter with a bug, as an operator might install: it raises on the first record
-    that carries an exception (the batcher's log of a failed pass), and so in the batcher's
-    loop itself, outside any pass."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.tripped = False
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and not self.tripped:
-            self.tripped = True
-            raise RuntimeError("simulated bug in a logging filter")
-        return True
-
-
-def test_a_dead_batcher_fails_its_requests_readyz_and_healthz_and_stops_the_server(predictor: Predictor, live) -> None:
+def test_a_dead_batcher_fails_its_requests_readyz_and_healthz_and_stops_the_server(
+    predictor: Predictor, live, caplog: pytest.LogCaptureFixture
+) -> None:
     spy = Spy(predictor)
     app = create_app(spy, batching=Batching(window_ms=0))  # type: ignore[arg-type]
     server = live(app)
@@ -247,6 +233,10 @@ def test_a_dead_batcher_fails_its_requests_readyz_and_healthz_and_stops_the_serv
         assert broken.tripped
     finally:
         logger.removeFilter(broken)
+    # the operator's log says so, with what killed it
+    died = [r for r in caplog.records if r.levelname == "CRITICAL" and r.name == "fmnist.serve"]
+    assert [r.getMessage() for r in died] == ["The batcher's thread died: no prediction will be answered"]
+    assert died[0].exc_info and "simulated bug in a logging filter" in str(died[0].exc_info[1])
     # the server notices and exits 1, so that its supervisor starts a fresh one; until then
     # (or if it could not) the probes say so
     server.thread.join(30)
@@ -259,7 +249,7 @@ def test_a_dead_batcher_fails_its_requests_readyz_and_healthz_and_stops_the_serv
     # refused as a failed worker, before anything is decoded for it
     assert again.status_code == 503 and "restarting" in again.json()["error"]
     assert len(spy.calls) == passes
-    with pytest.raises(BatcherDied):
+    with pytest.raises(BatcherDied, match=r"^The batcher has stopped on an error\.$"):
         app.state.engine.batcher.submit([1])
 
 
