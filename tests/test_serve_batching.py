@@ -217,13 +217,21 @@ def test_prepare_and_finish_run_per_request_and_fail_only_their_own(forward: For
     assert forward.passes == [[1, 2, 3, 9, 4, 5]]
 
 
-def test_requests_are_prepared_while_the_window_is_open(forward: Forward) -> None:
-    prepared = threading.Event()
+def setting_when_prepared(event: threading.Event, first_id: int | None = None):
+    """A `prepare` that passes payloads through and sets `event` once it has prepared one (the
+    one whose first id is `first_id`, when given)."""
 
     def prepare(payload: np.ndarray) -> np.ndarray:
-        prepared.set()
+        if first_id is None or int(payload[0, 0]) == first_id:
+            event.set()
         return payload
 
+    return prepare
+
+
+def test_requests_are_prepared_while_the_window_is_open(forward: Forward) -> None:
+    prepared = threading.Event()
+    prepare = setting_when_prepared(prepared)
     batcher = Batcher(forward, prepare=prepare, max_images=2, window_s=3600)
     try:
         first = batcher.submit(ids(1))
@@ -254,12 +262,7 @@ def test_requests_cancelled_while_a_pass_runs_are_all_dropped_and_counted(forwar
     (/v1/stats' `dropped`), and a request queued behind them is still prepared while its window
     is open."""
     prepared = threading.Event()
-
-    def prepare(payload: np.ndarray) -> np.ndarray:
-        if int(payload[0, 0]) == 4:
-            prepared.set()
-        return payload
-
+    prepare = setting_when_prepared(prepared, first_id=4)
     forward.hold = threading.Event()
     batcher = Batcher(forward, prepare=prepare, max_images=4, window_s=3600)
     try:
@@ -281,11 +284,7 @@ def test_requests_cancelled_while_a_pass_runs_are_all_dropped_and_counted(forwar
 
 def test_a_request_that_comes_within_a_window_of_under_a_second_shares_the_pass(forward: Forward) -> None:
     prepared = threading.Event()
-
-    def prepare(payload: np.ndarray) -> np.ndarray:
-        prepared.set()
-        return payload
-
+    prepare = setting_when_prepared(prepared)
     batcher = Batcher(forward, prepare=prepare, max_images=64, window_s=0.9)
     try:
         first = batcher.submit(ids(1))
