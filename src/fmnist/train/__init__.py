@@ -11,6 +11,7 @@
     throughput   what --time-budget plans with (planning itself: fmnist.budget)
     guard        the divergence guard: whether a run still learns
     stops        signals and timed checkpoints: where a run may stop, and how
+    ending       why a run ended early: its status.json and its sentence
     loop         fit: the loop, saving each epoch, recording why a run stopped
 """
 
