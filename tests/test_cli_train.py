@@ -15,7 +15,7 @@ def run_cli(capsys, *argv):
     (["--recipe", "fast"], "Unknown recipe 'fast'. Valid recipes: quickstart, default, best."),
     (["--model", "vgg"], "Unknown model 'vgg'. Valid models: mlp, cnn, resnet."),
     (["--epochs", "0"], "epochs must be positive, got 0."),
-    (["--optimizer", "lbfgs"], "Invalid optimizer 'lbfgs'. Only sgd, adamw are supported."),
+    (["--optimizer", "lbfgs"], "Invalid optimizer 'lbfgs'. Only sgd, adamw, muon are supported."),
     (["--device", "tpu"], "Invalid device 'tpu'. Only auto, cpu, cuda, mps are supported."),
     (["--config", "missing.toml"], "Cannot read config file missing.toml"),
     (["--resume", "nowhere"], "Cannot resume from nowhere: it has no resume.pt"),

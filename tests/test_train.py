@@ -150,7 +150,7 @@ def test_recipes_validate_and_name_choices():
     assert get_recipe("quickstart").model == "mlp"
     with pytest.raises(ConfigError, match="Valid recipes: quickstart, default, best"):
         get_recipe("fast")
-    with pytest.raises(ConfigError, match="Only sgd, adamw are supported"):
+    with pytest.raises(ConfigError, match="Only sgd, adamw, muon are supported"):
         apply_overrides(SMALL, {"optimizer": "lbfgs"})
     with pytest.raises(ConfigError, match="Unknown recipe field"):
         apply_overrides(SMALL, {"epoch": 3})

@@ -34,8 +34,9 @@ class Recipe:
     min_steps: int = 0
     batch_size: int = 256
     # optimisation
-    optimizer: str = "sgd"  # sgd | adamw
+    optimizer: str = "sgd"  # sgd | adamw | muon (Muon for the conv filters: fmnist.train.muon)
     lr: float = 0.1
+    muon_lr: float = 0.2  # the conv filters' peak lr with optimizer muon (lr: the other parameters)
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 5e-4
@@ -91,7 +92,7 @@ HOLDOUT_SHARE = 1 / 12  # 5,000 of Fashion-MNIST's 60,000
 ADDED_LATER: dict[str, Any] = {"whiten": False, "eval_every": 1, "holdout_max_share": 0.0}
 
 CHOICES = {
-    "optimizer": ("sgd", "adamw"),
+    "optimizer": ("sgd", "adamw", "muon"),
     "schedule": ("constant", "onecycle", "cosine"),
     "lr_scaling": ("none", "linear"),
     "bf16": ("auto", "on", "off"),
@@ -211,7 +212,7 @@ def validate(recipe: Recipe) -> None:
         if value not in allowed:
             raise ConfigError(f"Invalid {name} '{value}'. Only {', '.join(allowed)} are supported.")
     positive = {"epochs": recipe.epochs, "batch_size": recipe.batch_size,
-                "eval_batch_size": recipe.eval_batch_size, "lr": recipe.lr}
+                "eval_batch_size": recipe.eval_batch_size, "lr": recipe.lr, "muon_lr": recipe.muon_lr}
     for name, value in positive.items():
         if not value > 0:
             raise ConfigError(f"{name} must be positive, got {value}.")

@@ -18,6 +18,7 @@ NOT_FLAGS = ("name", "model_config")
 HELP = {
     "batch_size": "per process",
     "lr": "peak learning rate",
+    "muon_lr": "peak learning rate of the conv filters with --optimizer muon",
     "warmup": "fraction of steps spent warming up",
     "shift": "random translation in pixels (0: off)",
     "holdout": "train images held out: a second accuracy, and the calibration fitted on them "
