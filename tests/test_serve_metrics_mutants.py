@@ -1,7 +1,9 @@
 """/metrics as an operator reads it, for what the serving tests left unchecked (written for
-serve/metrics.py's mutants): the drift counters' labels, a reloaded model's series, and with
-several workers, every worker's values summed in one scrape, and a dead worker's counts kept
-(never going back) while its files go.
+serve/metrics.py's mutants): every family's name, type, help, labels and buckets (what
+dashboards and alert rules name), the supervisor's restart counter, every answer counted by
+route and status (a 500 and an unknown path included) and timed, the drift counters' labels, a
+reloaded model's series, and with several workers, every worker's values summed in one scrape,
+and a dead worker's counts kept (never going back) while its files go.
 
 The workers here are real processes that write their values as `fmnist serve`'s workers do
 (prometheus_client's multiprocess files under PROMETHEUS_MULTIPROC_DIR); the scrape and the
@@ -13,12 +15,17 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
+from test_serve import Spy, png
 
-from fmnist.serve.metrics import MULTIPROC_ENV, Metrics, mark_worker_dead
+from fmnist.predict import Predictor
+from fmnist.serve import create_app
+from fmnist.serve.metrics import MULTIPROC_ENV, Metrics, WorkerRestarts, mark_worker_dead
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -29,6 +36,96 @@ def samples(metrics: Metrics) -> Samples:
     text = metrics.exposition().decode()
     return {(s.name, tuple(sorted(s.labels.items()))): s.value
             for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+LATENCY = ["0.002", "0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5", "1.0", "2.5", "5.0", "10.0", "30.0", "+Inf"]
+# every family /metrics offers, as dashboards and alert rules (docs/serving.md) name them:
+# (type, help, label names of its series, bucket bounds of a histogram)
+FAMILIES = {
+    "fmnist_http_requests": ("counter", "HTTP requests answered, by route and status",
+                             ["method", "route", "status"], None),
+    "fmnist_http_request_duration_seconds": ("histogram", "Time to answer, by route", ["route"], LATENCY),
+    "fmnist_forward_pass_images": ("histogram", "Images in one forward pass", [],
+                                   ["1.0", "2.0", "4.0", "8.0", "16.0", "32.0", "64.0", "128.0", "256.0", "+Inf"]),
+    "fmnist_forward_pass_seconds": ("histogram", "Duration of one forward pass", [], LATENCY),
+    "fmnist_predictions_queued": ("gauge", "Predictions admitted and not yet answered", [], None),
+    "fmnist_uploads_in_progress": ("gauge", "Prediction bodies still arriving", [], None),
+    "fmnist_rejected": ("counter", "Predictions refused or dropped before their forward pass, by reason",
+                        ["reason"], None),
+    "fmnist_predictions": ("counter", "Images answered, by whether they were recognised and the size of "
+                           "their prediction set", ["recognised", "set_size"], None),
+    "fmnist_top_probability": ("histogram", "Calibrated probability of each answer's top class", [],
+                               ["0.2", "0.3", "0.4", "0.5", "0.6", "0.7", "0.8", "0.9", "0.95", "0.99", "1.0", "+Inf"]),
+    "fmnist_model_info": ("gauge", "The model served (value always 1)", ["backend", "model", "model_id", "tta"],
+                          None),
+}  # fmt: skip
+
+
+def families(text: str) -> dict[str, tuple[str, str, list[str], list[str] | None]]:
+    found = {}
+    for family in text_string_to_metric_families(text):
+        if family.name.endswith("_created"):
+            continue
+        series = [s for s in family.samples if not s.name.endswith("_created")]
+        labels = sorted({k for s in series for k in s.labels if k != "le"})
+        buckets = [s.labels["le"] for s in series if s.name.endswith("_bucket")] or None
+        found[family.name] = (family.type, family.documentation, labels, buckets)
+    return found
+
+
+def test_metrics_offers_every_family_with_its_type_help_labels_and_buckets() -> None:
+    metrics = Metrics()
+    metrics.requests.labels("/v1/predict", "POST", "200").inc()
+    metrics.latency.labels("/v1/predict").observe(0.01)
+    metrics.rejected.labels("busy").inc()
+    metrics.observe(True, 1, 0.9)
+    metrics.set_model("mlp", "torch", False, "abc")
+    assert families(metrics.exposition().decode()) == FAMILIES
+
+
+def test_the_supervisors_restart_counter_has_every_reason_from_the_start_and_counts_each() -> None:
+    """So that an alert on its rate has a series to read before the first restart."""
+    restarts = WorkerRestarts()
+
+    def counted() -> dict[str, float]:
+        (family,) = restarts.counter.collect()
+        assert (family.name, family.type, family.documentation) == (
+            "fmnist_worker_restarts", "counter", "Worker processes replaced, by reason")
+        return {s.labels["reason"]: s.value for s in family.samples if s.name.endswith("_total")}
+
+    assert counted() == {"crashed": 0, "failed_start": 0, "unresponsive": 0}
+    for reason in ("crashed", "unresponsive", "crashed"):
+        restarts.inc(reason)
+    assert counted() == {"crashed": 2, "failed_start": 0, "unresponsive": 1}
+
+
+def test_every_answer_is_counted_by_route_method_and_status_and_timed_within_the_clients_wait(
+    make_checkpoint,
+) -> None:
+    """A failing forward pass (500) included, and an unknown path under "other"."""
+    spy = Spy(Predictor.from_checkpoint(make_checkpoint("mlp")))
+    app = create_app(spy, warmup=False)  # type: ignore[arg-type]
+    t0 = time.perf_counter()
+    with TestClient(app, raise_server_exceptions=False) as client:
+        assert client.get("/healthz").status_code == 200
+        assert client.get("/healthz").status_code == 200
+        assert client.get("/no/such/page").status_code == 404
+        spy.fail = True
+        assert client.post("/v1/predict", content=png(), headers={"Content-Type": "image/png"}).status_code == 500
+        waited = time.perf_counter() - t0
+        text = client.get("/metrics").text
+    got = {(s.name, tuple(sorted(s.labels.items()))): s.value
+           for family in text_string_to_metric_families(text) for s in family.samples}  # fmt: skip
+    counted = {labels: v for (name, labels), v in got.items() if name == "fmnist_http_requests_total"}
+    assert counted == {
+        (("method", "GET"), ("route", "/healthz"), ("status", "200")): 2,
+        (("method", "GET"), ("route", "other"), ("status", "404")): 1,
+        (("method", "POST"), ("route", "/v1/predict"), ("status", "500")): 1,
+    }
+    timed = {labels: v for (name, labels), v in got.items() if name == "fmnist_http_request_duration_seconds_count"}
+    assert timed == {(("route", "/healthz"),): 2, (("route", "other"),): 1, (("route", "/v1/predict"),): 1}
+    spent = sum(v for (name, _), v in got.items() if name == "fmnist_http_request_duration_seconds_sum")
+    assert 0 < spent <= waited
 
 
 def test_every_answered_image_is_counted_by_whether_it_was_recognised_and_its_sets_size() -> None:
@@ -79,8 +176,9 @@ print(os.getpid())
 
 def run_worker(folder: Path, answered: int) -> int:
     """A worker process that answered `answered` requests and exited; its pid."""
-    env = {**os.environ, MULTIPROC_ENV: str(folder), "PYTHONPATH": f"{SRC}{os.pathsep}"
-           f"{os.environ.get('PYTHONPATH', '')}"}  # fmt: skip
+    # a PYTHONPATH already set (mutation testing's mutated copy) before this checkout's src
+    path = os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), str(SRC)) if p)
+    env = {**os.environ, MULTIPROC_ENV: str(folder), "PYTHONPATH": path}
     done = subprocess.run([sys.executable, "-c", WORKER, str(answered)], env=env, check=True,
                           capture_output=True, text=True, timeout=120)  # fmt: skip
     return int(done.stdout)
