@@ -97,6 +97,10 @@ def test_the_supervisors_restart_counter_has_every_reason_from_the_start_and_cou
     for reason in ("crashed", "unresponsive", "crashed"):
         restarts.inc(reason)
     assert counted() == {"crashed": 2, "failed_start": 0, "unresponsive": 1}
+    # a second supervisor in the same process (a test, a program that embeds one) counts apart
+    assert {s.labels["reason"]: s.value for family in WorkerRestarts().counter.collect()
+            for s in family.samples if s.name.endswith("_total")} == {
+        "crashed": 0, "failed_start": 0, "unresponsive": 0}  # fmt: skip
 
 
 def test_every_answer_is_counted_by_route_method_and_status_and_timed_within_the_clients_wait(
@@ -165,6 +169,7 @@ for _ in range(answered):
     metrics.requests.labels("/v1/predict", "POST", "200").inc()
     metrics.pass_images.observe(2)
 metrics.queued.inc()  # one prediction still waiting when it dies
+metrics.uploads.inc()  # and one body still arriving
 metrics.rejected.labels("busy").inc()
 metrics.set_model("mlp", "torch", False, "old")
 if answered > 3:  # this one reloaded its model
@@ -198,6 +203,7 @@ def test_workers_values_are_summed_and_a_dead_workers_counts_are_kept_and_its_fi
     both = samples(scrape)
     assert both[ok] == 7 and both[("fmnist_forward_pass_images_count", ())] == 7
     assert both[("fmnist_predictions_queued", ())] == 2
+    assert both[("fmnist_uploads_in_progress", ())] == 2
     assert both[("fmnist_rejected_total", (("reason", "busy"),))] == 2
     assert both[model] == 1  # the first still serves "old"; the second reloaded and reads 0
     for dead in (first, second):  # each as the supervisor does when its worker dies
@@ -210,5 +216,6 @@ def test_workers_values_are_summed_and_a_dead_workers_counts_are_kept_and_its_fi
         if dead == first:  # the worker left serves "new" only: "old" reads 0 there
             assert after.get(model, 0) == 0 and after[new] == 1
     assert after.get(("fmnist_predictions_queued", ()), 0) == 0  # a dead worker waits for nothing
+    assert after.get(("fmnist_uploads_in_progress", ()), 0) == 0
     assert not any(name == "fmnist_model_info" and v for (name, _), v in after.items())
     assert sorted(p.name for p in folder.iterdir()) == ["counter_archive.db", "histogram_archive.db"]
