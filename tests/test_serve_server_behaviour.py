@@ -1,0 +1,408 @@
+"""`fmnist serve`'s process management as an operator meets it, in this process (so that
+mutation testing sees which code each test reaches): the supervisor, run here, spawns real
+worker processes (a light app, tests/serve_counting_worker.py: no torch) and is sent real
+signals; the server, run here on 127.0.0.1, is sent real SIGTERM, SIGINT and SIGHUP.
+
+Only what is visible from outside is asserted: exit statuses, what the port answers, the log
+lines, which signal handlers are left in place. Every wait is bounded and waits for a state."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import serve_counting_worker
+import uvicorn
+from test_serve import png
+from test_serve_deploy import predictor, read_answer, refused, slow_upload, until
+
+from fmnist.predict import Predictor
+from fmnist.serve import create_app
+from fmnist.serve.server import Server, Supervisor, serve
+
+__all__ = ["predictor"]  # a fixture, used by name
+
+SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+class Lines(logging.Handler):
+    """The `uvicorn.error` log (the supervisor's and the server's lines), kept."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(f"{record.levelname} {record.getMessage()}")
+
+    def has(self, part: str) -> bool:
+        return any(part in line for line in self.lines)
+
+    def __str__(self) -> str:
+        return "\n".join(self.lines)
+
+
+@pytest.fixture
+def log() -> Iterator[Lines]:
+    lines = Lines()
+    logger = logging.getLogger("uvicorn.error")
+    level = logger.level
+    logger.addHandler(lines)
+    logger.setLevel(logging.INFO)
+    yield lines
+    logger.removeHandler(lines)
+    logger.setLevel(level)
+
+
+@pytest.fixture
+def handlers() -> Iterator[dict[int, Any]]:
+    """This process's signal handlers while a test runs: harmless ones (a stray SIGHUP must not
+    end pytest), put back afterwards; the test compares them with what it finds at the end."""
+    strays: list[int] = []
+    previous = {sig: signal.signal(sig, lambda s, f: strays.append(s)) for sig in SIGNALS}
+    yield {sig: signal.getsignal(sig) for sig in SIGNALS}
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)
+
+
+def supervisor(*, workers: int = 1, **options: Any) -> tuple[Supervisor, str]:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(64)
+    config = uvicorn.Config("serve_counting_worker:app", factory=True, log_config=None,
+                            log_level="info", timeout_graceful_shutdown=5)  # fmt: skip
+    return (Supervisor(config, sock, workers, "serve_counting_worker:app", **options),
+            f"http://127.0.0.1:{sock.getsockname()[1]}")  # fmt: skip
+
+
+def supervise(sup: Supervisor, operator: Callable[[], None], seconds: float = 90.0) -> int:
+    """`sup.run()` in this (the main) thread, as `fmnist serve` runs it, while `operator` acts
+    in another; the supervisor's exit status. A failing operator stops the supervisor."""
+    failed: list[BaseException] = []
+
+    def act() -> None:
+        try:
+            operator()
+        except BaseException as e:  # noqa: BLE001 - handed to the test below
+            failed.append(e)
+            sup.stopping.set()
+
+    thread = threading.Thread(target=act, daemon=True)
+    guard = threading.Timer(seconds, sup.stopping.set)  # a supervisor that never stops
+    thread.start()
+    guard.start()
+    try:
+        status = sup.run()
+    finally:
+        guard.cancel()
+    thread.join(seconds)
+    if failed:
+        raise failed[0]
+    return status
+
+
+def answer(url: str) -> tuple[int, int] | None:
+    """(the answering worker's pid, the reloads it has run), or None while nothing answers."""
+    try:
+        r = httpx.get(url + "/", timeout=2)
+    except httpx.TransportError:
+        return None
+    pid, reloads = r.text.split()
+    return int(pid), int(reloads)
+
+
+def test_sighup_is_prepared_once_and_reaches_the_worker_and_sigterm_stops_everything_with_0(
+    log: Lines, handlers: dict[int, Any]
+) -> None:
+    release, prepared = threading.Event(), []
+
+    def reload() -> None:  # the parent prepares the new model; the workers then load it
+        prepared.append(threading.current_thread().name)
+        assert release.wait(30)
+
+    sup, url = supervisor(reload=reload)
+    seen: dict[str, Any] = {}
+
+    def operator() -> None:
+        until(lambda: answer(url) is not None, "the worker answers", 60)
+        worker, reloads = answer(url)  # type: ignore[misc]
+        assert reloads == 0
+        os.kill(os.getpid(), signal.SIGHUP)
+        until(lambda: prepared, "the reload is being prepared")
+        os.kill(os.getpid(), signal.SIGHUP)  # a second one meanwhile is refused, not queued
+        until(lambda: log.has("SIGHUP: a reload is already being prepared"), "the second refused")
+        assert answer(url) == (worker, 0)  # not told before the new model is ready
+        release.set()
+        until(lambda: answer(url) == (worker, 1), "the worker reloaded", 30)
+        seen["worker"] = worker
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    assert supervise(sup, operator) == 0, log
+    assert prepared == ["fmnist-reload"]  # once, off the signal handler
+    assert sup.restarts == 0
+    assert log.has(f"Started parent process [{os.getpid()}]") and log.has(f"Started worker [{seen['worker']}]")
+    assert log.has("Stopping: every worker drains its requests, then exits")
+    assert log.has(f"Stopped parent process [{os.getpid()}]") and not log.has("did not exit cleanly"), log
+    assert {sig: signal.getsignal(sig) for sig in SIGNALS} == handlers  # put back as they were
+
+
+def test_a_worker_whose_loop_is_stuck_is_killed_and_replaced_by_one_on_the_current_model(
+    log: Lines, handlers: dict[int, Any]
+) -> None:
+    sup, url = supervisor(watchdog_s=1.0)  # no reload function
+    seen: dict[str, Any] = {}
+
+    def operator() -> None:
+        until(lambda: answer(url) is not None, "the worker answers", 60)
+        first = seen["first"] = answer(url)[0]  # type: ignore[index]
+        os.kill(os.getpid(), signal.SIGHUP)  # nothing to reload: said, and nothing else
+        until(lambda: log.has("SIGHUP: this server has no model to reload"), "the SIGHUP refused")
+        with contextlib.suppress(httpx.TimeoutException):
+            httpx.get(url + "/stick", timeout=0.5)
+        until(lambda: (a := answer(url)) is not None and a[0] != first, "a new worker answers", 60)
+        seen["second"] = answer(url)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    assert supervise(sup, operator) == 0, log
+    first = seen["first"]
+    assert seen["second"][1] == 0  # no reload was prepared: the new one was not told of one
+    assert any(f"ERROR Worker [{first}] has not answered for" in line and "(its event loop is stuck): killing it" in line
+               for line in log.lines), log  # fmt: skip
+    assert log.has(f"ERROR Worker [{first}] exited with status -9 "), log
+    assert log.has("after it listened (1 failed start(s) in a row): starting another in 1 s"), log
+    assert sup.restarts == 1
+    assert {sig: signal.getsignal(sig) for sig in SIGNALS} == handlers
+
+
+def test_workers_that_never_start_are_retried_with_a_growing_back_off_then_given_up(
+    log: Lines, handlers: dict[int, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plan = tmp_path / "plan"
+    plan.write_text("fail\nfail\n")  # two starts, both exit before they listen
+    monkeypatch.setenv("COUNTING_PLAN", str(plan))
+    sup, url = supervisor(give_up=2)
+    assert supervise(sup, lambda: None) == 1, log
+    delays = [line.rsplit("starting another in ", 1)[1] for line in log.lines if "starting another" in line]
+    assert delays == ["1 s", "2 s"], log
+    assert log.has("exited with status 3 before it listened (1 failed start(s) in a row)"), log
+    assert log.has("exited with status 3 before it listened (2 failed start(s) in a row)"), log
+    assert log.has("CRITICAL No worker starts (each failed 2 times in a row; see above): stopping"), log
+    assert sup.restarts == 2 and plan.read_text().split() == []
+    assert {sig: signal.getsignal(sig) for sig in SIGNALS} == handlers
+
+
+def test_a_worker_that_served_long_enough_before_it_died_starts_its_failure_count_again(
+    log: Lines, handlers: dict[int, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plan = tmp_path / "plan"
+    plan.write_text("fail\nok\nok\n")  # a failed start, then a worker that serves, then another
+    monkeypatch.setenv("COUNTING_PLAN", str(plan))
+    monkeypatch.setattr(Supervisor, "STABLE_S", 1.0)  # a worker serving this long has proved itself
+    sup, url = supervisor()
+    seen: list[int] = []
+
+    def operator() -> None:
+        until(lambda: answer(url) is not None, "the second start answers", 60)
+        seen.append(answer(url)[0])  # type: ignore[index]
+        time.sleep(1.5)  # serving longer than STABLE_S
+        os.kill(seen[0], signal.SIGKILL)
+        until(lambda: (a := answer(url)) is not None and a[0] != seen[0], "a new worker answers", 60)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    assert supervise(sup, operator) == 0, log
+    restarts = [line for line in log.lines if "starting another" in line]
+    assert len(restarts) == 2 and sup.restarts == 2, log
+    assert "exited with status 3 before it listened (1 failed start(s) in a row): starting another in 1 s" in restarts[0]
+    assert f"Worker [{seen[0]}] exited with status -9 " in restarts[1], log
+    assert restarts[1].endswith(" s after it listened (1 failed start(s) in a row): starting another in 1 s"), log
+
+
+# ---- one server process: signals and shutdown ----------------------------------------------
+
+
+class Beat:
+    """Stands in for the shared double the supervisor's watchdog reads."""
+
+    value = 0.0
+
+
+def serve_here(app: Any, operator: Callable[[Server, int], None], seconds: float = 60.0,
+               graceful: float | None = None, **options: Any) -> Server:
+    """`Server(..., **options)` serving `app` on 127.0.0.1 in this (the main) thread, as a
+    worker runs it, while `operator(server, port)` acts in another thread; the server, once
+    it has stopped. A server still serving after `seconds` is made to quit (and the test fails)."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(app, log_config=None, log_level="info", timeout_graceful_shutdown=graceful)
+    server = Server(config, **options)
+    failed: list[BaseException] = []
+
+    def act() -> None:
+        try:
+            until(lambda: server.started, "the server listens", 60)
+            operator(server, port)
+        except BaseException as e:  # noqa: BLE001 - handed to the test below
+            failed.append(e)
+            server.should_exit = server.force_exit = True
+
+    def quit_now() -> None:
+        failed.append(AssertionError(f"the server still served after {seconds:g} s"))
+        server.should_exit = server.force_exit = True
+
+    thread = threading.Thread(target=act, daemon=True)
+    guard = threading.Timer(seconds, quit_now)
+    thread.start()
+    guard.start()
+    try:
+        server.run(sockets=[sock])
+    finally:
+        guard.cancel()
+        sock.close()
+    thread.join(seconds)
+    if failed:
+        raise failed[0]
+    return server
+
+
+def get(port: int, path: str) -> httpx.Response | None:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}{path}", timeout=5)
+    except httpx.TransportError:
+        return None
+
+
+def test_sigterm_turns_readyz_503_keeps_the_port_open_for_the_drain_then_exits_0(
+    predictor: Predictor, log: Lines, handlers: dict[int, Any]
+) -> None:
+    app = create_app(predictor)
+    ready, beat, seen = threading.Event(), Beat(), {}
+
+    def operator(server: Server, port: int) -> None:
+        assert ready.wait(10)  # told the supervisor it listens
+        until(lambda: (r := get(port, "/readyz")) is not None and r.status_code == 200, "ready")
+        seen["beat"] = beat.value  # the event loop's last tick, by the monotonic clock
+        assert 0 < time.monotonic() - beat.value < 30
+        os.kill(os.getpid(), signal.SIGTERM)
+        until(lambda: (r := get(port, "/readyz")) is not None and r.status_code == 503, "/readyz 503")
+        r = get(port, "/readyz")
+        assert r is not None and r.json()["status"] == "draining"  # the port still answers
+        until(lambda: refused(port), "the port closed once the drain was over", 30)
+
+    server = serve_here(app, operator, drain_s=3.0, ready=ready, heartbeat=beat)
+    assert server.exit_code == 0
+    assert beat.value > seen["beat"]  # it went on beating while it drained
+    assert log.has("INFO Received SIGTERM: draining (not ready; 3 s until the port closes)"), log
+    assert {sig: signal.getsignal(sig) for sig in SIGNALS} == handlers
+
+
+def test_a_second_sigterm_ends_the_drain_answers_what_was_accepted_and_closes_the_rest(
+    predictor: Predictor, log: Lines, handlers: dict[int, Any]
+) -> None:
+    """A request in progress is answered; a connection accepted whose request never comes is
+    closed once its grace is over; an idle keep-alive one at once. The log says what was cut."""
+    app = create_app(predictor, warmup=False)
+    body = png()
+    head = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    seen: dict[str, Any] = {}
+
+    def operator(server: Server, port: int) -> None:
+        idle = socket.create_connection(("127.0.0.1", port), timeout=30)
+        idle.sendall(head)
+        assert read_answer(idle).startswith(b"HTTP/1.1 200")
+        upload = slow_upload(port, body, 10)  # a request in progress
+        quiet = socket.create_connection(("127.0.0.1", port), timeout=30)  # never sends
+        until(lambda: len(server.server_state.connections) == 3, "three connections accepted")
+        until(lambda: (r := get(port, "/v1/stats")) is not None and r.json()["uploading"] == 1, "uploading")
+        until(lambda: len(server.server_state.connections) == 3, "the stats connection gone")
+        os.kill(os.getpid(), signal.SIGTERM)
+        until(lambda: (r := get(port, "/readyz")) is not None and r.status_code == 503, "draining")
+        until(lambda: len(server.server_state.connections) == 3, "the probe's connection gone")
+        os.kill(os.getpid(), signal.SIGTERM)  # the drain's 60 s are skipped
+        until(lambda: refused(port), "the port closed")
+        assert idle.recv(4096) == b""  # it had its answer: closed at once
+        upload.sendall(body[10:])
+        seen["upload"] = b"".join(iter(lambda: upload.recv(65536), b""))  # to its Connection: close
+        seen["quiet"] = quiet.recv(4096)  # closed without a word once its grace is over
+        for sock in (idle, upload, quiet):
+            sock.close()
+
+    server = serve_here(app, operator, drain_s=60.0, first_request_grace_s=0.5)
+    assert seen["upload"].startswith(b"HTTP/1.1 200") and b'"predictions"' in seen["upload"], seen["upload"][:300]
+    assert seen["quiet"] == b""
+    assert server.exit_code == 0
+    assert log.has("INFO Closing the port: 1 request(s) in progress, 1 connection(s) accepted with their "
+                   "request still to come, 1 idle; 0 connection(s) queued in the kernel, never accepted, "
+                   "are reset"), log  # fmt: skip
+    assert {sig: signal.getsignal(sig) for sig in SIGNALS} == handlers
+
+
+def test_a_second_sigint_quits_at_once_without_waiting_for_a_request_in_progress(
+    predictor: Predictor, log: Lines, handlers: dict[int, Any]
+) -> None:
+    app = create_app(predictor, warmup=False)
+
+    def operator(server: Server, port: int) -> None:
+        upload = slow_upload(port, png(), 10)  # never finished
+        until(lambda: (r := get(port, "/v1/stats")) is not None and r.json()["uploading"] == 1, "uploading")
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C
+        until(lambda: (r := get(port, "/readyz")) is not None and r.status_code == 503, "draining")
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C again: quit now
+        until(lambda: refused(port), "the port closed")
+        upload.close()
+
+    # no limit on the graceful shutdown: without the second Ctrl-C's force it would wait for ever
+    server = serve_here(app, operator, seconds=30, drain_s=60.0, graceful=None)
+    assert log.has("INFO Received SIGINT: draining (not ready; 60 s until the port closes)"), log
+    assert server.exit_code == 0
+
+
+def test_one_process_reloads_on_sighup_while_it_goes_on_answering_and_exits_0_after_sigterm(
+    log: Lines, handlers: dict[int, Any]
+) -> None:
+    """`serve()`, what `fmnist serve --workers 1` runs: SIGHUP runs the app's reload in a
+    thread of its own, and a keep-alive connection goes on being answered meanwhile."""
+    app = serve_counting_worker.app()
+    reloads: list[str] = []
+    reload = app.state.reload
+    app.state.reload = lambda: (reloads.append(threading.current_thread().name), reload())
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    failed: list[BaseException] = []
+
+    def operator() -> None:
+        try:
+            until(lambda: not refused(port), "the server listens", 60)
+            kept = socket.create_connection(("127.0.0.1", port), timeout=30)  # keep-alive
+            kept.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            assert read_answer(kept).endswith(b" 0")
+            os.kill(os.getpid(), signal.SIGHUP)
+            until(lambda: reloads, "the reload ran")
+            kept.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")  # the same connection
+            assert read_answer(kept).endswith(b" 1")
+            kept.close()
+        except BaseException as e:  # noqa: BLE001 - handed to the test below
+            failed.append(e)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    thread = threading.Thread(target=operator, daemon=True)
+    thread.start()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, log_level="info",
+                            timeout_graceful_shutdown=10)  # fmt: skip
+    assert serve(config, drain_s=0.5) == 0
+    thread.join(30)
+    if failed:
+        raise failed[0]
+    assert reloads == ["fmnist-reload"]
+    assert log.has("INFO Received SIGTERM: draining (not ready; 0.5 s until the port closes)"), log
