@@ -12,6 +12,7 @@ A block is whatever stands between its two markers:
 
 FILE is a `python -m benchmarks` results file (its `--show` table; `cases=` keeps only those
 cases), a `python -m benchmarks.serve_load` one or a `benchmarks.serve_lifecycle` one.
+`<!-- table: candidates FILE.jsonl -->` is a `benchmarks.recipe_sweep` screen of candidate recipes.
 `<!-- table: headline -->` is the README's three-recipe table (HEADLINE below names its files). Prose around a block is not checked:
 it should read the table, not copy its figures.
 """
@@ -26,7 +27,7 @@ import sys
 from pathlib import Path
 
 from benchmarks.__main__ import show
-from benchmarks.common import machine_line
+from benchmarks.common import machine_line, med
 from fmnist.recipes import Recipe, traits
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -244,10 +245,39 @@ def screen_block(paths: list[str], page: Path) -> str:
     return "\n".join([*lines, "", "From " + " and ".join(link(p, page) for p in paths) + "."])
 
 
+def candidates_block(path: str, page: Path) -> str:
+    """`benchmarks.recipe_sweep` rows: each candidate's test accuracy per seed, its mean and
+    its training cost (images/s and seconds, medians over its seeds), most accurate first."""
+    rows = [r for r in jsonl(path) if r.get("test_accuracy") is not None]
+    by_name: dict[str, list[dict]] = {}
+    for row in rows:
+        by_name.setdefault(row["candidate"], []).append(row)
+
+    def mean(runs: list[dict]) -> float:
+        return 100 * sum(r["test_accuracy"] for r in runs) / len(runs)
+
+    lines = ["| candidate | changes from the default | seeds | test accuracy per seed | mean | "
+             "images/s | training seconds |", "| --- | --- | ---: | --- | ---: | ---: | ---: |"]
+    for name, runs in sorted(by_name.items(), key=lambda kv: -mean(kv[1])):
+        runs.sort(key=lambda r: r["seed"])
+        changes = ", ".join(f"{k} {json.dumps(v)}" for k, v in runs[0]["overrides"].items()) or "—"
+        seeds = " / ".join(f"{100 * r['test_accuracy']:.2f}" for r in runs)
+        speed, seconds = (med([r[k] for r in runs]) for k in ("images_per_s", "train_seconds"))
+        lines.append(f"| {name} | {changes} | {len(runs)} | {seeds} | {mean(runs):.2f} % | "
+                     f"{speed:,.0f} | {seconds:.0f} |")
+    first = rows[0]
+    flags = " ".join(first.get("flags", []))
+    return "\n".join([f"- {machine_line(first['machine'])}",
+                      f"- Each run: `fmnist train --config CANDIDATE --seed S --bf16 off {flags}`",
+                      f"- Results: {link(path, page)}", "", *lines])
+
+
 def render(spec: str, page: Path) -> str:
     words = spec.split()
     if words == ["headline"]:
         body = headline_block(page)
+    elif words[0] == "candidates":
+        body = candidates_block(words[1], page)
     elif words[0] == "screen":
         body = screen_block(words[1:], page)
     elif "sweep-vs-default" in words[0]:

@@ -23,6 +23,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from benchmarks.common import machine_info
+
 # name -> overrides of the default recipe (widths 16,64,128, 4 epochs, batch 128, lr 0.05,
 # no shift, flips, flip-TTA, label smoothing 0.1)
 CANDIDATES: dict[str, dict[str, Any]] = {
@@ -66,6 +68,14 @@ ROUND3: dict[str, dict[str, Any]] = {
     "now-e3-muon": {"epochs": 3, "optimizer": "muon"},
     "now-e3-muon-lr0.1": {"epochs": 3, "optimizer": "muon", "muon_lr": 0.1},
     "now-e3-muon-lr0.4": {"epochs": 3, "optimizer": "muon", "muon_lr": 0.4},
+    # round 3b, after seed 0 of the above: Muon gets better as its lr falls; SGD's lr and
+    # label smoothing at this length
+    "now-e3-muon-lr0.05": {"epochs": 3, "optimizer": "muon", "muon_lr": 0.05},
+    "now-e3-muon-lr0.025": {"epochs": 3, "optimizer": "muon", "muon_lr": 0.025},
+    "now-e3-lr0.15": {"epochs": 3, "lr": 0.15},
+    "now-e3-lr0.07": {"epochs": 3, "lr": 0.07},
+    "now-e3-ls0.2": {"epochs": 3, "label_smoothing": 0.2},
+    "now-e3-wu0.1": {"epochs": 3, "warmup": 0.1},
 }
 CANDIDATES |= ROUND3
 
@@ -86,7 +96,8 @@ def run_one(name: str, seed: int, args: argparse.Namespace, tmp: Path) -> dict[s
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     row: dict[str, Any] = {"candidate": name, "overrides": CANDIDATES[name], "seed": seed,
-                           "wall_s": time.perf_counter() - t0, "rc": proc.returncode}  # fmt: skip
+                           "wall_s": time.perf_counter() - t0, "rc": proc.returncode,
+                           "flags": args.extra, "machine": args.machine}  # fmt: skip
     if proc.returncode != 0:
         row["error"] = proc.stderr[-500:]
         return row
@@ -106,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="sweep.jsonl")
     p.add_argument("extra", nargs="*", help="more `fmnist train` flags (after --)")
     args = p.parse_args(argv)
+    args.machine = machine_info()
     rounds = {"round2": ROUND2, "round3": list(ROUND3)}
     names = rounds.get(args.only or "") or (args.only.split(",") if args.only else list(CANDIDATES))
     with tempfile.TemporaryDirectory() as tmp_dir, open(args.out, "a") as out:
