@@ -1,7 +1,7 @@
 """A run folder's life as its user meets it: where a run lands when no --out is given (a dated
 folder under runs/, `runs/latest` pointing at the newest), which --out folders are taken and
 what the refusal says, who a refused resume is told holds the folder, the file modes of a save,
-and a resume that finds the half-made save a kill -9 left behind."""
+and a save on a disk that runs out of room, at each stage of the save."""
 
 from __future__ import annotations
 
@@ -79,9 +79,10 @@ def test_an_existing_empty_folder_can_be_the_out_folder(tmp_path):
     out.mkdir()
     fit(ONE_EPOCH, data=tiny_data(), out=out, display=False)
     assert (out / rundir.WEIGHTS).is_file() and rundir.read_status(out)["status"] == "finished"
-    config = (out / rundir.CONFIG).read_text()  # one field a line, as --config files are shown
-    assert config == json.dumps(json.loads(config), indent=2) + "\n"
-    assert json.loads(config)["name"] == "t"
+    for name in (rundir.CONFIG, rundir.STATUS):  # one field a line, as the docs show them
+        text = (out / name).read_text()
+        assert text == json.dumps(json.loads(text), indent=2) + "\n", name
+    assert json.loads((out / rundir.CONFIG).read_text())["name"] == "t"
 
 
 def _only_weights(out: Path) -> None:  # a model copied out of a run folder
@@ -141,6 +142,30 @@ def test_a_refused_resume_names_the_owner_its_host_and_since_when(tmp_path):
         f"(since {since}): wait for it to end, or stop it first.")
 
 
+def test_a_resume_after_the_owner_was_killed_says_whom_it_takes_over_from(tmp_path, capsys):
+    run = tmp_path / "run"
+    fit(ONE_EPOCH, data=tiny_data(), out=run, display=False)
+    owner = hold_claim(run)
+    since = rundir.owner(run)["started"]
+    owner.send_signal(signal.SIGKILL)  # kill -9: its claim is left with its details in it
+    owner.wait()
+    capsys.readouterr()
+    fit(resume=run, data=tiny_data(), display=False)
+    assert (f"Taking over run folder {run} from process {owner.pid} on {socket.gethostname()} "
+            f"(since {since}), which is no longer running.\n") in capsys.readouterr().err
+
+
+def test_a_claim_file_holding_something_else_is_taken_over_quietly(tmp_path, capsys):
+    run = tmp_path / "run"
+    fit(ONE_EPOCH, data=tiny_data(), out=run, display=False)
+    for stray in ("[1]", "not json"):
+        (run / rundir.CLAIM).write_text(stray)
+        capsys.readouterr()
+        fit(resume=run, data=tiny_data(), display=False)
+        assert "Taking over" not in capsys.readouterr().err, stray
+        assert rundir.owner(run) is None
+
+
 def test_an_owner_that_wrote_no_details_is_another_process(tmp_path):
     """A process that holds the lock but has not written who it is (an older version's claim)."""
     run = tmp_path / "run"
@@ -174,27 +199,8 @@ def test_a_saves_files_get_the_usual_file_mode(tmp_path):
     os.umask(umask)
     run = tmp_path / "run"
     fit(ONE_EPOCH, data=tiny_data(), out=run, display=False)
-    for name in (rundir.WEIGHTS, rundir.META, rundir.RESUME, rundir.METRICS):
+    for name in (rundir.WEIGHTS, rundir.META, rundir.RESUME, rundir.METRICS, rundir.CLAIM):
         assert stat.S_IMODE((run / name).stat().st_mode) == 0o666 & ~umask, name
-
-
-def test_a_resume_after_a_kill_between_a_saves_rename_and_its_switch_keeps_both_apart(tmp_path):
-    """kill -9 after checkpoints/epoch-0002/ was renamed into place but before `current` was
-    switched to it leaves that folder beside the save of epoch 1 that `current` still names. The
-    resumed run saves its own epoch 2 next to it, not into it, and deletes the stray one."""
-    run = tmp_path / "run"
-    with pytest.raises((Interrupted, KeyboardInterrupt)):
-        fit(TINY, data=tiny_data(), out=run, display=False, callbacks=[StopAfterEpoch(1)])
-    store = run / rundir.CHECKPOINTS
-    assert os.readlink(run / rundir.CURRENT) == f"{rundir.CHECKPOINTS}/epoch-0001"
-    shutil.copytree(store / "epoch-0001", store / "epoch-0002")  # the half-switched save
-    (store / "epoch-0002" / rundir.WEIGHTS).write_bytes(b"not these")
-
-    fit(resume=run, data=tiny_data(), display=False)
-    assert os.readlink(run / rundir.CURRENT) == f"{rundir.CHECKPOINTS}/epoch-0002-2"
-    assert sorted(os.listdir(store)) == ["epoch-0001", "epoch-0002-2"]
-    assert rundir.read_status(run)["status"] == "finished"
-    assert (run / rundir.WEIGHTS).read_bytes() != b"not these"
 
 
 # ---- a disk that fills up -----------------------------------------------------------------------
@@ -226,26 +232,47 @@ def take_every_inode(disk: Path) -> Path:
 
 
 class TakeInodesAt(Callback):
-    def __init__(self, disk: Path, epoch: int) -> None:
-        self.disk, self.epoch = disk, epoch
+    """As epoch `epoch` starts, leave `free` inodes on the disk: its save gets that far."""
+
+    def __init__(self, disk: Path, epoch: int, free: int) -> None:
+        self.disk, self.epoch, self.free = disk, epoch, free
 
     def on_epoch_start(self, state) -> None:
         if state.epoch == self.epoch:
-            take_every_inode(self.disk)
+            fillers = take_every_inode(self.disk)
+            for name in sorted(os.listdir(fillers), key=int)[-self.free:] if self.free else []:
+                (fillers / name).unlink()
 
 
-def test_a_save_that_cannot_make_its_folder_names_the_run_folder_and_resumes(tiny_disk):
+# A save of a finished epoch takes 5 inodes (its folder and 4 files), then one more for a moment
+# to switch `current`: with 0 free it cannot make its folder, with 1 it makes the folder and
+# not its first file, with 5 it has renamed the folder into place but cannot switch to it (as a
+# kill -9 at that point would leave it).
+@pytest.mark.parametrize("free, names, saves_then, saves_after_resume", [
+    (0, "", ["epoch-0001"], ["epoch-0001", "epoch-0002"]),
+    (1, "/resume.pt", ["epoch-0001"], ["epoch-0001", "epoch-0002"]),
+    (5, "", ["epoch-0001", "epoch-0002"], ["epoch-0001", "epoch-0002-2"]),
+])
+def test_a_save_on_a_disk_out_of_inodes_says_where_keeps_epoch_1_and_resumes(
+        tiny_disk, free, names, saves_then, saves_after_resume):
     run = tiny_disk / "run"
     with pytest.raises(WriteError) as caught:
-        fit(TINY, data=tiny_data(), out=run, display=False, callbacks=[TakeInodesAt(tiny_disk, 2)])
+        fit(TINY, data=tiny_data(), out=run, display=False,
+            callbacks=[TakeInodesAt(tiny_disk, 2, free)])
     assert str(caught.value) == (
-        f"Could not write the checkpoint {run}: the disk is full. The last complete checkpoint is "
-        f"epoch 1 in {run}: free space (or fix the folder), then continue with "
+        f"Could not write the checkpoint {run}{names}: the disk is full. The last complete "
+        f"checkpoint is epoch 1 in {run}: free space (or fix the folder), then continue with "
         f"`fmnist train --resume {run}`.")
+    store = run / rundir.CHECKPOINTS
+    assert sorted(os.listdir(store)) == saves_then  # no temporary folder left
+    assert os.readlink(run / rundir.CURRENT) == f"{rundir.CHECKPOINTS}/epoch-0001"
     shutil.rmtree(tiny_disk / "fillers")
-    assert sorted(os.listdir(run / rundir.CHECKPOINTS)) == ["epoch-0001"]  # nothing half-made
     fit(resume=run, data=tiny_data(), display=False)
     assert rundir.read_status(run)["status"] == "finished"
+    # the resumed epoch 2 is saved beside a stray epoch-0002/, not into it
+    assert sorted(os.listdir(store)) == saves_after_resume
+    assert os.readlink(run / rundir.CURRENT) == f"{rundir.CHECKPOINTS}/{saves_after_resume[-1]}"
+    assert "error" not in rundir.read_status(run)
 
 
 def test_a_run_whose_config_does_not_fit_says_nothing_was_saved(tiny_disk):
@@ -258,3 +285,60 @@ def test_a_run_whose_config_does_not_fit_says_nothing_was_saved(tiny_disk):
     assert str(caught.value) == (f"Could not write the run config {out / rundir.CONFIG}: the disk "
                                  f"is full. No epoch was saved yet; start again once {out} can be "
                                  "written.")
+
+
+# ---- status.json --------------------------------------------------------------------------------
+
+
+class CopyWhileRunning(Callback):
+    """Copies the run folder, but not its .claim, as epoch 1 ends: a folder as a version of
+    fmnist from before claims left it, its trainer (this process) still alive."""
+
+    def __init__(self, to: Path) -> None:
+        self.to = to
+
+    def on_epoch_end(self, state, row):
+        if state.epoch == 1:
+            shutil.copytree(state.run_dir, self.to, symlinks=True,
+                            ignore=shutil.ignore_patterns(rundir.CLAIM))
+
+
+def test_status_names_the_process_and_host_so_a_folder_without_a_claim_lists_as_running(
+        tmp_path):
+    from fmnist.runs import read_run
+
+    copy = tmp_path / "older"
+    fit(TINY, data=tiny_data(), out=tmp_path / "run", display=False,
+        callbacks=[CopyWhileRunning(copy)])
+    said = rundir.read_status(copy)
+    assert (said["status"], said["pid"], said["host"]) == ("running", os.getpid(),
+                                                          socket.gethostname())
+    assert read_run(copy).status == "running"
+
+
+class Bug(Callback):
+    def on_epoch_start(self, state):
+        if state.epoch == 2:
+            raise RuntimeError("a bug in a callback")
+
+
+def test_a_failed_run_resumed_to_its_end_no_longer_carries_the_error(tmp_path):
+    run = tmp_path / "run"
+    with pytest.raises(RuntimeError):
+        fit(TINY, data=tiny_data(), out=run, display=False, callbacks=[Bug()])
+    failed = rundir.read_status(run)
+    assert (failed["status"], failed["error"]) == ("failed", "RuntimeError: a bug in a callback")
+    fit(resume=run, data=tiny_data(), display=False)
+    assert rundir.read_status(run)["status"] == "finished"
+    assert "error" not in rundir.read_status(run)
+
+
+def test_a_status_file_that_is_not_a_record_is_written_whole_again(tmp_path):
+    run = tmp_path / "run"
+    with pytest.raises(Interrupted):
+        fit(TINY, data=tiny_data(), out=run, display=False,
+            callbacks=[StopAfterEpoch(1)])
+    (run / rundir.STATUS).write_text("[]")  # JSON, but not what fmnist writes
+    assert rundir.read_status(run) == {}
+    fit(resume=run, data=tiny_data(), display=False)
+    assert rundir.read_status(run)["status"] == "finished"
