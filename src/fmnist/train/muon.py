@@ -35,9 +35,9 @@ def orthogonalised(g: torch.Tensor, steps: int = STEPS) -> torch.Tensor:
     wide = x.size(0) <= x.size(1)
     if not wide:  # iterate on the smaller Gram matrix
         x = x.T
-    for _ in range(steps):
+    for _ in range(steps):  # x <- a x + (b G + c G^2) x, G = x x^T; addmm: no temporaries
         gram = x @ x.T
-        x = a * x + (b * gram + c * gram @ gram) @ x
+        x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
     return x if wide else x.T
 
 
