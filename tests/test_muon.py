@@ -102,3 +102,24 @@ def test_a_resumed_muon_run_ends_with_the_same_weights(tmp_path):
     for (name, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values(),
                             strict=True):
         assert torch.equal(a, b), name
+
+
+def test_the_runs_lr_is_the_first_groups_and_the_lr_finder_keeps_the_filters_ratio(monkeypatch):
+    from fmnist.lr_find import lr_find
+    from fmnist.train import setup
+
+    model = build_model(SMALL.model, SMALL.model_config)
+    assert make_optimizer(SMALL, model, lr=0.05).param_groups[0]["lr"] == 0.05  # TensorBoard's train/lr
+    seen: list[list[float]] = []
+    step = setup.train_step
+
+    def recording(parts, *args):
+        seen.append([g["lr"] for g in parts.optimizer.param_groups if g["params"]])
+        return step(parts, *args)
+
+    monkeypatch.setattr(setup, "train_step", recording)
+    lr_find(SMALL, data=make_data(), start=1e-3, end=1.0, steps=20)
+    assert len(seen) >= 10
+    for lrs in seen:  # the filters' muon_lr 0.1 against the recipe's lr 0.05: twice the lr tried
+        assert lrs[:-1] == [lrs[0]] * (len(lrs) - 1)
+        assert lrs[-1] == pytest.approx(2 * lrs[0])

@@ -108,9 +108,15 @@ def lr_find(recipe: Recipe | None = None, *, data: Data | None = None, data_dir:
     parts.train_model.train()
     batches = endless(parts.batches)
 
+    # the lr found is the first group's (the recipe's lr); other groups keep their ratio to it
+    # (the conv filters' muon_lr with optimizer muon); the schedule's warm-up has set every lr
+    # to 0, its peaks are kept as initial_lr
+    peaks = [g["initial_lr"] for g in parts.optimizer.param_groups]
+    ratios = [peak / peaks[0] for peak in peaks]
+
     def step(lr: float) -> float:
-        for group in parts.optimizer.param_groups:
-            group["lr"] = lr
+        for group, ratio in zip(parts.optimizer.param_groups, ratios, strict=True):
+            group["lr"] = lr * ratio
         # train_step also steps the recipe's schedule; the lr set above is the one used
         # .item(): the divergence check needs every loss, so one sync per step
         return train_step(parts, setup, *next(batches)).item()

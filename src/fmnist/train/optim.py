@@ -24,10 +24,11 @@ def make_optimizer(recipe: Recipe, model: nn.Module, lr: float) -> torch.optim.O
     if recipe.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=lr)
     if recipe.optimizer == "muon":  # the conv filters by Muon, at muon_lr scaled as lr is
-        filters = [p for p in decay if p.ndim == 4]
-        groups = [{"params": filters, "muon": True, "lr": recipe.muon_lr * lr / recipe.lr},
-                  {"params": [p for p in decay if p.ndim != 4], "weight_decay": recipe.weight_decay},
-                  {"params": no_decay}]
+        # the filters last: the first group's lr is the run's lr (TensorBoard's train/lr)
+        groups = [{"params": [p for p in decay if p.ndim != 4], "weight_decay": recipe.weight_decay},
+                  {"params": no_decay},
+                  {"params": [p for p in decay if p.ndim == 4], "muon": True,
+                   "lr": recipe.muon_lr * lr / recipe.lr}]
         return Muon(groups, lr=lr, momentum=recipe.momentum, nesterov=recipe.nesterov)
     return torch.optim.SGD(groups, lr=lr, momentum=recipe.momentum, nesterov=recipe.nesterov)
 
