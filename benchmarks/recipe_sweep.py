@@ -121,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--parallel", type=int, default=1)
     p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--first-seed", type=int, default=0, help="seeds first-seed .. first-seed + seeds - 1")
     p.add_argument("--only", help="comma-separated candidates, or round2, round3 (default all)")
     p.add_argument("--out", default="sweep.jsonl")
     p.add_argument("extra", nargs="*", help="more `fmnist train` flags (after --)")
@@ -132,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(tmp_dir)
         for name in names:
             (tmp / f"{name}.toml").write_text(toml(CANDIDATES[name]))
-        jobs = [(n, s) for s in range(args.seeds) for n in names]  # every candidate's seed 0 first
+        jobs = [(n, s) for s in range(args.first_seed, args.first_seed + args.seeds) for n in names]  # every candidate's first seed first
         with ThreadPoolExecutor(args.parallel) as pool:
             for row in pool.map(lambda job: run_one(*job, args, tmp), jobs):
                 out.write(json.dumps(row) + "\n")
