@@ -1,7 +1,8 @@
 """A light worker app for the supervisor's in-process tests (test_serve_server_behaviour):
 imported by name in the worker processes it spawns. No torch, no model: / answers
 "<pid> <reloads>", the worker's process id and how many SIGHUP reloads it has run; /stick
-blocks its event loop for good (a bug that never returns: the watchdog's case).
+blocks its event loop for good (a bug that never returns: the watchdog's case); after /deaf it
+ignores SIGTERM (a worker that will not stop).
 
 Each start takes the next word of the file named by $COUNTING_PLAN, when it is set: "fail"
 (the worker exits before it listens, as one whose model file is gone) or "ok"."""
@@ -9,6 +10,7 @@ Each start takes the next word of the file named by $COUNTING_PLAN, when it is s
 from __future__ import annotations
 
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -34,9 +36,13 @@ def app() -> Starlette:
         time.sleep(3600)
         return PlainTextResponse("")
 
+    async def deaf(request: Request) -> PlainTextResponse:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        return PlainTextResponse("")
+
     def reload() -> None:  # run in a thread of its own by the server, on SIGHUP
         reloads[0] += 1
 
-    served = Starlette(routes=[Route("/", pid), Route("/stick", stick)])
+    served = Starlette(routes=[Route("/", pid), Route("/stick", stick), Route("/deaf", deaf)])
     served.state.reload = reload
     return served

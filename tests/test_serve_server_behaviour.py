@@ -80,12 +80,12 @@ def handlers() -> Iterator[dict[int, Any]]:
         signal.signal(sig, handler)
 
 
-def supervisor(*, workers: int = 1, **options: Any) -> tuple[Supervisor, str]:
+def supervisor(*, workers: int = 1, graceful: float | None = 5, **options: Any) -> tuple[Supervisor, str]:
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     sock.listen(64)
     config = uvicorn.Config("serve_counting_worker:app", factory=True, log_config=None,
-                            log_level="info", timeout_graceful_shutdown=5)  # fmt: skip
+                            log_level="info", timeout_graceful_shutdown=graceful)  # fmt: skip
     return (Supervisor(config, sock, workers, "serve_counting_worker:app", **options),
             f"http://127.0.0.1:{sock.getsockname()[1]}")  # fmt: skip
 
@@ -215,14 +215,14 @@ def test_a_worker_that_served_long_enough_before_it_died_starts_its_failure_coun
     plan = tmp_path / "plan"
     plan.write_text("fail\nok\nok\n")  # a failed start, then a worker that serves, then another
     monkeypatch.setenv("COUNTING_PLAN", str(plan))
-    monkeypatch.setattr(Supervisor, "STABLE_S", 1.0)  # a worker serving this long has proved itself
+    monkeypatch.setattr(Supervisor, "STABLE_S", 0.5)  # a worker serving this long has proved itself
     sup, url = supervisor()
     seen: list[int] = []
 
     def operator() -> None:
         until(lambda: answer(url) is not None, "the second start answers", 10)
         seen.append(answer(url)[0])  # type: ignore[index]
-        time.sleep(1.5)  # serving longer than STABLE_S
+        time.sleep(0.8)  # serving longer than STABLE_S
         os.kill(seen[0], signal.SIGKILL)
         until(lambda: (a := answer(url)) is not None and a[0] != seen[0], "a new worker answers", 10)
         os.kill(os.getpid(), signal.SIGTERM)
@@ -234,6 +234,36 @@ def test_a_worker_that_served_long_enough_before_it_died_starts_its_failure_coun
                         r"row\): starting another in 1 s", restarts[0]), log  # fmt: skip
     assert re.fullmatch(rf"ERROR Worker \[{seen[0]}\] exited with status -9 \d+ s after it listened \(1 failed "
                         r"start\(s\) in a row\): starting another in 1 s", restarts[1]), log  # fmt: skip
+
+
+def test_a_worker_stopped_while_it_still_starts_is_a_clean_stop(log: Lines, handlers: dict[int, Any]) -> None:
+    """It dies of the SIGTERM itself (no handler yet): it was serving nothing."""
+    sup, url = supervisor()
+
+    def operator() -> None:
+        until(lambda: log.has("INFO Started worker ["), "a worker started", 10)
+        os.kill(os.getpid(), signal.SIGTERM)  # at once: it is still importing its app
+
+    assert supervise(sup, operator) == 0, log
+    assert not log.has("did not exit cleanly"), log
+
+
+def test_at_shutdown_a_worker_that_will_not_stop_is_killed_and_the_supervisor_exits_1(
+    log: Lines, handlers: dict[int, Any]
+) -> None:
+    sup, url = supervisor(graceful=None)  # it is given drain (0) + graceful (none) + 10 s
+    seen: list[int] = []
+
+    def operator() -> None:
+        until(lambda: answer(url) is not None, "the worker answers", 10)
+        seen.append(answer(url)[0])  # type: ignore[index]
+        httpx.get(url + "/deaf", timeout=5)  # from now on it ignores SIGTERM
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    assert supervise(sup, operator, seconds=40) == 1, log
+    assert log.said(f"ERROR Worker [{seen[0]}] did not stop in 10 s: killing it"), log
+    assert log.said(f"ERROR Workers [{seen[0]}] did not exit cleanly"), log
+    assert log.said(f"INFO Stopped parent process [{os.getpid()}]"), log
 
 
 # ---- one server process: signals and shutdown ----------------------------------------------
@@ -308,10 +338,10 @@ def test_sigterm_turns_readyz_503_keeps_the_port_open_for_the_drain_then_exits_0
         assert r is not None and r.json()["status"] == "draining"  # the port still answers
         until(lambda: refused(port), "the port closed once the drain was over", 10)
 
-    server = serve_here(app, operator, drain_s=3.0, ready=ready, heartbeat=beat)
+    server = serve_here(app, operator, drain_s=1.5, ready=ready, heartbeat=beat)
     assert server.exit_code == 0
     assert beat.value > seen["beat"]  # it went on beating while it drained
-    assert log.said("INFO Received SIGTERM: draining (not ready; 3 s until the port closes)"), log
+    assert log.said("INFO Received SIGTERM: draining (not ready; 1.5 s until the port closes)"), log
     assert {sig: signal.getsignal(sig) for sig in SIGNALS} == handlers
 
 
