@@ -342,3 +342,21 @@ def test_a_status_file_that_is_not_a_record_is_written_whole_again(tmp_path):
     assert rundir.read_status(run) == {}
     fit(resume=run, data=tiny_data(), display=False)
     assert rundir.read_status(run)["status"] == "finished"
+
+
+def test_a_run_without_out_on_a_disk_with_one_inode_left_says_its_config_did_not_fit(
+        tiny_disk, monkeypatch):
+    """The run's folder takes the last inode: runs/latest cannot be made (a run does without it)
+    and config.json cannot either, which is the one sentence the user gets."""
+    monkeypatch.chdir(tiny_disk)
+    (tiny_disk / "runs").mkdir()
+    fillers = take_every_inode(tiny_disk)
+    (fillers / sorted(os.listdir(fillers), key=int)[-1]).unlink()
+    with pytest.raises(WriteError) as caught:
+        fit(ONE_EPOCH, data=tiny_data(), display=False)
+    made = [p for p in os.listdir(tiny_disk / "runs")]
+    assert len(made) == 1 and not (tiny_disk / "runs" / "latest").exists()
+    run = Path("runs") / made[0]
+    assert str(caught.value) == (f"Could not write the run config {run / rundir.CONFIG}: the disk "
+                                 f"is full. No epoch was saved yet; start again once {run} can be "
+                                 "written.")
