@@ -84,6 +84,10 @@ ROUND3: dict[str, dict[str, Any]] = {
     "now-e3-muon-b256": {"epochs": 3, "optimizer": "muon", "muon_lr": 0.05, "batch_size": 256,
                          "lr": 0.2},
     "now-s1180-muon-lr0.025": {"epochs": 3, "steps": 1180, "optimizer": "muon", "muon_lr": 0.025},
+    # round 3d: Muon and a shorter warm-up, each the best at 3 epochs on 3 seeds so far, together
+    "now-e3-muon-wu0.1": {"epochs": 3, "optimizer": "muon", "muon_lr": 0.025, "warmup": 0.1},
+    "now-e3-muon-b256-wu0.1": {"epochs": 3, "optimizer": "muon", "muon_lr": 0.05,
+                               "batch_size": 256, "lr": 0.2, "warmup": 0.1},
 }
 CANDIDATES |= ROUND3
 
