@@ -158,12 +158,11 @@ def test_a_resume_after_the_owner_was_killed_says_whom_it_takes_over_from(tmp_pa
 def test_a_claim_file_holding_something_else_is_taken_over_quietly(tmp_path, capsys):
     run = tmp_path / "run"
     fit(ONE_EPOCH, data=tiny_data(), out=run, display=False)
-    for stray in ("[1]", "not json"):
-        (run / rundir.CLAIM).write_text(stray)
-        capsys.readouterr()
-        fit(resume=run, data=tiny_data(), display=False)
-        assert "Taking over" not in capsys.readouterr().err, stray
-        assert rundir.owner(run) is None
+    (run / rundir.CLAIM).write_text("[1]")  # JSON, but not the owner's record
+    capsys.readouterr()
+    fit(resume=run, data=tiny_data(), display=False)
+    assert "Taking over" not in capsys.readouterr().err
+    assert rundir.owner(run) is None
 
 
 def test_an_owner_that_wrote_no_details_is_another_process(tmp_path):
