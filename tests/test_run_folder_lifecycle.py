@@ -126,7 +126,8 @@ def test_an_out_folder_with_something_in_it_is_refused_with_what_to_do(tmp_path,
 # ---- who holds the folder -----------------------------------------------------------------------
 
 
-def test_a_refused_resume_names_the_owner_its_host_and_since_when(tmp_path):
+def test_a_refused_resume_names_the_owner_its_host_and_since_when_and_then_takes_over(
+        tmp_path, capsys):
     run = tmp_path / "run"
     fit(ONE_EPOCH, data=tiny_data(), out=run, display=False)
     owner = hold_claim(run)
@@ -135,24 +136,16 @@ def test_a_refused_resume_names_the_owner_its_host_and_since_when(tmp_path):
         with pytest.raises(ConfigError) as refused:
             fit(resume=run, data=tiny_data(), display=False)
     finally:
-        owner.send_signal(signal.SIGKILL)
+        owner.send_signal(signal.SIGKILL)  # kill -9: its claim is left with its details in it
         owner.wait()
+    host = socket.gethostname()
     assert str(refused.value) == (
-        f"Run folder {run} is being trained by process {owner.pid} on {socket.gethostname()} "
-        f"(since {since}): wait for it to end, or stop it first.")
-
-
-def test_a_resume_after_the_owner_was_killed_says_whom_it_takes_over_from(tmp_path, capsys):
-    run = tmp_path / "run"
-    fit(ONE_EPOCH, data=tiny_data(), out=run, display=False)
-    owner = hold_claim(run)
-    since = rundir.owner(run)["started"]
-    owner.send_signal(signal.SIGKILL)  # kill -9: its claim is left with its details in it
-    owner.wait()
+        f"Run folder {run} is being trained by process {owner.pid} on {host} (since {since}): "
+        "wait for it to end, or stop it first.")
     capsys.readouterr()
     fit(resume=run, data=tiny_data(), display=False)
-    assert (f"Taking over run folder {run} from process {owner.pid} on {socket.gethostname()} "
-            f"(since {since}), which is no longer running.\n") in capsys.readouterr().err
+    assert (f"Taking over run folder {run} from process {owner.pid} on {host} (since {since}), "
+            "which is no longer running.\n") in capsys.readouterr().err
 
 
 def test_a_claim_file_holding_something_else_is_taken_over_quietly(tmp_path, capsys):
