@@ -255,6 +255,7 @@ def test_a_worker_stopped_while_it_still_starts_is_a_clean_stop(log: Lines, hand
     assert not log.has("did not exit cleanly"), log
 
 
+@pytest.mark.slow  # the supervisor's deadline for a worker that will not stop: 10 s
 def test_at_shutdown_a_worker_that_will_not_stop_is_killed_and_the_supervisor_exits_1(
     log: Lines, handlers: dict[int, Any]
 ) -> None:
