@@ -72,7 +72,9 @@ def default_recipe(seed: dict) -> str:
     before it did ran the 6-epoch default of the time)."""
     recipe = seed["cases"]["seed"]["runs"]["default"][0].get("recipe", {"epochs": 6})
     ran = Recipe(whiten=bool(recipe.get("whiten")), model_config=recipe.get("model_config", {}))
-    return ", ".join(["a small cnn", *(f"its {t}" for t in traits(ran)), f"{recipe['epochs']} epochs"])
+    muon = ["its conv filters trained by Muon"] if recipe.get("optimizer") == "muon" else []
+    return ", ".join(["a small cnn", *(f"its {t}" for t in traits(ran)), *muon,
+                      f"{recipe['epochs']} epochs"])
 
 
 def jsonl(path: str) -> list[dict]:
