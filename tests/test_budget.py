@@ -52,9 +52,8 @@ def fake_measure(img_per_s_at_full_width: float, calls: list):
     return measure
 
 
-# a fixed cnn recipe, so these checks do not move when the default recipe's widths or batch do
-BASE = apply_overrides(get_recipe("default"), {"model_config": {"widths": [16, 64, 128]}, "epochs": 4,
-                                               "batch_size": 128})
+# a fixed cnn recipe, so these checks do not move when the default recipe's widths do
+BASE = apply_overrides(get_recipe("default"), {"model_config": {"widths": [16, 64, 128]}, "epochs": 4})
 
 
 def test_plan_keeps_the_model_and_fits_the_epochs():

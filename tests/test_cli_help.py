@@ -84,7 +84,7 @@ def test_train_flags_show_the_default_recipe(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     out = " ".join(capsys.readouterr().out.split())
-    assert "--epochs EPOCHS [default recipe: 3]" in out and "[default recipe: on]" in out
+    assert "--epochs EPOCHS [default recipe: 4]" in out and "[default recipe: on]" in out
 
 
 @pytest.mark.parametrize("old, new, hidden", [
@@ -126,8 +126,8 @@ def test_recipes_dry_run_shows_what_flags_change(capsys, tmp_path):
     config.write_text("lr = 0.05\n")
     assert main(["recipes", "default", "--config", str(config), "--epochs", "8", "--json"]) == 0
     shown = json.loads(capsys.readouterr().out)
-    assert shown["changes"] == {"lr": {"recipe": 0.2, "effective": 0.05},
-                                "epochs": {"recipe": 3, "effective": 8},
+    assert shown["changes"] == {"lr": {"recipe": 0.1, "effective": 0.05},
+                                "epochs": {"recipe": 4, "effective": 8},
                                 "min_steps": {"recipe": 100, "effective": 0}}
     assert main(["recipes"]) == 0
     table = capsys.readouterr().out.splitlines()

@@ -101,8 +101,7 @@ def test_run_names_what_it_trains():
     from fmnist.recipes import get_recipe
 
     assert recipe_line(get_recipe("default")).startswith(
-        "Training recipe 'default': cnn (first conv whitened, last stage pooled), 3 epochs, "
-        "batch 256, muon lr 0.05 for the conv filters, sgd lr 0.2 for the rest")
+        "Training recipe 'default': cnn (first conv whitened, last stage pooled), 4 epochs")
     assert recipe_line(get_recipe("quickstart")).startswith("Training recipe 'quickstart': mlp, 5 epochs")
 
 

@@ -45,7 +45,7 @@ def test_the_default_recipe_learns_on_three_classes_of_a_hundred_images(capsys):
                                                      "channels_last": False})
     result = fit(recipe, data=three_classes(), save=False)
     # a twelfth (20) held out to calibrate on: 220 train
-    assert "220 training images: batch 256 -> 32 (lr 0.2 -> 0.025)" in capsys.readouterr().out
+    assert "220 training images: batch 128 -> 32 (lr 0.1 -> 0.025)" in capsys.readouterr().out
     assert result.rows[-1]["test_accuracy"] >= 0.85
 
 

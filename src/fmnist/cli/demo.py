@@ -30,10 +30,8 @@ def recipe_line(recipe: Recipe) -> str:
 
     words = traits(recipe)
     shown = f" ({', '.join(words)})" if words else ""
-    steps = (f"muon lr {recipe.muon_lr} for the conv filters, sgd lr {recipe.lr} for the rest"
-             if recipe.optimizer == "muon" else f"{recipe.optimizer} lr {recipe.lr}")
     return (f"Training recipe '{recipe.name}': {recipe.model}{shown}, {recipe.epochs} epochs, "
-            f"batch {recipe.batch_size}, {steps}")
+            f"batch {recipe.batch_size}, {recipe.optimizer} lr {recipe.lr}")
 
 
 def run(args: argparse.Namespace) -> int:
