@@ -12,7 +12,8 @@ A block is whatever stands between its two markers:
 
 FILE is a `python -m benchmarks` results file (its `--show` table; `cases=` keeps only those
 cases), a `python -m benchmarks.serve_load` one or a `benchmarks.serve_lifecycle` one.
-`<!-- table: candidates FILE.jsonl -->` is a `benchmarks.recipe_sweep` screen of candidate recipes.
+`<!-- table: candidates FILE.jsonl -->` is a `benchmarks.recipe_sweep` screen of candidate recipes,
+`<!-- table: phases FILE.jsonl -->` a `benchmarks/probes/phases.py` before/after.
 `<!-- table: headline -->` is the README's three-recipe table (HEADLINE below names its files). Prose around a block is not checked:
 it should read the table, not copy its figures.
 """
@@ -42,7 +43,7 @@ RESULTS = "benchmarks/results/"
 # machine (the mean and the range, not the best); best from its own training run's metrics,
 # whose file records no machine: it ran on a 2-core Intel Xeon (class amx).
 HEADLINE = {
-    "seed": RESULTS + "2026-11-28-amd-epyc-2c-seed-avx2-pooled.json",
+    "seed": RESULTS + "2026-12-07-amd-epyc-2c-seed-avx2.json",
     "default_seeds": RESULTS + "2026-11-28-amd-epyc-2c-default-seeds.jsonl",
     "best": RESULTS + "2026-11-27-intel-xeon-2c-best-b128-metrics.jsonl",
     "best_machine": "2-core Intel Xeon (CPU class amx)",
@@ -274,10 +275,26 @@ def candidates_block(path: str, page: Path) -> str:
                       f"- Results: {link(path, page)}", "", *lines])
 
 
+def phases_block(path: str, page: Path) -> str:
+    """`benchmarks/probes/phases.py` rows, before and after a change: each phase's seconds, the
+    median of each side's runs."""
+    rows = jsonl(path)
+    sides = {code: [r for r in rows if r["code"] == code] for code in ("before", "after")}
+    lines = ["| phase | before | after |", "| --- | ---: | ---: |"]
+    for phase in rows[0]["seconds"]:
+        cells = [med([r["seconds"].get(phase) for r in runs]) for runs in sides.values()]
+        lines.append(f"| {phase} | " + " | ".join("—" if c is None else f"{c:.2f} s" for c in cells) + " |")
+    runs = ", ".join(f"{len(v)} {k}" for k, v in sides.items())
+    return "\n".join([f"- {rows[0]['machine']}", f"- `{rows[-1]['command']}`, {runs}, alternating; "
+                      "medians", f"- Results: {link(path, page)}", "", *lines])
+
+
 def render(spec: str, page: Path) -> str:
     words = spec.split()
     if words == ["headline"]:
         body = headline_block(page)
+    elif words[0] == "phases":
+        body = phases_block(words[1], page)
     elif words[0] == "candidates":
         body = candidates_block(words[1], page)
     elif words[0] == "screen":
