@@ -65,7 +65,7 @@ ROUND2 = list(CANDIDATES)[18:]
 ROUND3: dict[str, dict[str, Any]] = {
     "now-e4": {},
     "now-e3": {"epochs": 3},
-    "now-e3-muon": {"epochs": 3, "optimizer": "muon"},
+    "now-e3-muon": {"epochs": 3, "optimizer": "muon", "muon_lr": 0.2},
     "now-e3-muon-lr0.1": {"epochs": 3, "optimizer": "muon", "muon_lr": 0.1},
     "now-e3-muon-lr0.4": {"epochs": 3, "optimizer": "muon", "muon_lr": 0.4},
     # round 3b, after seed 0 of the above: Muon gets better as its lr falls; SGD's lr and

@@ -36,7 +36,10 @@ class Recipe:
     # optimisation
     optimizer: str = "sgd"  # sgd | adamw | muon (Muon for the conv filters: fmnist.train.muon)
     lr: float = 0.1
-    muon_lr: float = 0.2  # the conv filters' peak lr with optimizer muon (lr: the other parameters)
+    # the conv filters' peak lr with optimizer muon (lr: the other parameters); at batch 128 and
+    # 3 epochs of the default's network, 0.025 did best of 0.0125-0.4
+    # (benchmarks/results/2026-12-07-amd-epyc-2c-default-3-epochs.jsonl)
+    muon_lr: float = 0.025
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 5e-4
