@@ -255,11 +255,11 @@ def test_a_worker_stopped_while_it_still_starts_is_a_clean_stop(log: Lines, hand
     assert not log.has("did not exit cleanly"), log
 
 
-@pytest.mark.slow  # the supervisor's deadline for a worker that will not stop: 10 s
 def test_at_shutdown_a_worker_that_will_not_stop_is_killed_and_the_supervisor_exits_1(
-    log: Lines, handlers: dict[int, Any]
+    log: Lines, handlers: dict[int, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    sup, url = supervisor(graceful=None)  # it is given drain (0) + graceful (none) + 10 s
+    monkeypatch.setattr(Supervisor, "SHUTDOWN_SLACK_S", 1.0)  # 10 s in fmnist serve
+    sup, url = supervisor(graceful=None)  # it is given drain (0) + graceful (none) + 1 s
     seen: list[int] = []
 
     def operator() -> None:
@@ -269,7 +269,7 @@ def test_at_shutdown_a_worker_that_will_not_stop_is_killed_and_the_supervisor_ex
         os.kill(os.getpid(), signal.SIGTERM)
 
     assert supervise(sup, operator, seconds=40) == 1, log
-    assert log.said(f"ERROR Worker [{seen[0]}] did not stop in 10 s: killing it"), log
+    assert log.said(f"ERROR Worker [{seen[0]}] did not stop in 1 s: killing it"), log
     assert log.said(f"ERROR Workers [{seen[0]}] did not exit cleanly"), log
     assert log.said(f"INFO Stopped parent process [{os.getpid()}]"), log
 

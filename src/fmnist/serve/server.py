@@ -252,6 +252,7 @@ class Supervisor:
 
     BACKOFF_MAX_S = 30.0
     STABLE_S = 60.0
+    SHUTDOWN_SLACK_S = 10.0  # at shutdown, past drain and grace: what a lifespan shutdown may take
 
     def __init__(self, config: uvicorn.Config, sock: socket.socket, workers: int,
                  make_app: Callable[[], Any] | str, *, drain_s: float = 0.0,
@@ -361,7 +362,7 @@ class Supervisor:
             if p.is_alive():
                 os.kill(p.pid, signal.SIGTERM)
         # the workers' own deadline, plus what their lifespan shutdown may take
-        timeout = self.drain_s + (self.config.timeout_graceful_shutdown or 0) + 10
+        timeout = self.drain_s + (self.config.timeout_graceful_shutdown or 0) + self.SHUTDOWN_SLACK_S
         deadline = time.monotonic() + timeout
         for p in processes:
             p.join(max(0.0, deadline - time.monotonic()))
