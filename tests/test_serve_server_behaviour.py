@@ -376,6 +376,8 @@ def test_a_second_sigterm_ends_the_drain_answers_what_was_accepted_and_closes_th
         until(lambda: (r := get(port, "/readyz")) is not None and r.status_code == 503, "draining", 10)
         until(lambda: len(server.server_state.connections) == 3, "the probe's connection gone", 10)
         os.kill(os.getpid(), signal.SIGTERM)  # the drain's 60 s are skipped
+        # counted before probing the port: a probe accepted first would be counted with them
+        until(lambda: log.has("Closing the port"), "the connections counted", 10)
         until(lambda: refused(port), "the port closed", 10)
         assert idle.recv(4096) == b""  # it had its answer: closed at once
         upload.sendall(body[10:])
