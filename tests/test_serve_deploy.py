@@ -23,6 +23,7 @@ import httpx
 import numpy as np
 import pytest
 import uvicorn
+from child_env import child_env
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
@@ -38,7 +39,6 @@ from fmnist.serve.engine import Batching
 from fmnist.serve.pinning import Pinned, write_current
 from fmnist.serve.server import Server
 
-SRC = Path(__file__).resolve().parents[1] / "src"
 # a child server loads torch and the model before it listens: on 2 busy cores, tens of seconds
 START_S = 180.0
 PNG = {"Content-Type": "image/png"}
@@ -90,7 +90,7 @@ class ServeProcess:
     """`fmnist serve` as a child process on a free port; its log is kept for the assertions."""
 
     def __init__(self, checkpoint: Path, *flags: str) -> None:
-        env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+        env = child_env()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "fmnist", "serve", str(checkpoint), "--port", "0",
              "--backend", "torch", *flags],

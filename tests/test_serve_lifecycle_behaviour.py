@@ -12,14 +12,11 @@ import subprocess
 import sys
 import textwrap
 import time
-from pathlib import Path
 
 import httpx
 import pytest
+from child_env import TESTS, child_env
 from test_serve_deploy import ServeProcess, refused, until
-
-TESTS = Path(__file__).resolve().parent
-SRC = TESTS.parent / "src"
 
 
 @pytest.mark.slow
@@ -62,8 +59,7 @@ def test_a_worker_that_came_back_after_a_failed_start_has_its_failure_forgotten(
     plan = tmp_path / "plan"
     # a crash and a failed start, twice: three in a row if the serving between did not count
     plan.write_text("ok\nfail\nok\nfail\nok\n")
-    env = {**os.environ, "FLAKY_PLAN": str(plan),
-           "PYTHONPATH": os.pathsep.join([str(SRC), str(TESTS), os.environ.get("PYTHONPATH", "")])}
+    env = child_env(TESTS, FLAKY_PLAN=str(plan))
     proc = subprocess.Popen([sys.executable, "-c", SUPERVISE], stdout=subprocess.PIPE, text=True,
                             env=env)
     try:

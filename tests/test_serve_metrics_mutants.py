@@ -12,13 +12,13 @@ do."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from child_env import child_env
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from test_serve import Spy, png
@@ -26,8 +26,6 @@ from test_serve import Spy, png
 from fmnist.predict import Predictor
 from fmnist.serve import create_app
 from fmnist.serve.metrics import MULTIPROC_ENV, Metrics, WorkerRestarts, mark_worker_dead
-
-SRC = Path(__file__).resolve().parents[1] / "src"
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -181,9 +179,7 @@ print(os.getpid())
 
 def run_worker(folder: Path, answered: int) -> int:
     """A worker process that answered `answered` requests and exited; its pid."""
-    # a PYTHONPATH already set (mutation testing's mutated copy) before this checkout's src
-    path = os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), str(SRC)) if p)
-    env = {**os.environ, MULTIPROC_ENV: str(folder), "PYTHONPATH": path}
+    env = child_env(**{MULTIPROC_ENV: str(folder)})
     done = subprocess.run([sys.executable, "-c", WORKER, str(answered)], env=env, check=True,
                           capture_output=True, text=True, timeout=120)  # fmt: skip
     return int(done.stdout)

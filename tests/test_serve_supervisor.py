@@ -4,7 +4,6 @@ back-off and end in giving up; a worker whose event loop is stuck is replaced.""
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 import subprocess
 import sys
@@ -13,7 +12,8 @@ import time
 from pathlib import Path
 
 import httpx
-from test_serve_deploy import SRC, until
+from child_env import child_env
+from test_serve_deploy import until
 
 TESTS = Path(__file__).parent
 
@@ -32,7 +32,7 @@ sys.exit(Supervisor(config, sock, 1, {app!r}, give_up=3, watchdog_s={watchdog}).
 class Supervised:
     def __init__(self, app: str, watchdog: float = 10.0) -> None:
         code = SUPERVISE.format(tests=str(TESTS), app=f"serve_faulty_apps:{app}", watchdog=watchdog)
-        env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+        env = child_env()
         self.proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, text=True, env=env)  # fmt: skip
         assert self.proc.stdout is not None

@@ -19,6 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from child_env import child_env
 from synthetic import make_data, write_csv
 
 optuna = pytest.importorskip("optuna", reason="the sweep extra is not installed")
@@ -32,7 +33,6 @@ from fmnist.sweep import parse_space, report, sweep  # noqa: E402
 from fmnist.sweep.storage import with_driver  # noqa: E402
 
 TESTS = Path(__file__).parent
-SRC = TESTS.parent / "src"
 # A tiny cnn on 320 synthetic images, one thread: ~0.2 s an epoch on 2 busy cores.
 SMALL = dict(model="cnn", model_config={"widths": [8, 8, 16]}, epochs=2, batch_size=32, lr=0.01,
              bf16="off", channels_last=False, flip=False, tta_flip=False, eval_batch_size=256,
@@ -235,7 +235,7 @@ def test_without_optuna_it_says_what_to_install(dataset, tmp_path, capsys, monke
 
 
 def env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    return child_env()
 
 
 @pytest.fixture
