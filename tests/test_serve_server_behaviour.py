@@ -173,6 +173,7 @@ def test_a_worker_whose_loop_is_stuck_is_killed_and_replaced_by_one_on_the_curre
     plan = tmp_path / "plan"
     plan.write_text("fail\nok\nok\n")
     monkeypatch.setenv("COUNTING_PLAN", str(plan))
+    monkeypatch.setattr(Supervisor, "BACKOFF_FIRST_S", 0.1)  # 1 s in fmnist serve
     sup, url = supervisor(watchdog_s=1.0)  # no reload function
     seen: dict[str, Any] = {}
 
@@ -193,8 +194,30 @@ def test_a_worker_whose_loop_is_stuck_is_killed_and_replaced_by_one_on_the_curre
     assert log.said(rf"ERROR Worker \[{first}\] has not answered for \d+ s \(its event loop is stuck\): killing it",
                     pattern=True), log  # fmt: skip
     assert log.said(rf"ERROR Worker \[{first}\] exited with status -9 \d+ s after it listened \(2 failed start\(s\) "
-                    r"in a row\): starting another in 2 s", pattern=True), log  # fmt: skip
+                    r"in a row\): starting another in 0.2 s", pattern=True), log  # fmt: skip
     assert sup.restarts == 2
+    assert {sig: signal.getsignal(sig) for sig in SIGNALS} == handlers
+
+
+def test_with_the_watchdog_off_a_stuck_worker_is_left_alone_until_shutdown_kills_it(
+    log: Lines, handlers: dict[int, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`fmnist serve --watchdog-timeout 0`: for an operator whose requests may hold the loop."""
+    monkeypatch.setattr(Supervisor, "SHUTDOWN_SLACK_S", 0.5)  # 10 s in fmnist serve
+    sup, url = supervisor(watchdog_s=0, graceful=None)
+    seen: list[int] = []
+
+    def operator() -> None:
+        until(lambda: answer(url) is not None, "the worker answers", 10)
+        seen.append(answer(url)[0])  # type: ignore[index]
+        with contextlib.suppress(httpx.TimeoutException):
+            httpx.get(url + "/stick", timeout=0.5)
+        time.sleep(1.5)  # silent for 1.5 s: seven of the supervisor's rounds, each one a chance to kill it
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    assert supervise(sup, operator) == 1, log  # the stuck worker cannot drain: killed at shutdown
+    assert not log.has("its event loop is stuck") and sup.restarts == 0, log
+    assert log.said(f"ERROR Worker [{seen[0]}] did not stop in 0.5 s: killing it"), log
     assert {sig: signal.getsignal(sig) for sig in SIGNALS} == handlers
 
 
@@ -204,11 +227,12 @@ def test_workers_that_never_start_are_retried_with_a_growing_back_off_then_given
     plan = tmp_path / "plan"
     plan.write_text("fail\nfail\nfail\n")  # every start exits before it listens
     monkeypatch.setenv("COUNTING_PLAN", str(plan))
+    monkeypatch.setattr(Supervisor, "BACKOFF_FIRST_S", 0.1)  # 1 s in fmnist serve
     sup, url = supervisor()  # giving up after 3 failed starts, as `fmnist serve` does
     assert supervise(sup, lambda: None) == 1, log
     delays = [line.rsplit("starting another in ", 1)[1] for line in log.lines if "starting another" in line]
-    assert delays == ["1 s", "2 s", "4 s"], log
-    for n, delay in ((1, 1), (2, 2), (3, 4)):
+    assert delays == ["0.1 s", "0.2 s", "0.4 s"], log
+    for n, delay in ((1, 0.1), (2, 0.2), (3, 0.4)):
         assert log.said(rf"ERROR Worker \[\d+\] exited with status 3 before it listened \({n} failed start\(s\) "
                         rf"in a row\): starting another in {delay} s", pattern=True), log  # fmt: skip
     assert log.said("CRITICAL No worker starts (each failed 3 times in a row; see above): stopping"), log

@@ -250,6 +250,7 @@ class Supervisor:
     nothing, probes included, while the kernel still hands it new connections) is killed and
     replaced like a crashed one. 0 turns it off."""
 
+    BACKOFF_FIRST_S = 1.0  # doubled at each failed start in a row, up to BACKOFF_MAX_S
     BACKOFF_MAX_S = 30.0
     STABLE_S = 60.0
     SHUTDOWN_SLACK_S = 10.0  # at shutdown, past drain and grace: what a lifespan shutdown may take
@@ -311,7 +312,7 @@ class Supervisor:
         slot.process = None
         stable = slot.listening is not None and now - slot.listening >= self.STABLE_S
         slot.failures = 1 if stable else slot.failures + 1
-        delay = min(self.BACKOFF_MAX_S, 2.0 ** (slot.failures - 1))
+        delay = min(self.BACKOFF_MAX_S, self.BACKOFF_FIRST_S * 2.0 ** (slot.failures - 1))
         slot.start_at = now + delay
         when = "before it listened" if slot.listening is None else (
             f"{now - slot.listening:.0f} s after it listened")  # fmt: skip
