@@ -98,11 +98,14 @@ def test_another_model_drops_the_recipes_model_config():
 
 def test_run_names_what_it_trains():
     from fmnist.cli.demo import recipe_line
-    from fmnist.recipes import get_recipe
+    from fmnist.recipes import apply_overrides, get_recipe
 
     assert recipe_line(get_recipe("default")).startswith(
         "Training recipe 'default': cnn (first conv whitened, last stage pooled), 4 epochs")
     assert recipe_line(get_recipe("quickstart")).startswith("Training recipe 'quickstart': mlp, 5 epochs")
+    muon = apply_overrides(get_recipe("default"), {"optimizer": "muon", "lr": 0.2, "muon_lr": 0.05})
+    assert recipe_line(muon).endswith(", muon lr 0.2, filters' lr 0.05")
+    assert recipe_line(get_recipe("default")).endswith(f"sgd lr {get_recipe('default').lr}")
 
 
 @pytest.mark.realdata

@@ -30,8 +30,10 @@ def recipe_line(recipe: Recipe) -> str:
 
     words = traits(recipe)
     shown = f" ({', '.join(words)})" if words else ""
+    # Muon steps the conv filters at muon_lr and everything else at lr (SGD's step)
+    lrs = f"lr {recipe.lr}, filters' lr {recipe.muon_lr}" if recipe.optimizer == "muon" else f"lr {recipe.lr}"
     return (f"Training recipe '{recipe.name}': {recipe.model}{shown}, {recipe.epochs} epochs, "
-            f"batch {recipe.batch_size}, {recipe.optimizer} lr {recipe.lr}")
+            f"batch {recipe.batch_size}, {recipe.optimizer} {lrs}")
 
 
 def run(args: argparse.Namespace) -> int:
