@@ -213,3 +213,9 @@ def test_the_replanner_keeps_time_for_the_last_epochs_tta_evaluation():
     # every epoch but the last evaluates plain: the last one's end costs twice what was measured
     end, _ = simulate(60, halves, 0.5, replan=True, tta=True)
     assert 0.9 * 60 <= end <= 60
+
+
+def test_at_a_steady_throughput_a_run_without_tta_keeps_its_plan():
+    # nothing to keep back for a last TTA evaluation, and every step costs what was measured
+    steady = simulate(60, lambda now: 0.03, 0.5, replan=True)
+    assert steady == simulate(60, lambda now: 0.03, 0.5, replan=False)
