@@ -668,6 +668,11 @@ def test_cli_serve_workers_use_the_app_factory(make_checkpoint, monkeypatch) -> 
         (["serve", "{ckpt}", "--max-queue", "0"], "--max-queue"),
         (["serve", "{ckpt}", "--batch-window-ms", "-1"], "--batch-window-ms"),
         (["serve", "{ckpt}", "--backend", "torch", "--request-timeout", "0"], "--request-timeout"),
+        (["serve", "{ckpt}", "--max-uploads", "0"], "--max-uploads"),
+        (["serve", "{ckpt}", "--max-request-megapixels", "0"], "--max-request-megapixels"),
+        (["serve", "{ckpt}", "--drain-delay", "-1"], "--drain-delay"),
+        (["serve", "{ckpt}", "--watchdog-timeout", "-1"], "--watchdog-timeout must be 0 (off) or more"),
+        (["serve", "{ckpt}", "--graceful-timeout", "0"], "--graceful-timeout"),
         # (on a machine with CUDA this one is served; the next is refused everywhere)
         *([] if torch.cuda.is_available() else [(["serve", "{ckpt}", "--device", "cuda"], "no CUDA GPU")]),
         (["serve", "{ckpt}", "--device", "cuda", "--backend", "onnxruntime"],

@@ -110,21 +110,11 @@ def workers_and_threads(workers: str, cpus: int) -> tuple[int, int]:
     return n, max(1, cpus // n)  # the workers share the cores instead of fighting over them
 
 
-def run(args: argparse.Namespace) -> int:
-    try:
-        import uvicorn
-
-        from fmnist.serve.metrics import MULTIPROC_ENV
-        from fmnist.serve.server import serve
-    except ImportError as e:  # `make run` installs only what training needs
-        raise ConfigError(
-            f"fmnist serve needs the '{e.name}' package: pip install -e '.[serve]' "
-            "(or make setup-full)."
-        ) from None
-
+def checked_options(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The app's options and uvicorn's from the flags, each flag checked first (one sentence
+    for a bad one)."""
     if not 0 <= args.port <= 65535:
         raise ConfigError(f"Invalid --port {args.port}: use 0-65535.")
-    workers, threads = workers_and_threads(args.workers, os.cpu_count() or 1)
     if args.max_batch < 1 or args.max_upload_mb <= 0 or args.batch_size < 1 or args.max_queue < 1:
         raise ConfigError("--max-images, --max-upload-mb, --max-pass-images and --max-queue must be positive.")
     if args.max_uploads < 1:
@@ -152,6 +142,23 @@ def run(args: argparse.Namespace) -> int:
     }  # fmt: skip
     common = {"host": args.host, "port": args.port, "log_level": args.log_level,
               "timeout_graceful_shutdown": args.graceful_timeout}  # fmt: skip
+    return options, common
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+
+        from fmnist.serve.metrics import MULTIPROC_ENV
+        from fmnist.serve.server import serve
+    except ImportError as e:  # `make run` installs only what training needs
+        raise ConfigError(
+            f"fmnist serve needs the '{e.name}' package: pip install -e '.[serve]' "
+            "(or make setup-full)."
+        ) from None
+
+    workers, threads = workers_and_threads(args.workers, os.cpu_count() or 1)
+    options, common = checked_options(args)
 
     # The model is pinned: resolved once, copied into the server's own folder, loaded from
     # there (fmnist.serve.pinning). This process loads it first, so that a bad checkpoint fails
