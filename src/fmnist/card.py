@@ -103,36 +103,46 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def render(m: Measured, run_name: str) -> str:
-    """The card's Markdown."""
-    meta, config, report = m.meta, m.config, m.report
-    classes = report.classes
+    """The card's Markdown, section by section."""
+    sections = (model_section, data_section, results_section, calibration_section, sets_section,
+                ood_section, intended_use)
+    return "\n".join([f"# Model card: {run_name}", "", *(line for make in sections for line in make(m))])
+
+
+def model_section(m: Measured) -> list[str]:
+    meta, config = m.meta, m.config
     metrics = meta.get("metrics") or {}
-    trust = report.trust
-    assert trust is not None
-    out = [f"# Model card: {run_name}", ""]
-    out += ["## Model", "",
-            f"- Network: `{meta.get('model')}` {json.dumps(meta.get('model_config', {}))}",
-            f"- Recipe: `{meta.get('recipe') or config.get('name')}`, trained {meta.get('epoch')} "
-            f"epochs in {metrics.get('train_seconds', float('nan')):.1f} s of training",
-            f"- Hardware: {m.status.get('hardware', 'not recorded')} "
-            f"({m.status.get('device', 'device not recorded')}, "
-            f"{m.status.get('world_size', 1)} process(es))",
-            f"- Libraries: {', '.join(f'{k} {v}' for k, v in (meta.get('versions') or {}).items())}",
-            f"- Predicts with flip TTA: {'yes' if meta.get('tta_flip') else 'no'}", ""]
+    out = ["## Model", "",
+           f"- Network: `{meta.get('model')}` {json.dumps(meta.get('model_config', {}))}",
+           f"- Recipe: `{meta.get('recipe') or config.get('name')}`, trained {meta.get('epoch')} "
+           f"epochs in {metrics.get('train_seconds', float('nan')):.1f} s of training",
+           f"- Hardware: {m.status.get('hardware', 'not recorded')} "
+           f"({m.status.get('device', 'device not recorded')}, "
+           f"{m.status.get('world_size', 1)} process(es))",
+           f"- Libraries: {', '.join(f'{k} {v}' for k, v in (meta.get('versions') or {}).items())}",
+           f"- Predicts with flip TTA: {'yes' if meta.get('tta_flip') else 'no'}", ""]
     if config:
         keys = ("epochs", "batch_size", "optimizer", "lr", "schedule", "label_smoothing", "flip",
                 "shift", "whiten", "holdout", "seed")
         out += ["Recipe fields: " + ", ".join(f"{k} {config[k]}" for k in keys if k in config), ""]
-    fitted = meta.get("trust") or {}
-    out += ["## Data", "",
+    return out
+
+
+def data_section(m: Measured) -> list[str]:
+    meta, classes = m.meta, m.report.classes
+    return ["## Data", "",
             f"- Dataset: `{meta.get('dataset')}`, {len(classes)} classes: {', '.join(classes)}",
             f"- Data hash (sha256 of the decompressed files): `{meta.get('dataset_sha256')}`",
-            f"- Held out of training for calibration: {fitted.get('held_out', 0)} images",
-            f"- Test set: {report.n} images "
+            f"- Held out of training for calibration: {fitted(m).get('held_out', 0)} images",
+            f"- Test set: {m.report.n} images "
             f"(what the figures below are measured on, except where said)", ""]
-    out += ["## Results on the test set", "",
-            f"Accuracy {100 * report.accuracy:.2f} %, mean cross-entropy {report.loss:.4f}.", "",
-            "| class | precision | recall | F1 | images |", "| --- | ---: | ---: | ---: | ---: |"]
+
+
+def results_section(m: Measured) -> list[str]:
+    report, classes = m.report, m.report.classes
+    out = ["## Results on the test set", "",
+           f"Accuracy {100 * report.accuracy:.2f} %, mean cross-entropy {report.loss:.4f}.", "",
+           "| class | precision | recall | F1 | images |", "| --- | ---: | ---: | ---: | ---: |"]
     for name, row in report.per_class.items():
         out.append(f"| {name} | {row['precision']:.4f} | {row['recall']:.4f} | {row['f1']:.4f} "
                    f"| {int(row['support'])} |")
@@ -141,31 +151,42 @@ def render(m: Measured, run_name: str) -> str:
         share = count / max(1, report.per_class[classes[true]]["support"])
         out.append(f"- {classes[true]} as {classes[pred]}: {count} images "
                    f"({100 * share:.1f} % of {classes[true]})")
-    out += ["", "## Calibration", ""]
+    return out
+
+
+def calibration_section(m: Measured) -> list[str]:
+    trust = trust_of(m)
     lo_b, hi_b = trust.ece_interval["before"]
     lo_a, hi_a = trust.ece_interval["after"]
-    if trust.calibrated:
-        out += [f"Temperature {trust.temperature:.4f}, fitted on {fitted.get('held_out')} held-out "
-                "images (minimum NLL).", "",
-                "| | ECE (15 bins) | 95 % bootstrap interval | NLL |", "| --- | ---: | ---: | ---: |",
-                f"| before | {trust.ece['before']:.4f} | {lo_b:.4f}-{hi_b:.4f} | {trust.nll['before']:.4f} |",
-                f"| after | {trust.ece['after']:.4f} | {lo_a:.4f}-{hi_a:.4f} | {trust.nll['after']:.4f} |"]
-    else:
-        out += ["No temperature was fitted (the run held no images out): probabilities are the "
+    if not trust.calibrated:
+        return ["", "## Calibration", "",
+                "No temperature was fitted (the run held no images out): probabilities are the "
                 f"model's own. ECE {trust.ece['before']:.4f} ({lo_b:.4f}-{hi_b:.4f})."]
-    out += ["", "## Prediction sets", ""]
-    if trust.calibrated:
-        out += ["Split-conformal sets (score "
-                f"`{(fitted.get('sets') or {}).get('score')}`), thresholds from the held-out images:",
-                "", "| coverage asked | true class in the set | mean set size |",
-                "| ---: | ---: | ---: |"]
-        for level, r in m.sets.items():
-            out.append(f"| {100 * level:g} % | {100 * (r.set_coverage or 0):.2f} % | "
-                       f"{r.set_mean_size or 0:.3f} |")
-    else:
-        out.append("None: the run held no images out to fit them on.")
-    out += ["", "## Out-of-distribution check", ""]
-    ood_fit = fitted.get("ood") or {}
+    return ["", "## Calibration", "",
+            f"Temperature {trust.temperature:.4f}, fitted on {fitted(m).get('held_out')} held-out "
+            "images (minimum NLL).", "",
+            "| | ECE (15 bins) | 95 % bootstrap interval | NLL |", "| --- | ---: | ---: | ---: |",
+            f"| before | {trust.ece['before']:.4f} | {lo_b:.4f}-{hi_b:.4f} | {trust.nll['before']:.4f} |",
+            f"| after | {trust.ece['after']:.4f} | {lo_a:.4f}-{hi_a:.4f} | {trust.nll['after']:.4f} |"]
+
+
+def sets_section(m: Measured) -> list[str]:
+    if not trust_of(m).calibrated:
+        return ["", "## Prediction sets", "", "None: the run held no images out to fit them on."]
+    out = ["", "## Prediction sets", "",
+           "Split-conformal sets (score "
+           f"`{(fitted(m).get('sets') or {}).get('score')}`), thresholds from the held-out images:",
+           "", "| coverage asked | true class in the set | mean set size |",
+           "| ---: | ---: | ---: |"]
+    for level, r in m.sets.items():
+        out.append(f"| {100 * level:g} % | {100 * (r.set_coverage or 0):.2f} % | "
+                   f"{r.set_mean_size or 0:.3f} |")
+    return out
+
+
+def ood_section(m: Measured) -> list[str]:
+    trust, ood_fit = trust_of(m), fitted(m).get("ood") or {}
+    out = ["", "## Out-of-distribution check", ""]
     if trust.recognised_rate is not None:
         out += [f"Score: `{ood_fit.get('score')}` of the calibrated probabilities; threshold set "
                 f"so that {100 * float(ood_fit.get('pass_rate', 0)):g} % of the held-out images "
@@ -187,14 +208,27 @@ def render(m: Measured, run_name: str) -> str:
             "photographed unlike the dataset; a threshold that passes "
             f"{100 * float(ood_fit.get('pass_rate', 0.95)):g} % of genuine images marks the "
             "rest as not recognised."]
-    out += [f"Not measured: {s}." for s in m.ood_skipped]
-    out += ["", "## Intended use", "",
+    return out + [f"Not measured: {s}." for s in m.ood_skipped]
+
+
+def intended_use(m: Measured) -> list[str]:
+    classes = m.report.classes
+    return ["", "## Intended use", "",
             f"Classifying one image into one of these {len(classes)} classes: {', '.join(classes)}, "
-            f"for images prepared like `{meta.get('dataset')}`'s (one object, light on a dark "
+            f"for images prepared like `{m.meta.get('dataset')}`'s (one object, light on a dark "
             "background after `fmnist.images.preprocess`, 28x28 grey). The figures above hold "
             "for images like its test set; the out-of-distribution mark is a screen, not a "
             "guarantee. Not for decisions about people.", ""]
-    return "\n".join(out)
+
+
+def fitted(m: Measured) -> dict[str, Any]:
+    """What calibration fitted on the held-out images (model.json's `trust`), or {}."""
+    return m.meta.get("trust") or {}
+
+
+def trust_of(m: Measured) -> TrustReport:
+    assert m.report.trust is not None  # measure() always makes it
+    return m.report.trust
 
 
 def main_confusions(matrix: list[list[int]]) -> list[tuple[int, int, int]]:
