@@ -10,6 +10,8 @@ once; `cd .mutants/<module> && mutmut show <name>` shows a survivor afterwards),
 module mutated and only its tests run. PYTHONPATH points at the mutated copy, so the tests' own
 subprocesses (`python -m fmnist ...`, a signalled run) run the mutant too. MUTANTS_SUFFIX=-after
 keeps a second run of the same module apart (.mutants/<module>-after/: a before/after score).
+MUTANTS_ONLY=FILE runs only the mutants named in FILE (one a line, as `mutmut results` names
+them): an earlier run's survivors, against the tests written since.
 """
 
 from __future__ import annotations
@@ -70,7 +72,9 @@ def main(argv: list[str]) -> int:
            "MKL_NUM_THREADS": "1"}
     mutmut = str(Path(sys.executable).with_name("mutmut"))
     children = os.environ.get("MUTANTS_CHILDREN", "1")  # 2 shared cores: one test run at a time
-    run = subprocess.run([mutmut, "run", "--max-children", children], cwd=work, env=env)
+    only = os.environ.get("MUTANTS_ONLY")
+    names = Path(only).read_text().split() if only else []
+    run = subprocess.run([mutmut, "run", "--max-children", children, *names], cwd=work, env=env)
     if run.returncode != 0:
         return run.returncode
     subprocess.run([mutmut, "results"], cwd=work, env=env, check=True)
