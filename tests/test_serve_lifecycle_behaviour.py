@@ -49,7 +49,8 @@ SUPERVISE = textwrap.dedent("""
     sock.listen(64)
     print(sock.getsockname()[1], flush=True)
     config = uvicorn.Config("serve_flaky_worker:app", factory=True, log_level="warning")
-    Supervisor.STABLE_S = 1.0  # a worker serving this long has proved itself (days, in real life)
+    Supervisor.STABLE_S = 0.5  # a worker serving this long has proved itself (a minute, in real life)
+    Supervisor.BACKOFF_FIRST_S = 0.1  # 1 s in fmnist serve
     sys.exit(Supervisor(config, sock, 1, "serve_flaky_worker:app", give_up=3).run())
 """)
 
@@ -80,7 +81,7 @@ def test_a_worker_that_came_back_after_a_failed_start_has_its_failure_forgotten(
 
         for _ in range(2):  # serving, then killed; its replacement fails once, then serves
             until(a_new_worker_answers, "a new worker answers", 60)
-            time.sleep(2.0)  # serving longer than STABLE_S, as the supervisor sees it
+            time.sleep(1.0)  # serving longer than STABLE_S, as the supervisor sees it (0.2 s rounds)
             os.kill(seen[-1], signal.SIGKILL)
         until(a_new_worker_answers, "a new worker answers after the second failed start", 60)
         assert len(seen) == 3
