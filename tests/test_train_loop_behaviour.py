@@ -226,7 +226,8 @@ def test_under_torchrun_a_timed_checkpoint_or_a_time_budget_is_refused(monkeypat
     assert str(refused.value) == "rank 0 of 2: " + BUDGET_REFUSED
 
 
-def test_a_saved_run_continues_with_its_own_recipe_and_folder_and_no_time_budget(tmp_path):
+def test_a_saved_run_continues_with_its_own_recipe_folder_and_process_count_and_no_budget(
+        tmp_path, monkeypatch):
     run = tmp_path / "run"
     fit(replace(TINY, epochs=1), data=tiny_data(), out=run, display=False)
     with pytest.raises(ConfigError) as refused:
@@ -237,6 +238,10 @@ def test_a_saved_run_continues_with_its_own_recipe_and_folder_and_no_time_budget
             fit(resume=run, data=tiny_data(), display=False, **given)
         assert str(refused.value) == ("fit(resume=...) continues a run with the recipe and folder "
                                       "it saved: do not pass recipe or out with it.")
+    monkeypatch.setenv("RANK", "0")  # the process count sets the global batch and the schedule
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match=r"was trained by 1 process\(es\), this launch has 2"):
+        fit(resume=run, data=tiny_data(), display=False)
 
 
 def test_a_run_that_does_not_save_writes_nothing_even_given_a_folder(tmp_path):
