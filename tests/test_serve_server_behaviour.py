@@ -486,3 +486,5 @@ def test_one_process_reloads_on_sighup_while_it_goes_on_answering_and_exits_0_af
         raise failed[0]
     assert reloads == ["fmnist-reload"]
     assert log.said("INFO Received SIGTERM: draining (not ready; 0.5 s until the port closes)"), log
+    # SIGHUP's handler too: a program that served and goes on is not reloading a stopped app
+    assert {sig: signal.getsignal(sig) for sig in SIGNALS} == handlers

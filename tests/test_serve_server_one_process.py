@@ -30,9 +30,7 @@ from fmnist.serve.server import Server, serve
 
 __all__ = ["handlers", "log"]  # fixtures, used by name
 
-# SIGHUP is left out of the comparison: `Server.serve` installs its reload handler for an app
-# that can reload and does not put the previous one back (noticed here, not changed)
-STOPS = (signal.SIGTERM, signal.SIGINT)
+STOPS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)  # each put back when serving ends
 
 
 async def bare_app(scope: dict[str, Any], receive: Any, send: Any) -> None:

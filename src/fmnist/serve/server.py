@@ -82,6 +82,7 @@ class Server(uvicorn.Server):
         if not self.config.loaded:
             self.config.load()
         reload = getattr(getattr(self.config.app, "state", None), "reload", None)
+        hup = signal.getsignal(signal.SIGHUP)  # put back when serving ends (a library's caller)
         if reload is not None and threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGHUP, lambda sig, frame: threading.Thread(
                 target=reload, name="fmnist-reload", daemon=True).start())  # fmt: skip
@@ -90,7 +91,11 @@ class Server(uvicorn.Server):
             self.config.http_protocol_class = type(protocol.__name__, (FirstRequestGrace, protocol),
                                                    {"grace_s": self.first_request_grace_s})  # fmt: skip
         self.engine = _engine_of(self.config.app)
-        await super().serve(sockets)
+        try:
+            await super().serve(sockets)
+        finally:
+            if reload is not None and threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGHUP, hup)
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
