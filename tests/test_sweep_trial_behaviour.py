@@ -350,6 +350,7 @@ def test_a_trial_past_the_studys_n_or_a_second_copy_of_the_recipe_is_skipped(tmp
     assert later.number > first.number and "skipped" not in study.trials[0].user_attrs
 
 
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")  # as storage.py does
 def test_the_retry_of_a_killed_workers_trial_resumes_its_folder_with_its_reports(tmp_path,
                                                                                   capsys):
     class Killed(BaseException):
