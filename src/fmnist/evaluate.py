@@ -7,6 +7,9 @@ prediction sets, and how often it says "not recognised".
 Everything is computed by hand from the logits with torch/numpy (no sklearn), in float64 so the
 numbers do not depend on batch order. `metrics_from_logits` is the pure part and is what the
 tests check against hand-computed values.
+
+One job: measuring a model from its logits. The trust half reads the same logits and the same
+calibration error as the metrics half, and `evaluate` returns both in one `Report`.
 """
 
 from __future__ import annotations

@@ -1,5 +1,9 @@
 """`fmnist serve RUN_DIR|CHECKPOINT|MODEL.onnx`: the HTTP API and the web page (see
-fmnist.serve.app)."""
+fmnist.serve.app).
+
+One job, the command's: from flags to running processes. Its parts (checking the flags, pinning
+and loading the model once, one process or a supervisor with workers, the shared socket) are
+the steps of that one start-up, each used only here; the serving itself is fmnist.serve."""
 
 from __future__ import annotations
 

@@ -13,6 +13,9 @@ so is not small). Why not every request in the pool: the two extra thread crossi
 third of the requests/s for small images (measured: 471-511 vs 749 requests/s, 8 clients, 2
 workers, 2 busy cores).
 
+One job: a request's way from its bytes to its answer. Admission, decoding, the pass and the
+counters share one queue and one set of budgets, so they are one class, not several.
+
 Bounded work: the event loop only parses HTTP and reads those fixed offsets; no image library
 runs on it. A request whose images declare more than `max_request_pixels` in all is refused
 (413) before anything is decoded, and decoding checks the same budget again, image by image,
