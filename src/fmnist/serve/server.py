@@ -156,7 +156,7 @@ class FirstRequestGrace:
     connection was accepted. Under SIGTERM with 16 such clients that was every cut request
     (12 of 12 in one run, benchmarks/serve_lifecycle.py). Here a connection with no request
     yet gets `grace_s` for it (a client sends as soon as it has connected; one that has not
-    within a second is not about to), and it is answered with Connection: close; an idle
+    within a second is not about to), and the connection is closed once it is answered; an idle
     keep-alive connection, which has had its answers, is still closed at once."""
 
     grace_s = 1.0

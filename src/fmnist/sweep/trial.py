@@ -262,7 +262,8 @@ class TrialObjective:
         trial.set_user_attr("train_seconds", round(last.get("train_seconds", 0.0), 2))
 
     def nothing_works(self) -> bool:
-        """Nothing has worked, twice (the trial itself not yet counted): the sweep stops."""
+        """No trial has completed or been pruned, and two (this failed one counted) have failed:
+        the sweep stops."""
         all_trials = self.study.get_trials(deepcopy=False)
         errors = [t for t in all_trials if "error" in t.user_attrs]
         worked = [t for t in all_trials if t.state.name in ("COMPLETE", "PRUNED")]
