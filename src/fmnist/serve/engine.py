@@ -288,6 +288,8 @@ class Engine:
             if not work.done():
                 job.cancelled.set()
         if work in done:
+            if work.cancelled():  # engine.close cancelled its decode, queued in the pool
+                raise BatcherClosed("The server is shutting down.")
             return work.result()
         if done:  # the client hung up: nobody will read this (499, as nginx logs it)
             self.rejected["client_gone"] += 1
