@@ -34,7 +34,8 @@ def optuna() -> Any:
 
 
 def hide_password(url: str) -> str:
-    return re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", url)
+    """`url` with its password as ***; also in `user:password@host/db`, a URL without its scheme."""
+    return re.sub(r"((?:^|://)[^:/@]*):[^@/]*@", r"\1:***@", url)
 
 
 def default_url(sweep_dir: Path) -> str:
