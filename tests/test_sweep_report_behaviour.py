@@ -60,8 +60,9 @@ def a_sweep():
         objective="accuracy", trial_budget=10)
 
 
-def a_front(objective="accuracy,latency"):
+def a_front(objective: str | None = "accuracy,latency"):
     """Accuracy against a second measure: trial 2 is dominated, 1 and 3 tie, 4 failed."""
+    named = {} if objective is None else {"objective": objective}
     return new_study(
         trial(values=[0.9, 0.5], user_attrs={"train_seconds": 100}),
         trial(values=[0.8, 0.2], lr=0.01),
@@ -69,7 +70,7 @@ def a_front(objective="accuracy,latency"):
         trial(values=[0.8, 0.2], lr=0.02),
         trial(TrialState.FAIL, lr=0.4, user_attrs={"error": "out of memory"}),
         trial(values=[0.95, 0.9], lr=0.05, user_attrs={"values": SAMPLED}),
-        directions=("maximize", "minimize"), objective=objective)
+        directions=("maximize", "minimize"), **named)
 
 
 # ---- the table: trials.md -------------------------------------------------------------------
@@ -124,6 +125,8 @@ def test_a_two_measure_study_that_does_not_name_its_second_calls_it_second():
             "| ---: | --- | ---: | ---: | :---: | ---: | ---: | --- |",
             "| 0 | complete | 90.00 % | 3 | * |  |  | lr=0.1 |"]
         assert report.rows(study)[0]["second"] == 3.0
+        assert report.progress(study.get_trials()[0], study, None, None) == (
+            "trial 0 complete: 90.00 %, 3 second | 1 done, best 90.00 % (trial 0)")
     one = new_study(trial(value=0.9), objective="accuracy,latency")  # one direction: one measure
     assert report.second_of(one) is None and report.front(one) == []
     assert "front" not in report.table(one) and "front" not in report.rows(one)[0]
@@ -384,3 +387,5 @@ def test_a_front_gets_the_accuracys_history_and_importances_and_the_pareto_front
     assert importances["legend"] == ["validation accuracy"]
     assert pareto["labels"] == [("validation accuracy", "ms per image")]
     assert all(png(p)[1] == 110 for p in written)
+    report.plots(tmp_path / "unnamed", a_front(objective=None))
+    assert drawn.figures[-1]["labels"] == [("validation accuracy", "second")]
