@@ -62,6 +62,8 @@ def test_a_budgeted_runs_folder_records_the_steps_that_ran_and_why(tmp_path, cap
     config = read_config_file(tmp_path / "run" / "config.json")
     assert config["eval_every"] == 1  # every epoch evaluated: the re-planner measures from them
     assert config["epochs"] == len(result.rows) and 0 < config["steps"] <= 20
+    text = (tmp_path / "run" / "config.json").read_text()  # rewritten, laid out as written first
+    assert text == json.dumps(json.loads(text), indent=2) + "\n"
     replans = json.loads((tmp_path / "run" / "status.json").read_text())["replans"]
     assert replans and replans[-1]["steps"] == config["steps"]
     assert f"-> {config['steps']:,} steps ({config['epochs']} epochs)." in out

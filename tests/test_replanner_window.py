@@ -37,9 +37,9 @@ def step_seconds(now: float) -> float:
     return SLOW if SLOW_FROM <= now < SLOW_UNTIL else FAST
 
 
-def budgeted_run(budget_s: float, show: bool = False) -> tuple[float, list[dict]]:
+def budgeted_run(budget_s: float, show: bool = False) -> tuple[float, list[dict], RunState]:
     """A run planned for `budget_s` at the fast step time, driven as fmnist.train.loop drives it;
-    when it ended, and its re-plans."""
+    when it ended, its re-plans, and the state its callbacks saw."""
     recipe = replace(SMALL, batch_size=BATCH, epochs=1)
     setup = set_up(recipe, DistInfo(), make_data(n_train=BATCH * PER_EPOCH, n_test=8), None, None)
     measured = Measured(BATCH / FAST, BATCH * PER_EPOCH, OVERHEAD)
@@ -62,12 +62,12 @@ def budgeted_run(budget_s: float, show: bool = False) -> tuple[float, list[dict]
             keeper.on_step(state, step, torch.zeros(()), BATCH)
         clock.now += OVERHEAD
         keeper.on_epoch_end(state, {"tta": True})
-    return clock.now + END_SECONDS, keeper.replans
+    return clock.now + END_SECONDS, keeper.replans, state
 
 
 def test_after_a_slow_spell_the_replanner_plans_with_the_recent_step_time():
     budget = 120.0
-    end, replans = budgeted_run(budget)
+    end, replans, _ = budgeted_run(budget)
     # re-plans made once the windows since the recovery hold only fast steps
     after = [r for r in replans if budget - r["seconds_left"] >= SLOW_UNTIL + 1.0]
     during = [r for r in replans if SLOW_FROM + 1.0 <= budget - r["seconds_left"] < SLOW_UNTIL]
@@ -77,7 +77,7 @@ def test_after_a_slow_spell_the_replanner_plans_with_the_recent_step_time():
 
 
 def test_each_replan_is_said_as_it_happens_and_recorded(capsys):
-    _, replans = budgeted_run(120.0, show=True)
+    _, replans, state = budgeted_run(120.0, show=True)
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == len(replans) >= 3
     steps = None
@@ -89,3 +89,5 @@ def test_each_replan_is_said_as_it_happens_and_recorded(capsys):
             assert f": {steps:,} -> " in line  # from what the previous re-plan planned
         steps = r["steps"]
     assert [r["at_step"] for r in replans] == sorted(r["at_step"] for r in replans)
+    # the progress line's "epoch i/N" (RunState.epochs, what callbacks read) follows the plan
+    assert state.epochs == -(-replans[-1]["steps"] // PER_EPOCH)
