@@ -177,7 +177,9 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     payload = {"date": _dt.datetime.now().isoformat(timespec="seconds"), "argv": argv,
                "machine": info, "cases": results, "table": report}
-    out.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    # the commands as a reader would type them: no path of this machine in a results file
+    text = json.dumps(payload, indent=2, default=str).replace(sys.executable, "python")
+    out.write_text(text.replace(f"{ROOT}/", "") + "\n")
     print(f"\nWrote {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}")
     return 0
 
