@@ -50,6 +50,19 @@ def test_a_budget_too_small_for_any_model_names_each_one_tried():
         "--time-budget, or set --epochs instead.")
 
 
+def test_a_budgeted_run_that_saves_nothing_replans_and_finishes(tmp_path, capsys, monkeypatch):
+    """`fit(..., time_budget=..., save=False)`: no folder to record the re-plans in, and none
+    written, but the run re-plans and ends as one with a folder does."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(fmnist.train.throughput, "measure",
+                        lambda setup: Measured(2_560.0, 256, 0.05))
+    recipe = apply_overrides(SMALL, {"epochs": 1, "eval_every": 0})
+    result = fit(recipe, data=make_data(), time_budget="0.3s", save=False)
+    assert "Re-planned at step" in capsys.readouterr().out
+    assert result.rows and result.rows[-1]["test_accuracy"] is not None
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_budgeted_runs_folder_records_the_steps_that_ran_and_why(tmp_path, capsys,
                                                                     monkeypatch):
     # 2,560 img/s = 0.1 s an epoch of 256 images; this machine is slower, so the run re-plans
