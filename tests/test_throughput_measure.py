@@ -60,3 +60,15 @@ def test_a_fast_machine_still_times_the_fewest_steps(clocked, monkeypatch: pytes
     assert clocked["steps"] == [32] * (budget.WARMUP_STEPS + budget.MIN_STEPS)
     assert m.images_per_s == 32 / STEP_S
     assert clocked["evaluated"] == [64] and m.eval_seconds == pytest.approx(EVAL_S)
+
+
+def test_a_budget_is_planned_from_what_this_setup_measures(clocked, capsys) -> None:
+    """`plan_for` measures the recipe's own setup (its data, its model) and plans with it: at
+    256 images/s of a 256-image epoch, 60 s hold tens of epochs, each one evaluated."""
+    data = make_data(n_train=320, n_test=64)
+    setup = set_up(replace(SMALL, holdout=64), DistInfo(), data, None, None)
+    planned = throughput.plan_for(setup, 60.0, show=True)
+    assert capsys.readouterr().out.startswith("Plan for a ")
+    assert planned.eval_every == 1 and planned.model == SMALL.model
+    assert len(clocked["steps"]) == budget.WARMUP_STEPS + round(budget.MEASURE_SECONDS / STEP_S)
+    assert planned.steps and planned.steps > 8 * 256 // 32  # more than 8 epochs of 8 steps
