@@ -210,6 +210,11 @@ def test_before_a_trial_completes_the_line_names_no_best():
     assert report.progress(first, study, 3, None) == (
         "trial 0 pruned: 50.00 % at 12 % of its steps | 1/3 done")
     assert report.progress(second, study, 3, None) == "trial 1 failed: boom | 1/3 done"
+    # a trial that failed after it had reported: its last report, then why it failed
+    late = new_study(trial(TrialState.FAIL, intermediate_values={12: 0.4},
+                           user_attrs={"error": "Training diverged in epoch 2"}))
+    assert report.progress(late.get_trials()[0], late, None, None) == (
+        "trial 0 failed: 40.00 %: Training diverged in epoch 2 | 0 done")
 
 
 def test_on_a_front_the_line_gives_the_second_measure_and_the_fronts_most_accurate():
