@@ -50,6 +50,12 @@ def test_a_budget_too_small_for_any_model_names_each_one_tried():
         "--time-budget, or set --epochs instead.")
 
 
+def test_a_budget_already_spent_is_said_as_none_left():
+    # a sweep trial whose time ran out a hair before it was planned: "0.0 s", never "-0.0 s"
+    with pytest.raises(ConfigError, match=r"^Not even one epoch fits in 0\.0 s on this machine"):
+        plan(BASE, -0.004, fake_measure(10, []))
+
+
 def test_a_budgeted_run_that_saves_nothing_replans_and_finishes(tmp_path, capsys, monkeypatch):
     """`fit(..., time_budget=..., save=False)`: no folder to record the re-plans in, and none
     written, but the run re-plans and ends as one with a folder does."""

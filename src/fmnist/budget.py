@@ -92,6 +92,7 @@ class Plan:
 
 
 def _fmt(seconds: float) -> str:
+    seconds = max(0.0, seconds)  # a budget spent to the last millisecond is 0.0 s, not -0.0 s
     if seconds < 10:
         return f"{seconds:.1f} s"
     return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
