@@ -207,7 +207,7 @@ def test_a_rerun_with_the_same_settings_goes_on_and_one_with_others_is_refused(t
     assert refusal(tmp_path, data, space=wider) == (
         f"Study 'sweep' was started with another space: {again}")
     # a budget that holds a trial and the final run exactly is accepted; the trial budget is not
-    assert refusal(tmp_path, data, budget="40s", trial_budget="20s") == (
+    assert refusal(tmp_path, data, budget="40s", trial_budget="20s", final=True) == (
         f"Study 'sweep' was started with another trial_budget: {again}")
     assert refusal(tmp_path, data, objective="accuracy,params") == (
         f"Study 'sweep' was started with another --objective: {again}")
@@ -485,6 +485,8 @@ def test_bad_sweep_settings_are_refused_before_anything_is_made(tmp_path, data):
     fixed = parse_space({**LRS, "epochs": 3}, RECIPE)
     assert refused(space=fixed, trial_budget="10s") == (
         "The space sets epochs, but --trial-budget chooses each trial's length: drop one of them.")
+    both = parse_space({**LRS, "epochs": 3, "steps": 100}, RECIPE)
+    assert refused(space=both, trial_budget="10s").startswith("The space sets epochs and steps, but")
     assert refused(budget="30s", trial_budget="20s") == (
         "A budget of 30 s cannot hold a trial and the final run of 20 s each: give a larger "
         "--time-budget or a smaller --trial-budget.")
