@@ -395,6 +395,12 @@ def test_a_change_is_a_value_that_differs_from_the_recipes():
     assert differences(DEFAULT, {"model_config.widths": [16, 64, 128], "lr": 0.05}) == {
         "model_config.widths": ([16, 32, 96], [16, 64, 128]), "lr": (0.1, 0.05)}
     assert differences(DEFAULT, {}) == {}
+    # a setting the recipe leaves to its model's default is that default, not None
+    silent = replace(DEFAULT, model_config={})
+    assert differences(silent, {"model_config.widths": [8, 8, 16]}) == {
+        "model_config.widths": (recipe_value(silent, "model_config.widths"), [8, 8, 16])}
+    assert recipe_value(silent, "model_config.widths") is not None
+    assert differences(silent, {"model_config.widths": recipe_value(silent, "model_config.widths")}) == {}
     # best.json writes it: the recipe's value, then the sampled one
     assert json.dumps(differences(DEFAULT, {"label_smoothing": 0.0})) == (
         '{"label_smoothing": [0.1, 0.0]}')

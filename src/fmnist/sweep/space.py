@@ -196,10 +196,7 @@ def differences(recipe: Recipe, values: dict[str, Any]) -> dict[str, tuple[Any, 
     """key -> (the recipe's value, the sampled one), for the values that differ."""
     out = {}
     for key, value in values.items():
-        if key.startswith("model_config."):
-            old = recipe.model_config.get(key.split(".", 1)[1])
-        else:
-            old = getattr(recipe, key)
+        old = recipe_value(recipe, key)  # a model's default where the recipe's config is silent
         same = (isinstance(old, float) and isinstance(value, float)
                 and math.isclose(old, value, rel_tol=1e-9)) or old == value
         if not same:
