@@ -58,3 +58,14 @@ def fake_data(monkeypatch: pytest.MonkeyPatch) -> tuple[np.ndarray, np.ndarray]:
 
     monkeypatch.setattr(fmnist.datasets, "load_arrays", load_arrays)
     return images, labels
+
+
+@pytest.fixture
+def quiet_optuna():
+    """Optuna's INFO lines off for a test (sweep tests name it), put back after."""
+    import optuna
+
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    yield
+    optuna.logging.set_verbosity(verbosity)

@@ -90,12 +90,7 @@ def queued(study):
     return [t for t in study.get_trials() if t.state.name == "WAITING"]
 
 
-@pytest.fixture(autouse=True)
-def quiet_optuna():
-    verbosity = optuna.logging.get_verbosity()
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
-    yield
-    optuna.logging.set_verbosity(verbosity)
+pytestmark = pytest.mark.usefixtures("quiet_optuna")
 
 
 def test_the_report_points_are_the_eighths_of_the_planned_steps():
