@@ -174,6 +174,8 @@ def refused(port: int) -> bool:
         socket.create_connection(("127.0.0.1", port), timeout=5).close()
     except ConnectionRefusedError:
         return True
+    except ConnectionResetError:  # queued just as the listener closed: the next try is refused
+        return False
     return False
 
 
