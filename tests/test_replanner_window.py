@@ -7,14 +7,19 @@ its timing noisy); the schedule, epochs and re-planning are the real ones."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
 
+import pytest
 import torch
 from synthetic import make_data
 from test_train import SMALL
+from test_write_errors import read_only
 
-from fmnist.budget import END_SECONDS, Measured, steps_for
+from fmnist.budget import END_SECONDS, Measured, remaining_steps, steps_for
 from fmnist.distributed import DistInfo
+from fmnist.errors import WriteError
 from fmnist.train import RunState
 from fmnist.train.setup import build, set_up
 from fmnist.train.throughput import BudgetKeeper
@@ -37,19 +42,23 @@ def step_seconds(now: float) -> float:
     return SLOW if SLOW_FROM <= now < SLOW_UNTIL else FAST
 
 
-def budgeted_run(budget_s: float, show: bool = False) -> tuple[float, list[dict], RunState]:
-    """A run planned for `budget_s` at the fast step time, driven as fmnist.train.loop drives it;
-    when it ended, its re-plans, and the state its callbacks saw."""
+def budgeted_run(budget_s: float, show: bool = False, every: float | None = 1.0,
+                 step_time: Callable[[float], float] = step_seconds, run_dir: Path | None = None,
+                 ) -> tuple[float, list[dict], RunState, BudgetKeeper]:
+    """A run planned for `budget_s` at the fast step time, driven as fmnist.train.loop drives it
+    (re-planned every `every` seconds; None: fit's own, BudgetKeeper's default); when it ended,
+    its re-plans, the state its callbacks saw and the re-planner."""
     recipe = replace(SMALL, batch_size=BATCH, epochs=1)
     setup = set_up(recipe, DistInfo(), make_data(n_train=BATCH * PER_EPOCH, n_test=8), None, None)
     measured = Measured(BATCH / FAST, BATCH * PER_EPOCH, OVERHEAD)
     setup = replace(setup, recipe=replace(recipe, steps=steps_for(budget_s - END_SECONDS,
                                                                   measured, BATCH)))
     parts = build(setup, None)
-    state = RunState(setup.recipe, None, True, PER_EPOCH, BATCH * PER_EPOCH, parts.epochs,
+    state = RunState(setup.recipe, run_dir, True, PER_EPOCH, BATCH * PER_EPOCH, parts.epochs,
                      setup=setup, parts=parts)
     clock = FakeClock()
-    keeper = BudgetKeeper(budget_s, show=show, every=1.0, clock=clock)
+    keeper = (BudgetKeeper(budget_s, show=show, clock=clock) if every is None
+              else BudgetKeeper(budget_s, show=show, every=every, clock=clock))
     epoch = 0
     while epoch < parts.epochs:
         epoch += 1
@@ -58,16 +67,16 @@ def budgeted_run(budget_s: float, show: bool = False) -> tuple[float, list[dict]
         for step in range(PER_EPOCH):
             if state.global_step + step >= parts.total_steps:
                 break
-            clock.now += step_seconds(clock.now)
+            clock.now += step_time(clock.now)
             keeper.on_step(state, step, torch.zeros(()), BATCH)
         clock.now += OVERHEAD
         keeper.on_epoch_end(state, {"tta": True})
-    return clock.now + END_SECONDS, keeper.replans, state
+    return clock.now + END_SECONDS, keeper.replans, state, keeper
 
 
 def test_after_a_slow_spell_the_replanner_plans_with_the_recent_step_time():
     budget = 120.0
-    end, replans, _ = budgeted_run(budget)
+    end, replans, _, _ = budgeted_run(budget)
     # re-plans made once the windows since the recovery hold only fast steps
     after = [r for r in replans if budget - r["seconds_left"] >= SLOW_UNTIL + 1.0]
     during = [r for r in replans if SLOW_FROM + 1.0 <= budget - r["seconds_left"] < SLOW_UNTIL]
@@ -77,7 +86,7 @@ def test_after_a_slow_spell_the_replanner_plans_with_the_recent_step_time():
 
 
 def test_each_replan_is_said_as_it_happens_and_recorded(capsys):
-    _, replans, state = budgeted_run(120.0, show=True)
+    _, replans, state, _ = budgeted_run(120.0, show=True)
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == len(replans) >= 3
     steps = None
@@ -91,3 +100,35 @@ def test_each_replan_is_said_as_it_happens_and_recorded(capsys):
     assert [r["at_step"] for r in replans] == sorted(r["at_step"] for r in replans)
     # the progress line's "epoch i/N" (RunState.epochs, what callbacks read) follows the plan
     assert state.epochs == -(-replans[-1]["steps"] // PER_EPOCH)
+
+
+ODD = 0.0537123  # seconds a step: re-plan times and step times with more decimals than recorded
+
+
+def test_fit_re_plans_every_five_seconds_and_its_first_re_plan_reserves_no_unmeasured_epoch_end():
+    """The window fit's re-planner uses (its default) is 5 s; before the first epoch has ended
+    there is no measured epoch end (evaluation, saving, TTA) to keep time for, so the first
+    re-plan fits the whole time left with steps; its record rounds to 10 ms and 1 us."""
+    budget = 120.0
+    _, replans, _, _ = budgeted_run(budget, every=None, step_time=lambda now: ODD)
+    now, at = 0.0, 0
+    while now < 5.0:  # the fake clock as the run moved it
+        now, at = now + ODD, at + 1
+    first = replans[0]
+    assert first["at_step"] == at
+    assert first["seconds_left"] == round(budget - now, 2) != round(budget - now, 3)
+    assert first["step_ms"] == round(1000 * ODD, 3) != round(1000 * ODD, 4)
+    assert first["steps"] == at + remaining_steps(budget - now, at, PER_EPOCH, now / at, 0.0)
+
+def test_a_run_folder_that_cannot_take_the_re_planned_config_says_which_file(small_disk):
+    """config.json is rewritten at the end with the steps that ran: on a read-only disk that
+    fails as one sentence naming it (and status.json, which only describes the run, is let be)."""
+    run = small_disk / "run"
+    run.mkdir()
+    _, replans, state, keeper = budgeted_run(120.0, run_dir=run)
+    assert replans
+    read_only(small_disk)
+    with pytest.raises(WriteError) as caught:
+        keeper.on_fit_end(state)
+    assert str(caught.value) == (f"Could not write the run config {run / 'config.json'}: the "
+                                 "filesystem is read-only.")

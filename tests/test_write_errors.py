@@ -30,19 +30,6 @@ def leftovers(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.rglob(".*.tmp"))
 
 
-@pytest.fixture
-def small_disk(tmp_path: Path):
-    """A 2 MiB tmpfs: a filesystem that really fills up (needs root, as here and in CI)."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)],
-                          capture_output=True, check=False)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
 def fill(disk: Path, leave: int = 0) -> Path:
     """Take every free byte of `disk` but `leave` (whole pages); returns the file to delete to
     free it again. A file longer than `leave` then fails part-way, as on a real disk."""
