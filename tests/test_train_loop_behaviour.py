@@ -176,13 +176,17 @@ def test_a_timed_checkpoint_lets_a_crashed_run_go_on_from_its_last_step(tmp_path
     assert same_weights(resumed.model, whole.model)
 
 
-def test_a_finished_run_resumed_trains_nothing_more_and_keeps_its_rows(tmp_path):
+def test_a_finished_run_resumed_trains_nothing_more_and_keeps_its_rows_and_trust(tmp_path):
     data = tiny_data()
-    done = fit(replace(TINY, epochs=1), data=data, out=tmp_path / "run", display=False)
+    done = fit(replace(TINY, epochs=1, holdout=16), data=data, out=tmp_path / "run", display=False)
     record = Record()
     again = fit(resume=tmp_path / "run", data=data, display=False, callbacks=[record])
     assert [e[0] for e in record.events] == ["fit_start", "fit_end"]
     assert again.rows == done.rows and same_weights(again.model, done.model)
+    # fitted again from the held-out images (the resume has no logits kept), to the same values
+    assert done.meta["trust"]["held_out"] == 16
+    assert again.meta["trust"] == done.meta["trust"]
+    assert json.loads((tmp_path / "run" / "model.json").read_text())["trust"] == done.meta["trust"]
 
 
 def test_a_run_whose_loss_blows_up_stops_with_that_epoch_saved_and_marked(tmp_path):
