@@ -13,7 +13,7 @@ from dataclasses import replace
 
 import pytest
 import torch
-from synthetic import make_data
+from synthetic import make_data, write_csv
 
 from fmnist.checkpoint import ResumeState, load_model
 from fmnist.errors import ConfigError, DivergedError
@@ -52,6 +52,7 @@ class Record(Callback):
 
     def on_fit_start(self, state):
         self.events.append(("fit_start", state.epoch))
+        self.run = (state.is_main, state.steps_per_epoch, state.samples_per_epoch)
 
     def on_epoch_start(self, state):
         self.events.append(("epoch_start", state.epoch))
@@ -89,6 +90,7 @@ def test_each_epochs_row_says_what_that_epoch_did_and_callbacks_see_it_in_order(
     result = fit(TINY, data=tiny_data(), save=False, display=False, callbacks=[record])
     wall = time.perf_counter() - began
     steps = [("step", e, s, 32) for e in (1, 2) for s in range(3)]
+    assert record.run == (True, 3, 96)  # one process: the main one, writing; its epoch's size
     assert record.events == [("fit_start", 0), ("epoch_start", 1), *steps[:3], ("epoch_end", 1),
                              ("epoch_start", 2), *steps[3:], ("epoch_end", 2), ("fit_end", 2)]
     rows = result.rows
@@ -187,6 +189,14 @@ def test_a_finished_run_resumed_trains_nothing_more_and_keeps_its_rows_and_trust
     assert done.meta["trust"]["held_out"] == 16
     assert again.meta["trust"] == done.meta["trust"]
     assert json.loads((tmp_path / "run" / "model.json").read_text())["trust"] == done.meta["trust"]
+    with pytest.raises(ConfigError, match="^This run was trained on data with fingerprint synthetic"):
+        fit(resume=tmp_path / "run", data=replace(data, fingerprint="other"), display=False)
+
+
+def test_a_data_folder_that_is_not_there_is_refused_before_anything_is_trained(tmp_path):
+    with pytest.raises(ConfigError) as refused:
+        fit(TINY, data_dir=tmp_path / "typo", save=False, display=False)
+    assert str(refused.value) == f"Data folder {tmp_path / 'typo'} does not exist or is not a folder."
 
 
 def test_a_run_whose_loss_blows_up_stops_with_that_epoch_saved_and_marked(tmp_path):
@@ -244,7 +254,8 @@ def test_a_saved_run_continues_with_its_own_recipe_folder_and_process_count_and_
                                       "it saved: do not pass recipe or out with it.")
     monkeypatch.setenv("RANK", "0")  # the process count sets the global batch and the schedule
     monkeypatch.setenv("WORLD_SIZE", "2")
-    with pytest.raises(ConfigError, match=r"was trained by 1 process\(es\), this launch has 2"):
+    with pytest.raises(ConfigError, match=rf"^rank 0 of 2: Run {re.escape(str(run))} was trained "
+                       r"by 1 process\(es\), this launch has 2"):
         fit(resume=run, data=tiny_data(), display=False)
 
 
@@ -276,3 +287,12 @@ def test_the_checkpoint_says_what_data_recipe_and_epoch_its_weights_come_from(tm
     assert meta["epoch"] == 1 and meta["metrics"] == result.rows[-1]
     assert set(meta["normalize"]) == {"mean", "std"} and meta["normalize"]["std"] > 0
     assert "evaluated_on" in meta and "trust" not in meta
+
+
+def test_a_run_on_a_relative_csv_path_records_it_absolute_so_it_is_found_from_anywhere(
+        tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_csv(tmp_path / "d", tiny_data())
+    result = fit(replace(TINY, dataset="csv:d", epochs=1), out=tmp_path / "run", display=False)
+    assert result.meta["dataset"] == f"csv:{tmp_path / 'd'}"
+    assert json.loads((tmp_path / "run" / "model.json").read_text())["dataset"] == f"csv:{tmp_path / 'd'}"
