@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import signal
+import statistics
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import SimpleNamespace
@@ -29,7 +30,7 @@ optuna = pytest.importorskip("optuna", reason="the sweep extra is not installed"
 import fmnist.datasets  # noqa: E402
 import fmnist.sweep.final  # noqa: E402
 import fmnist.sweep.trial  # noqa: E402
-from fmnist.errors import ConfigError, DatasetError  # noqa: E402
+from fmnist.errors import ConfigError, DatasetError, DivergedError  # noqa: E402
 from fmnist.recipes import Recipe, to_dict  # noqa: E402
 from fmnist.sweep import parse_space, report, sweep  # noqa: E402
 from fmnist.sweep.measures import Objective  # noqa: E402
@@ -149,6 +150,65 @@ def test_a_sweeps_trials_read_the_data_dir_and_never_the_test_split(tmp_path, da
     assert seen == [(35, 15, "validation")] and set(data.reads) == {"train"}
     assert [t.state.name for t in report.trials(result.study)] == ["COMPLETE"]
 
+
+
+def test_a_time_budget_stops_the_sweep_when_no_trial_and_final_run_fit_what_is_left(
+        tmp_path, data):
+    folder = tmp_path / "tight" / "sweep"  # a study whose one trial so far was pruned
+    folder.mkdir(parents=True)
+    timed(optuna.create_study(storage=default_url(folder), study_name="sweep",
+                              direction="maximize"), "PRUNED")
+    lines: list[str] = []
+    # no whole trial measured yet: a trial takes its trial budget, 20 s, and so does the final
+    # run; 40 s less the moments this call has taken cannot hold both
+    result = sweep(RECIPE, SPACE, out=tmp_path / "tight", budget="40s", trial_budget="20s",
+                   data_dir=data.path, show=lines.append)
+    assert "Stopped: the budget is spent (40 s left; a trial takes ~20 s, and the final run " \
+           "about as long)." in lines
+    assert data.reads == [] and result.final_dir is None  # nothing trained, not even the final
+    # a budget of a few seconds and trials at the recipe's length: trials until the time left
+    # is less than the median trial takes (the first, with nothing measured yet, always starts)
+    lines.clear()
+    result = sweep(RECIPE, SPACE, out=tmp_path / "short", budget="3s", final=False,
+                   data_dir=data.path, show=lines.append)
+    assert [line for line in lines if line.startswith("Stopped: ")] == [f"Stopped: {result.stopped}"]
+    assert result.stopped.startswith("the budget is spent (")
+    assert result.stopped.endswith(" s left; a trial takes ~{:.0f} s).".format(statistics.median(
+        (t.datetime_complete - t.datetime_start).total_seconds()
+        for t in report.trials(result.study) if t.state.name == "COMPLETE")))
+
+
+def test_a_signal_between_trials_starts_no_other_trial(tmp_path, data):
+    def show(line: str) -> None:
+        if line.startswith("trial 0 complete"):
+            signal.raise_signal(signal.SIGTERM)
+
+    with pytest.raises(SweepStopped) as stopped:
+        sweep(RECIPE, SPACE, out=tmp_path, trials=2, final=False, data_dir=data.path, show=show)
+    assert str(stopped.value) == ("Stopped by SIGTERM between trials: no trial was cut short; run "
+                                  "the same sweep again to go on.")
+    study = optuna.load_study(study_name="sweep", storage=default_url(tmp_path / "sweep"))
+    assert [t.state.name for t in study.trials] == ["COMPLETE"]
+
+
+def test_a_trial_that_diverges_is_recorded_failed_and_the_sweep_goes_on(tmp_path, data,
+                                                                        monkeypatch):
+    real_fit = fmnist.sweep.trial.fit
+    calls = []
+
+    def diverges_once(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise DivergedError("The loss became nan at epoch 1.")
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(fmnist.sweep.trial, "fit", diverges_once)
+    result = sweep(RECIPE, SPACE, out=tmp_path, trials=1, final=False, data_dir=data.path,
+                   pruner="none", show=lambda line: None)
+    trials = report.trials(result.study)
+    assert [t.state.name for t in trials] == ["FAIL", "COMPLETE"]
+    assert trials[0].user_attrs["error"] == "The loss became nan at epoch 1."
+    assert result.stopped == "the study has its 1 trials."
 
 # ---- what a rerun accepts and refuses ------------------------------------------------------------
 
