@@ -42,9 +42,11 @@ class Lines(logging.Handler):
     def __init__(self) -> None:
         super().__init__(logging.DEBUG)
         self.lines: list[str] = []
+        self.times: list[float] = []  # when each line was logged
 
     def emit(self, record: logging.LogRecord) -> None:
         self.lines.append(f"{record.levelname} {record.getMessage()}")
+        self.times.append(record.created)
 
     def has(self, part: str) -> bool:
         return any(part in line for line in self.lines)
@@ -173,7 +175,9 @@ def test_a_worker_whose_loop_is_stuck_is_killed_and_replaced_by_one_on_the_curre
     plan = tmp_path / "plan"
     plan.write_text("fail\nok\nok\n")
     monkeypatch.setenv("COUNTING_PLAN", str(plan))
-    monkeypatch.setattr(Supervisor, "BACKOFF_FIRST_S", 0.1)  # 1 s in fmnist serve
+    # 1 s in fmnist serve; here longer than a round of the supervisor's checks (0.2 s), so a
+    # start that did not wait would show
+    monkeypatch.setattr(Supervisor, "BACKOFF_FIRST_S", 0.3)
     sup, url = supervisor(watchdog_s=1.0)  # no reload function
     seen: dict[str, Any] = {}
 
@@ -227,16 +231,23 @@ def test_workers_that_never_start_are_retried_with_a_growing_back_off_then_given
     plan = tmp_path / "plan"
     plan.write_text("fail\nfail\nfail\n")  # every start exits before it listens
     monkeypatch.setenv("COUNTING_PLAN", str(plan))
-    monkeypatch.setattr(Supervisor, "BACKOFF_FIRST_S", 0.1)  # 1 s in fmnist serve
+    # 1 s in fmnist serve; here longer than a round of the supervisor's checks (0.2 s), so a
+    # start that did not wait would show
+    monkeypatch.setattr(Supervisor, "BACKOFF_FIRST_S", 0.3)
     sup, url = supervisor()  # giving up after 3 failed starts, as `fmnist serve` does
     assert supervise(sup, lambda: None) == 1, log
     delays = [line.rsplit("starting another in ", 1)[1] for line in log.lines if "starting another" in line]
-    assert delays == ["0.1 s", "0.2 s", "0.4 s"], log
-    for n, delay in ((1, 0.1), (2, 0.2), (3, 0.4)):
+    assert delays == ["0.3 s", "0.6 s", "1.2 s"], log
+    for n, delay in ((1, 0.3), (2, 0.6), (3, 1.2)):
         assert log.said(rf"ERROR Worker \[\d+\] exited with status 3 before it listened \({n} failed start\(s\) "
                         rf"in a row\): starting another in {delay} s", pattern=True), log  # fmt: skip
     assert log.said("CRITICAL No worker starts (each failed 3 times in a row; see above): stopping"), log
     assert sup.restarts == 3 and plan.read_text().split() == []
+    started = [i for i, line in enumerate(log.lines) if line.startswith("INFO Started worker")]
+    assert len(started) == 3, log  # given up after the third: no fourth start
+    for i, delay in zip(started[1:], (0.3, 0.6), strict=True):  # each start waits out its back-off
+        failed = max(j for j in range(i) if "starting another" in log.lines[j])
+        assert log.times[i] - log.times[failed] >= delay - 0.02, log
     assert {sig: signal.getsignal(sig) for sig in SIGNALS} == handlers
 
 
@@ -263,8 +274,9 @@ def test_a_worker_that_served_long_enough_before_it_died_starts_its_failure_coun
     assert len(restarts) == 2 and sup.restarts == 2, log
     assert re.fullmatch(r"ERROR Worker \[\d+\] exited with status 3 before it listened \(1 failed start\(s\) in a "
                         r"row\): starting another in 1 s", restarts[0]), log  # fmt: skip
-    assert re.fullmatch(rf"ERROR Worker \[{seen[0]}\] exited with status -9 \d+ s after it listened \(1 failed "
-                        r"start\(s\) in a row\): starting another in 1 s", restarts[1]), log  # fmt: skip
+    served = re.fullmatch(rf"ERROR Worker \[{seen[0]}\] exited with status -9 (\d+) s after it listened \(1 "
+                          r"failed start\(s\) in a row\): starting another in 1 s", restarts[1])  # fmt: skip
+    assert served and 0 <= int(served[1]) < 60, log  # it served about a second
 
 
 def test_a_worker_stopped_while_it_still_starts_is_a_clean_stop(log: Lines, handlers: dict[int, Any]) -> None:
