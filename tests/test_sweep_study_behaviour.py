@@ -30,11 +30,11 @@ optuna = pytest.importorskip("optuna", reason="the sweep extra is not installed"
 import fmnist.datasets  # noqa: E402
 import fmnist.sweep.final  # noqa: E402
 import fmnist.sweep.trial  # noqa: E402
-from fmnist.errors import ConfigError, DatasetError, DivergedError  # noqa: E402
+from fmnist.errors import ConfigError, DatasetError, DivergedError, WriteError  # noqa: E402
 from fmnist.recipes import Recipe, to_dict  # noqa: E402
 from fmnist.sweep import parse_space, report, sweep  # noqa: E402
 from fmnist.sweep.measures import Objective  # noqa: E402
-from fmnist.sweep.space import describe, with_recipe  # noqa: E402
+from fmnist.sweep.space import default_space, describe, with_recipe  # noqa: E402
 from fmnist.sweep.storage import default_url  # noqa: E402
 from fmnist.sweep.study import (  # noqa: E402
     SweepStopped,
@@ -136,7 +136,7 @@ def test_a_trial_trains_on_the_training_split_less_a_fixed_validation_split(data
 
 
 def test_a_sweeps_trials_read_the_data_dir_and_never_the_test_split(tmp_path, data,
-                                                                    monkeypatch):
+                                                                    monkeypatch, capsys):
     seen = []
     real_fit = fmnist.sweep.trial.fit
 
@@ -145,9 +145,11 @@ def test_a_sweeps_trials_read_the_data_dir_and_never_the_test_split(tmp_path, da
         return real_fit(recipe, data=data, **kwargs)
 
     monkeypatch.setattr(fmnist.sweep.trial, "fit", watched_fit)
+    capsys.readouterr()
     result = sweep(RECIPE, SPACE, out=tmp_path, trials=1, validation=0.3, final=False,
                    data_dir=data.path, pruner="none", show=lambda line: None)
     assert seen == [(35, 15, "validation")] and set(data.reads) == {"train"}
+    assert capsys.readouterr() == ("", "")  # a trial trains quietly unless verbose
     assert [t.state.name for t in report.trials(result.study)] == ["COMPLETE"]
 
 
@@ -331,6 +333,30 @@ def test_a_sweep_records_its_settings_and_says_where_it_is_and_who_trains_the_fi
     stored = json.loads((budgeted / "sweep" / "sweep.json").read_text())
     assert (stored["budget"], stored["trial_budget"]) == (30.0, 20.0)
 
+
+def test_without_a_space_a_sweep_searches_its_models_default_one_and_keeps_paths_absolute(
+        tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    study_with_trials(tmp_path / "out")
+    recipe = replace(RECIPE, dataset="csv:photos")  # a relative path, as typed
+    sweep(recipe, out=tmp_path / "out", trials=1, final=False, show=lambda line: None)
+    stored = json.loads((tmp_path / "out" / "sweep" / "sweep.json").read_text())
+    absolute = replace(recipe, dataset=f"csv:{tmp_path / 'photos'}", holdout=0)
+    assert stored["recipe"] == to_dict(absolute)  # found again from any folder
+    assert stored["space"] == describe(with_recipe(default_space(absolute), absolute)[0])
+
+
+def test_a_sweep_folder_that_cannot_be_written_is_one_sentence(tmp_path, small_disk, data):
+    from test_write_errors import read_only
+
+    url = study_with_trials(tmp_path)  # the study is elsewhere; the sweep's folder is not
+    (small_disk / "sweep").mkdir()
+    read_only(small_disk)
+    with pytest.raises(WriteError) as caught:
+        sweep(RECIPE, SPACE, out=small_disk, storage=url, trials=1, data_dir=data.path,
+              show=lambda line: None)
+    assert str(caught.value) == (f"Could not write the sweep settings {small_disk / 'sweep' / 'sweep.json'}"
+                                 ": the filesystem is read-only.")
 
 def test_with_trials_still_running_elsewhere_the_final_run_waits_for_them(tmp_path, data):
     url = study_with_trials(tmp_path)
