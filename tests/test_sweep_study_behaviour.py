@@ -174,6 +174,8 @@ def test_a_time_budget_stops_the_sweep_when_no_trial_and_final_run_fit_what_is_l
     result = sweep(RECIPE, SPACE, out=tmp_path / "short", budget="3s", final=False,
                    data_dir=data.path, show=lines.append)
     assert [line for line in lines if line.startswith("Stopped: ")] == [f"Stopped: {result.stopped}"]
+    progress = [line for line in lines if line.startswith("trial ")]
+    assert progress and all(line.endswith(" min of budget left") for line in progress)
     assert result.stopped.startswith("the budget is spent (")
     assert result.stopped.endswith(" s left; a trial takes ~{:.0f} s).".format(statistics.median(
         (t.datetime_complete - t.datetime_start).total_seconds()
@@ -181,16 +183,23 @@ def test_a_time_budget_stops_the_sweep_when_no_trial_and_final_run_fit_what_is_l
 
 
 def test_a_signal_between_trials_starts_no_other_trial(tmp_path, data):
+    lines: list[str] = []
+
     def show(line: str) -> None:
+        lines.append(line)
         if line.startswith("trial 0 complete"):
             signal.raise_signal(signal.SIGTERM)
 
     with pytest.raises(SweepStopped) as stopped:
-        sweep(RECIPE, SPACE, out=tmp_path, trials=2, final=False, data_dir=data.path, show=show)
+        sweep(RECIPE, SPACE, out=tmp_path, trials=2, final=False, data_dir=data.path, show=show,
+              again="fmnist sweep --trials 2")
     assert str(stopped.value) == ("Stopped by SIGTERM between trials: no trial was cut short; run "
-                                  "the same sweep again to go on.")
+                                  "`fmnist sweep --trials 2` to go on.")
+    assert stopped.value.signum == signal.SIGTERM
     study = optuna.load_study(study_name="sweep", storage=default_url(tmp_path / "sweep"))
     assert [t.state.name for t in study.trials] == ["COMPLETE"]
+    accuracy = f"{100 * study.trials[0].value:.2f} %"
+    assert lines[-1] == f"trial 0 complete: {accuracy} | 1/2 done, best {accuracy} (trial 0)"
 
 
 def test_a_trial_that_diverges_is_recorded_failed_and_the_sweep_goes_on(tmp_path, data,
