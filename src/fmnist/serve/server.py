@@ -40,6 +40,7 @@ import socket
 import struct
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType
@@ -271,7 +272,7 @@ class Supervisor:
         self.generation = 0  # reloads prepared so far
         self._reloading = threading.Lock()
         self.stopping = threading.Event()
-        self.restarts = 0
+        self.restarts: Counter[str] = Counter()  # workers replaced, by reason, as /metrics counts them
         self._restarts = WorkerRestarts()
         self._context = multiprocessing.get_context("spawn")  # no torch state forked into workers
 
@@ -313,7 +314,9 @@ class Supervisor:
                     p.join(5)
             return
         mark_worker_dead(p.pid)
-        self.restarts += 1
+        reason = slot.killed or ("failed_start" if slot.listening is None else "crashed")
+        self.restarts[reason] += 1
+        self._restarts.inc(reason)
         slot.process = None
         stable = slot.listening is not None and now - slot.listening >= self.STABLE_S
         slot.failures = 1 if stable else slot.failures + 1
@@ -321,7 +324,6 @@ class Supervisor:
         slot.start_at = now + delay
         when = "before it listened" if slot.listening is None else (
             f"{now - slot.listening:.0f} s after it listened")  # fmt: skip
-        self._restarts.inc(slot.killed or ("failed_start" if slot.listening is None else "crashed"))
         log.error("Worker [%d] exited with status %s %s (%d failed start(s) in a row): starting "
                   "another in %g s", p.pid, p.exitcode, when, slot.failures, delay)  # fmt: skip
 
