@@ -120,9 +120,10 @@ def test_fit_re_plans_every_five_seconds_and_its_first_re_plan_reserves_no_unmea
     assert first["step_ms"] == round(1000 * ODD, 3) != round(1000 * ODD, 4)
     assert first["steps"] == at + remaining_steps(budget - now, at, PER_EPOCH, now / at, 0.0)
 
+
 def test_a_run_folder_that_cannot_take_the_re_planned_config_says_which_file(small_disk):
     """config.json is rewritten at the end with the steps that ran: on a read-only disk that
-    fails as one sentence naming it (and status.json, which only describes the run, is let be)."""
+    fails as one sentence naming it."""
     run = small_disk / "run"
     run.mkdir()
     _, replans, state, keeper = budgeted_run(120.0, run_dir=run)

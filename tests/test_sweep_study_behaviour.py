@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 import torch
 from test_sweep import SMALL
+from test_write_errors import read_only
 
 optuna = pytest.importorskip("optuna", reason="the sweep extra is not installed")
 
@@ -221,6 +222,7 @@ def test_a_trial_that_diverges_is_recorded_failed_and_the_sweep_goes_on(tmp_path
     assert trials[0].user_attrs["error"] == "The loss became nan at epoch 1."
     assert result.stopped == "the study has its 1 trials."
 
+
 # ---- what a rerun accepts and refuses ------------------------------------------------------------
 
 
@@ -356,8 +358,6 @@ def test_without_a_space_a_sweep_searches_its_models_default_one_and_keeps_paths
 
 
 def test_a_sweep_folder_that_cannot_be_written_is_one_sentence(tmp_path, small_disk, data):
-    from test_write_errors import read_only
-
     url = study_with_trials(tmp_path)  # the study is elsewhere; the sweep's folder is not
     (small_disk / "sweep").mkdir()
     read_only(small_disk)

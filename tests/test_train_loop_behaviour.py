@@ -1,6 +1,8 @@
 """What a user of `fit` sees of its loop: each epoch's row, a run of a set number of steps, a run
 stopped or crashed part-way through an epoch and resumed, timed checkpoints, a run that diverges
-or never learns, the refusals under torchrun, and what `save` and `display` leave behind."""
+or never learns, the refusals under torchrun, of other data and of a data folder that is not
+there, what a resumed finished run keeps (its rows, its fitted trust), the dataset path it
+records, and what `save` and `display` leave behind."""
 
 from __future__ import annotations
 
