@@ -44,10 +44,10 @@ def step_seconds(now: float) -> float:
 
 def budgeted_run(budget_s: float, show: bool = False, every: float | None = 1.0,
                  step_time: Callable[[float], float] = step_seconds, run_dir: Path | None = None,
-                 ) -> tuple[float, list[dict], RunState, BudgetKeeper]:
+                 ) -> tuple[float, RunState, BudgetKeeper]:
     """A run planned for `budget_s` at the fast step time, driven as fmnist.train.loop drives it
     (re-planned every `every` seconds; None: fit's own, BudgetKeeper's default); when it ended,
-    its re-plans, the state its callbacks saw and the re-planner."""
+    the state its callbacks saw, and the re-planner (its `replans`)."""
     recipe = replace(SMALL, batch_size=BATCH, epochs=1)
     setup = set_up(recipe, DistInfo(), make_data(n_train=BATCH * PER_EPOCH, n_test=8), None, None)
     measured = Measured(BATCH / FAST, BATCH * PER_EPOCH, OVERHEAD)
@@ -71,12 +71,13 @@ def budgeted_run(budget_s: float, show: bool = False, every: float | None = 1.0,
             keeper.on_step(state, step, torch.zeros(()), BATCH)
         clock.now += OVERHEAD
         keeper.on_epoch_end(state, {"tta": True})
-    return clock.now + END_SECONDS, keeper.replans, state, keeper
+    return clock.now + END_SECONDS, state, keeper
 
 
 def test_after_a_slow_spell_the_replanner_plans_with_the_recent_step_time():
     budget = 120.0
-    end, replans, _, _ = budgeted_run(budget)
+    end, _, keeper = budgeted_run(budget)
+    replans = keeper.replans
     # re-plans made once the windows since the recovery hold only fast steps
     after = [r for r in replans if budget - r["seconds_left"] >= SLOW_UNTIL + 1.0]
     during = [r for r in replans if SLOW_FROM + 1.0 <= budget - r["seconds_left"] < SLOW_UNTIL]
@@ -86,7 +87,8 @@ def test_after_a_slow_spell_the_replanner_plans_with_the_recent_step_time():
 
 
 def test_each_replan_is_said_as_it_happens_and_recorded(capsys):
-    _, replans, state, _ = budgeted_run(120.0, show=True)
+    _, state, keeper = budgeted_run(120.0, show=True)
+    replans = keeper.replans
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == len(replans) >= 3
     steps = None
@@ -110,11 +112,11 @@ def test_fit_re_plans_every_five_seconds_and_its_first_re_plan_reserves_no_unmea
     there is no measured epoch end (evaluation, saving, TTA) to keep time for, so the first
     re-plan fits the whole time left with steps; its record rounds to 10 ms and 1 us."""
     budget = 120.0
-    _, replans, _, _ = budgeted_run(budget, every=None, step_time=lambda now: ODD)
+    _, _, keeper = budgeted_run(budget, every=None, step_time=lambda now: ODD)
     now, at = 0.0, 0
     while now < 5.0:  # the fake clock as the run moved it
         now, at = now + ODD, at + 1
-    first = replans[0]
+    first = keeper.replans[0]
     assert first["at_step"] == at
     assert first["seconds_left"] == round(budget - now, 2) != round(budget - now, 3)
     assert first["step_ms"] == round(1000 * ODD, 3) != round(1000 * ODD, 4)
@@ -126,8 +128,8 @@ def test_a_run_folder_that_cannot_take_the_re_planned_config_says_which_file(sma
     fails as one sentence naming it."""
     run = small_disk / "run"
     run.mkdir()
-    _, replans, state, keeper = budgeted_run(120.0, run_dir=run)
-    assert replans
+    _, state, keeper = budgeted_run(120.0, run_dir=run)
+    assert keeper.replans
     read_only(small_disk)
     with pytest.raises(WriteError) as caught:
         keeper.on_fit_end(state)
