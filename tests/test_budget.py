@@ -98,7 +98,7 @@ def test_a_planned_run_ends_its_schedule_and_its_config_records_it(tmp_path, cap
     # A fixed measurement: 2,560 img/s = 0.1 s an epoch of 256 images, 0.05 s an evaluation ->
     # 20 steps in 0.3 s. This machine is slower, so the run re-plans as it goes.
     monkeypatch.setattr(fmnist.train.throughput, "measure", lambda setup: Measured(2_560.0, 256, 0.05))
-    # eval_every 0 (the default's) is planned as 1: the re-plans measure an epoch's end from them
+    # eval_every 0 (the default's) is kept: only the last epoch is evaluated
     recipe = apply_overrides(SMALL, {"epochs": 1, "schedule": "onecycle", "eval_every": 0})
     planned = fit(recipe, data=make_data(), out=tmp_path / "planned", time_budget="0.3s")
     out = capsys.readouterr().out
@@ -108,7 +108,8 @@ def test_a_planned_run_ends_its_schedule_and_its_config_records_it(tmp_path, cap
     epochs, steps = config["epochs"], config["steps"]
     assert 0 < steps <= 20 and epochs == -(-steps // 8)  # 8 batches an epoch
     assert len(planned.rows) == epochs and planned.rows[-1]["epoch"] == epochs
-    assert config["eval_every"] == 1 and all("test_accuracy" in r for r in planned.rows)
+    assert config["eval_every"] == 0 and "test_accuracy" in planned.rows[-1]
+    assert not any("test_accuracy" in r for r in planned.rows[:-1])
     replans = json.loads((tmp_path / "planned" / "status.json").read_text()).get("replans")
     if replans:  # config.json says what ran, and the log said why
         assert replans[-1]["steps"] == steps and f"-> {steps:,} steps" in out
@@ -153,19 +154,21 @@ def simulate(budget_s: float, step_s, overhead_s: float, replan: bool,
     """Drive a budgeted run's epochs with a fake clock (steps cost `step_s(now)` seconds, each
     epoch's end `overhead_s`; with `tta`, the recipe's, the last epoch's TTA evaluation twice
     that); returns when it ended and the steps it took."""
-    from fmnist.budget import END_SECONDS, steps_for
+    from fmnist.budget import END_SECONDS, Plan, steps_for
     from fmnist.train import RunState
     from fmnist.train.setup import build, set_up
     from fmnist.train.throughput import BudgetKeeper
 
     setup = set_up(SMALL, DistInfo(), make_data(n_train=320), None, None)  # 10 steps an epoch
-    measured = Measured(32 / step_s(0.0), 320, overhead_s)
+    measured = Measured(32 / step_s(0.0), 320, overhead_s, final_passes=2 if tta else 1)
     planned = steps_for(budget_s - END_SECONDS, measured, 32)
     setup = replace(setup, recipe=replace(SMALL, steps=planned, tta_flip=tta))
     parts = build(setup, None)
-    state = RunState(setup.recipe, None, True, 10, 320, parts.epochs, setup=setup, parts=parts)
+    state = RunState(setup.recipe, None, True, 10, 320, parts.epochs, setup=setup, parts=parts,
+                     plan=Plan(setup.recipe, measured, budget_s, 0.0))
     clock = FakeClock()
     keeper = BudgetKeeper(budget_s, show=False, every=1.0, clock=clock)
+    keeper.on_fit_start(state)
     epoch = 0
     while epoch < parts.epochs:
         epoch += 1
@@ -181,7 +184,7 @@ def simulate(budget_s: float, step_s, overhead_s: float, replan: bool,
         last = epoch >= parts.epochs  # evaluated with the recipe's TTA (fmnist.train.loop)
         clock.now += overhead_s * (2 if tta and last else 1)
         if replan:
-            keeper.on_epoch_end(state, {"tta": tta and last})
+            keeper.on_epoch_end(state, {"test_accuracy": 0.5, "tta": tta and last})
     if tta and not last:  # re-planned to end after a plain evaluation: the loop's evaluate_final
         clock.now += overhead_s
     return clock.now + END_SECONDS, parts.total_steps

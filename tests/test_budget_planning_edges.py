@@ -62,7 +62,7 @@ def test_a_replan_mid_epoch_finishes_the_epoch_it_is_in_before_counting_whole_on
     # 15 steps into epochs of 10: 5 steps left in this one. Time for 10 more steps and one
     # epoch's end (1 s), after the run's end allowance: finish this epoch, start no other.
     assert remaining_steps(1.0 + 1.0 + 1.0 + 0.05, done=15, per_epoch=10, step_seconds=0.1,
-                           epoch_overhead=1.0) == 5
+                           ends=lambda k: k * 1.0) == 5
 
 
 def test_the_budget_counts_from_the_process_start():

@@ -25,9 +25,17 @@ def test_the_plans_line_says_what_will_run():
     line = Plan(recipe, Measured(2_000, 60_000, 1.0), budget=90, spent=0.5).describe()
     # 938 x 128 images = 2.00 epochs; 0.5 + 60.03 + 2 x 1.0 = 62.5 s
     assert line == ("Plan for a 90 s budget: cnn 16,64,128, 938 steps = 2.00 epochs at ~2,000 "
-                    "img/s, evaluated 2 times (1.0 s each): ~63 s with 0.5 s of measuring.")
+                    "img/s, evaluated 2 times (1.0 s a pass): ~63 s with 0.5 s of measuring.")
     one = Plan(replace(recipe, steps=400, epochs=1), Measured(2_000, 60_000, 1.0), 300, 0.25)
-    assert "evaluated 1 time (1.0 s each): ~27 s with 0.2 s of measuring." in one.describe()
+    assert "evaluated once, at the end (1.0 s a pass): ~27 s with 0.2 s of measuring." in one.describe()
+    # the default's evaluations: its last epoch only, with flip TTA (two passes of 1.0 s)
+    last = Plan(replace(recipe, steps=938, epochs=2), Measured(2_000, 60_000, 1.0, 0, 2), 90, 0.5)
+    assert last.describe().endswith(
+        "evaluated once, at the end (1.0 s a pass, two for the last: flip TTA): ~63 s with 0.5 s "
+        "of measuring.")  # 0.5 + 60.03 + 2 x 1.0
+    every_other = Plan(replace(recipe, steps=2345, epochs=5), Measured(2_000, 60_000, 1.0, 2, 1),
+                       300, 0.5)
+    assert "evaluated 3 times (1.0 s a pass): ~2.6 min" in every_other.describe()  # epochs 2, 4, 5
     mlp = Plan(replace(get_recipe("quickstart"), steps=400, epochs=1), Measured(2_000, 60_000, 1.0),
                300, 0.25)
     assert mlp.describe().startswith("Plan for a 5.0 min budget: mlp, 400 steps = ")
@@ -79,7 +87,7 @@ def test_a_budgeted_runs_folder_records_the_steps_that_ran_and_why(tmp_path, cap
     out = capsys.readouterr().out
     assert re.search(r"Plan for a 0\.[0-3] s budget: cnn 8,8,16, ", out)  # less start-up
     config = read_config_file(tmp_path / "run" / "config.json")
-    assert config["eval_every"] == 1  # every epoch evaluated: the re-planner measures from them
+    assert config["eval_every"] == 0  # the recipe's own: its last epoch evaluated
     assert config["epochs"] == len(result.rows) and 0 < config["steps"] <= 20
     text = (tmp_path / "run" / "config.json").read_text()  # rewritten, laid out as written first
     assert text == json.dumps(json.loads(text), indent=2) + "\n"

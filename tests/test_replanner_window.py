@@ -17,7 +17,7 @@ from synthetic import make_data
 from test_train import SMALL
 from test_write_errors import read_only
 
-from fmnist.budget import END_SECONDS, Measured, remaining_steps, steps_for
+from fmnist.budget import END_SECONDS, Measured, Plan, remaining_steps, steps_for
 from fmnist.distributed import DistInfo
 from fmnist.errors import WriteError
 from fmnist.train import RunState
@@ -27,7 +27,8 @@ from fmnist.train.throughput import BudgetKeeper
 BATCH, PER_EPOCH = 8, 1000  # long epochs: a window the re-planner forgets must lie inside one
 FAST, SLOW = 0.05, 0.2  # seconds a step
 SLOW_FROM, SLOW_UNTIL = 5.0, 35.0
-OVERHEAD = 0.5  # an epoch's end: evaluation and saving
+OVERHEAD = 0.5  # an evaluation (a pass over the test images)
+SAVE = 0.125  # an epoch's end, besides any evaluation
 
 
 class FakeClock:
@@ -44,21 +45,25 @@ def step_seconds(now: float) -> float:
 
 def budgeted_run(budget_s: float, show: bool = False, every: float | None = 1.0,
                  step_time: Callable[[float], float] = step_seconds, run_dir: Path | None = None,
+                 tta: bool = False, eval_every: int = 1,
                  ) -> tuple[float, RunState, BudgetKeeper]:
     """A run planned for `budget_s` at the fast step time, driven as fmnist.train.loop drives it
     (re-planned every `every` seconds; None: fit's own, BudgetKeeper's default); when it ended,
-    the state its callbacks saw, and the re-planner (its `replans`)."""
-    recipe = replace(SMALL, batch_size=BATCH, epochs=1)
+    the state its callbacks saw, and the re-planner (its `replans`). An evaluation takes
+    OVERHEAD a pass (the last one's two with `tta`), and each epoch's end SAVE more;
+    the recipe evaluates every `eval_every`-th epoch (0: the last only)."""
+    recipe = replace(SMALL, batch_size=BATCH, epochs=1, tta_flip=tta, eval_every=eval_every)
     setup = set_up(recipe, DistInfo(), make_data(n_train=BATCH * PER_EPOCH, n_test=8), None, None)
-    measured = Measured(BATCH / FAST, BATCH * PER_EPOCH, OVERHEAD)
+    measured = Measured(BATCH / FAST, BATCH * PER_EPOCH, OVERHEAD, eval_every, 2 if tta else 1)
     setup = replace(setup, recipe=replace(recipe, steps=steps_for(budget_s - END_SECONDS,
                                                                   measured, BATCH)))
     parts = build(setup, None)
     state = RunState(setup.recipe, run_dir, True, PER_EPOCH, BATCH * PER_EPOCH, parts.epochs,
-                     setup=setup, parts=parts)
+                     setup=setup, parts=parts, plan=Plan(setup.recipe, measured, budget_s, 0.0))
     clock = FakeClock()
     keeper = (BudgetKeeper(budget_s, show=show, clock=clock) if every is None
               else BudgetKeeper(budget_s, show=show, every=every, clock=clock))
+    keeper.on_fit_start(state)
     epoch = 0
     while epoch < parts.epochs:
         epoch += 1
@@ -69,8 +74,16 @@ def budgeted_run(budget_s: float, show: bool = False, every: float | None = 1.0,
                 break
             clock.now += step_time(clock.now)
             keeper.on_step(state, step, torch.zeros(()), BATCH)
-        clock.now += OVERHEAD
-        keeper.on_epoch_end(state, {"tta": True})
+        last = epoch >= parts.epochs  # evaluated with the recipe's TTA (fmnist.train.loop)
+        evaluated = last or (eval_every and epoch % eval_every == 0)
+        if evaluated:
+            clock.now += OVERHEAD * (2 if tta and last else 1) + SAVE
+            keeper.on_epoch_end(state, {"test_accuracy": 0.5, "tta": tta and last})
+        else:
+            clock.now += SAVE
+            keeper.on_epoch_end(state, {})
+    if not last and (tta or not evaluated):  # re-planned to end: the loop's evaluate_final
+        clock.now += OVERHEAD * (2 if tta else 1)
     return clock.now + END_SECONDS, state, keeper
 
 
@@ -107,10 +120,10 @@ def test_each_replan_is_said_as_it_happens_and_recorded(capsys):
 ODD = 0.0537123  # seconds a step: re-plan times and step times with more decimals than recorded
 
 
-def test_fit_re_plans_every_five_seconds_and_its_first_re_plan_reserves_no_unmeasured_epoch_end():
-    """The window fit's re-planner uses (its default) is 5 s; before the first epoch has ended
-    there is no measured epoch end (evaluation, saving, TTA) to keep time for, so the first
-    re-plan fits the whole time left with steps; its record rounds to 10 ms and 1 us."""
+def test_fit_re_plans_every_five_seconds_and_its_first_re_plan_keeps_the_plans_evaluations_free():
+    """The window fit's re-planner uses (its default) is 5 s; before the first epoch has ended,
+    the evaluations the plan measured are kept free (here one a epoch, OVERHEAD each); its
+    record rounds to 10 ms and 1 us."""
     budget = 120.0
     _, _, keeper = budgeted_run(budget, every=None, step_time=lambda now: ODD)
     now, at = 0.0, 0
@@ -120,7 +133,8 @@ def test_fit_re_plans_every_five_seconds_and_its_first_re_plan_reserves_no_unmea
     assert first["at_step"] == at
     assert first["seconds_left"] == round(budget - now, 2) != round(budget - now, 3)
     assert first["step_ms"] == round(1000 * ODD, 3) != round(1000 * ODD, 4)
-    assert first["steps"] == at + remaining_steps(budget - now, at, PER_EPOCH, now / at, 0.0)
+    assert first["steps"] == at + remaining_steps(budget - now, at, PER_EPOCH, now / at,
+                                                  lambda k: k * OVERHEAD)
 
 
 def test_a_run_folder_that_cannot_take_the_re_planned_config_says_which_file(small_disk):
@@ -135,3 +149,27 @@ def test_a_run_folder_that_cannot_take_the_re_planned_config_says_which_file(sma
         keeper.on_fit_end(state)
     assert str(caught.value) == (f"Could not write the run config {run / 'config.json'}: the "
                                  "filesystem is read-only.")
+
+
+def test_a_run_that_evaluates_only_its_last_epoch_keeps_its_tta_evaluation_free_from_the_start():
+    """The default recipe evaluates its last epoch only, with flip TTA (two passes): a run
+    shorter than an epoch has no evaluation to measure before its end, so the re-plans keep the
+    plan's measured two passes free from the first one on, and the run ends on time."""
+    budget = 30.0  # 600 of an epoch's 1,000 steps
+    end, _, keeper = budgeted_run(budget, step_time=lambda now: FAST, tta=True, eval_every=0)
+    now, at = 0.0, 0
+    while now < 1.0:  # the fake clock as the run moved it, to the first re-plan
+        now, at = now + FAST, at + 1
+    assert keeper.replans[0]["at_step"] == at
+    assert keeper.replans[0]["steps"] == at + remaining_steps(
+        budget - now, at, PER_EPOCH, now / at, lambda k: 2 * OVERHEAD)  # nothing saved yet
+    # on time, but for the one save that no epoch's end measured before it
+    assert 0.95 * budget <= end <= budget + SAVE
+
+
+def test_epoch_ends_that_evaluate_nothing_are_measured_as_saves_and_counted_for_each_epoch():
+    budget = 160.0  # three epochs and a fifth at FAST
+    end, _, keeper = budgeted_run(budget, step_time=lambda now: FAST, tta=True, eval_every=0)
+    assert keeper.save_seconds == SAVE and keeper.measured.eval_seconds == OVERHEAD
+    # the fourth epoch's save and its TTA evaluation were kept free: the run ends on time
+    assert 0.95 * budget <= end <= budget

@@ -22,7 +22,7 @@ STEP_S, EVAL_S = 0.125, 0.5  # exact in binary: the loop's `<` against 1.5 s is 
 def clocked(monkeypatch: pytest.MonkeyPatch) -> dict[str, list]:
     """Each training step takes STEP_S and each evaluation EVAL_S of the fake clock; what each
     was given is kept."""
-    now, seen = [0.0], {"steps": [], "evaluated": []}
+    now, seen = [0.0], {"steps": [], "evaluated": [], "tta": []}
     step, evaluate = throughput.train_step, throughput.evaluate_split
 
     def timed_step(parts, setup, x, y):
@@ -30,10 +30,11 @@ def clocked(monkeypatch: pytest.MonkeyPatch) -> dict[str, list]:
         seen["steps"].append(len(y))
         return step(parts, setup, x, y)
 
-    def timed_evaluation(model, images, labels, setup):
+    def timed_evaluation(model, images, labels, setup, tta=None):
         now[0] += EVAL_S
         seen["evaluated"].append(len(images))
-        return evaluate(model, images, labels, setup)
+        seen["tta"].append(tta)
+        return evaluate(model, images, labels, setup, tta)
 
     monkeypatch.setattr(throughput, "train_step", timed_step)
     monkeypatch.setattr(throughput, "evaluate_split", timed_evaluation)
@@ -44,14 +45,21 @@ def clocked(monkeypatch: pytest.MonkeyPatch) -> dict[str, list]:
 def test_the_throughput_is_the_images_of_the_timed_steps_over_their_seconds(clocked) -> None:
     # 1.5 s of steps at 0.125 s: 12 timed steps of 32 images, after 3 untimed warm-up steps
     data = make_data(n_train=320, n_test=2_100)
-    m = throughput.measure(set_up(replace(SMALL, holdout=64), DistInfo(), data, None, None))
+    recipe = replace(SMALL, holdout=64, tta_flip=True, eval_every=3)
+    m = throughput.measure(set_up(recipe, DistInfo(), data, None, None))
     timed = round(budget.MEASURE_SECONDS / STEP_S)
     assert clocked["steps"] == [32] * (budget.WARMUP_STEPS + timed)
     assert m.images_per_s == 32 / STEP_S
     assert m.train_images == 320 - 64  # what an epoch trains on: the holdout is kept out
-    # one evaluation of the first 2,048 test images, scaled to what each epoch evaluates
-    assert clocked["evaluated"] == [2_048]
+    # one plain evaluation of the first 2,048 test images, scaled to what an evaluation covers
+    assert clocked["evaluated"] == [2_048] and clocked["tta"] == [False]
     assert m.eval_seconds == pytest.approx(EVAL_S / 2_048 * (2_100 + 64))
+    # the recipe's evaluations: every third epoch, and the last with flip TTA (two passes)
+    assert (m.eval_every, m.final_passes) == (3, 2)
+    assert m.ends(4) == 3 * m.eval_seconds and m.ends(3) == 2 * m.eval_seconds
+    no_tta = throughput.measure(set_up(replace(recipe, tta_flip=False, eval_every=0), DistInfo(),
+                                       data, None, None))
+    assert (no_tta.eval_every, no_tta.final_passes) == (0, 1)
 
 
 def test_a_fast_machine_still_times_the_fewest_steps(clocked, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -64,11 +72,14 @@ def test_a_fast_machine_still_times_the_fewest_steps(clocked, monkeypatch: pytes
 
 def test_a_budget_is_planned_from_what_this_setup_measures(clocked, capsys) -> None:
     """`plan_for` measures the recipe's own setup (its data, its model) and plans with it: at
-    256 images/s of a 256-image epoch, 60 s hold tens of epochs, each one evaluated."""
+    256 images/s of a 256-image epoch, 60 s hold tens of epochs, evaluated as the recipe says."""
     data = make_data(n_train=320, n_test=64)
-    setup = set_up(replace(SMALL, holdout=64), DistInfo(), data, None, None)
-    planned = throughput.plan_for(setup, 60.0, show=True)
+    setup = set_up(replace(SMALL, holdout=64, eval_every=0), DistInfo(), data, None, None)
+    plan = throughput.plan_for(setup, 60.0, show=True)
+    planned = plan.recipe
     assert capsys.readouterr().out.startswith("Plan for a ")
-    assert planned.eval_every == 1 and planned.model == SMALL.model
+    # the recipe's evaluations are kept (the last epoch only) and planned for
+    assert planned.eval_every == 0 and planned.model == SMALL.model
+    assert plan.measured.eval_every == 0
     assert len(clocked["steps"]) == budget.WARMUP_STEPS + round(budget.MEASURE_SECONDS / STEP_S)
     assert planned.steps and planned.steps > 8 * 256 // 32  # more than 8 epochs of 8 steps

@@ -55,7 +55,20 @@ class Measured:
 
     images_per_s: float  # training throughput
     train_images: int  # images per epoch
-    eval_seconds: float  # per-epoch evaluation (test set, and holdout if any)
+    eval_seconds: float  # one plain evaluation (test set, and holdout if any)
+    # Which epochs are evaluated: every `eval_every`-th (0: none) and the last, whose evaluation
+    # makes `final_passes` forward passes (2 with flip TTA). The defaults count one plain
+    # evaluation an epoch.
+    eval_every: int = 1
+    final_passes: int = 1
+
+    def evaluated(self, first: int, last: int) -> int:
+        """How many of epochs `first` .. `last - 1` (not the run's last) are evaluated."""
+        return sum(1 for e in range(first, last) if self.eval_every and e % self.eval_every == 0)
+
+    def ends(self, k: int, first: int = 1) -> float:
+        """The evaluations of epochs `first` .. `first + k - 1`, the last of them the run's."""
+        return (self.evaluated(first, first + k - 1) + self.final_passes) * self.eval_seconds
 
     def steps_per_epoch(self, batch_size: int) -> int:
         return -(-self.train_images // batch_size)
@@ -65,9 +78,8 @@ class Measured:
         return -(-steps // self.steps_per_epoch(batch_size))
 
     def seconds(self, steps: int, batch_size: int) -> float:
-        """Training `steps` batches, and evaluating after each epoch they reach into."""
-        return (steps * batch_size / self.images_per_s
-                + self.epochs(steps, batch_size) * self.eval_seconds)
+        """Training `steps` batches, and the evaluations of the epochs they reach into."""
+        return steps * batch_size / self.images_per_s + self.ends(self.epochs(steps, batch_size))
 
 
 @dataclass(frozen=True)
@@ -85,9 +97,12 @@ class Plan:
     def describe(self) -> str:
         m, r = self.measured, self.recipe
         epochs = r.steps * r.batch_size / m.train_images
+        n = m.evaluated(1, r.epochs) + 1
+        evaluated = "once, at the end" if n == 1 else f"{n} times"
+        tta = ", two for the last: flip TTA" if m.final_passes > 1 else ""
         return (f"Plan for a {_fmt(self.budget)} budget: {_describe_model(r)}, {r.steps:,} steps "
-                f"= {epochs:.2f} epochs at ~{m.images_per_s:,.0f} img/s, evaluated {r.epochs} "
-                f"time{'s' if r.epochs != 1 else ''} ({m.eval_seconds:.1f} s each): "
+                f"= {epochs:.2f} epochs at ~{m.images_per_s:,.0f} img/s, evaluated {evaluated} "
+                f"({m.eval_seconds:.1f} s a pass{tta}): "
                 f"~{_fmt(self.seconds)} with {self.spent:.1f} s of measuring.")
 
 
@@ -99,22 +114,23 @@ def _fmt(seconds: float) -> str:
 
 
 def steps_for(seconds: float, measured: Measured, batch_size: int) -> int:
-    """The most optimiser steps whose training, and the evaluation after each epoch they reach
+    """The most optimiser steps whose training, and the evaluations of the epochs they reach
     into, fit in `seconds` (0 when none do)."""
     per_epoch = measured.steps_per_epoch(batch_size)
-    return _fitting_steps(seconds, per_epoch, per_epoch, measured.eval_seconds,
+    return _fitting_steps(seconds, per_epoch, per_epoch, measured.ends,
                           lambda t: int(t * measured.images_per_s) // batch_size)
 
 
-def _fitting_steps(seconds: float, left_in_epoch: int, per_epoch: int, epoch_overhead: float,
-                   steps_in: Callable[[float], int]) -> int:
+def _fitting_steps(seconds: float, left_in_epoch: int, per_epoch: int,
+                   ends: Callable[[int], float], steps_in: Callable[[float], int]) -> int:
     """The most steps, `left_in_epoch` before the current epoch ends, whose training
-    (`steps_in(t)` steps fit in t seconds) and the end of each epoch they reach into (evaluation,
-    saving: `epoch_overhead`) fit in `seconds`."""
+    (`steps_in(t)` steps fit in t seconds) and the ends of the epochs they reach into
+    (`ends(k)` seconds for k epochs from here, the k-th the run's last: evaluation, saving) fit
+    in `seconds`."""
     best = 0
     for k in itertools.count(1):  # the run ends in the k-th epoch from here
         cap = left_in_epoch + (k - 1) * per_epoch
-        steps = min(cap, max(0, steps_in(seconds - k * epoch_overhead)))
+        steps = min(cap, max(0, steps_in(seconds - ends(k))))
         if steps <= cap - per_epoch:  # the time runs out before that epoch starts
             return best
         best = steps
@@ -174,10 +190,10 @@ def process_started() -> float:
 
 
 def remaining_steps(seconds: float, done: int, per_epoch: int, step_seconds: float,
-                    epoch_overhead: float) -> int:
+                    ends: Callable[[int], float]) -> int:
     """How many more optimiser steps fit in `seconds` (less `END_SECONDS`), `done` steps into a
-    run of `per_epoch` steps an epoch, each step taking `step_seconds` and each epoch's end
-    (evaluation, saving) `epoch_overhead`: the end of every epoch reached into must fit too.
-    0 when only the current epoch's end does."""
+    run of `per_epoch` steps an epoch, each step taking `step_seconds` and the ends of k epochs
+    from here (evaluation, saving; the k-th the run's last) `ends(k)`: the end of every epoch
+    reached into must fit too. 0 when only the current epoch's end does."""
     return _fitting_steps(seconds - END_SECONDS, per_epoch - done % per_epoch, per_epoch,
-                          epoch_overhead, lambda t: int(t / step_seconds))
+                          ends, lambda t: int(t / step_seconds))

@@ -14,6 +14,7 @@ from fmnist import hardware, rundir
 from fmnist.recipes import Recipe
 
 if TYPE_CHECKING:
+    from fmnist.budget import Plan
     from fmnist.train.setup import Parts, Setup
 
 
@@ -53,6 +54,7 @@ class RunState:
     # model.json's `trust` once fitted on the held-out images at the end (fmnist.trust)
     trust: dict[str, Any] | None = None
     finished: bool = False  # every step is done: what is left is the final bookkeeping
+    plan: Plan | None = None  # a time budget's plan (fmnist.budget), when the run has one
 
     @property
     def global_step(self) -> int:

@@ -123,11 +123,13 @@ def start(recipe: Recipe, info: distributed.DistInfo, data: Data | None,
     setup = set_up(recipe, info, data, data_dir, resumed)
     if display and setup.recipe != recipe:
         print(resized(recipe, setup.recipe, len(setup.data.train_images)), flush=True)
-    if deadline is not None:
-        setup = replace(setup, recipe=plan_for(setup, deadline - time.monotonic(), display))
+    plan = None if deadline is None else plan_for(setup, deadline - time.monotonic(), display)
+    if plan is not None:
+        setup = replace(setup, recipe=plan.recipe)
     parts = build(setup, resumed)
     state = RunState(setup.recipe, folder(setup.recipe), info.is_main, len(parts.batches),
-                     parts.batches.samples_per_rank, parts.epochs, setup=setup, parts=parts)
+                     parts.batches.samples_per_rank, parts.epochs, setup=setup, parts=parts,
+                     plan=plan)
     restore(state, resumed, info)
     return state
 
