@@ -118,6 +118,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--best", action="store_true", help="include the best recipe (minutes)")
     p.add_argument("--seeds", type=int, default=3, help="seeds for time to accuracy (default 3)")
     p.add_argument("--reps", type=int, default=3, help="repetitions for seed and data (default 3)")
+    p.add_argument("--budgets", default="30,60,120,300,600",
+                   help="the budget case's budgets, seconds (default 30,60,120,300,600)")
     p.add_argument("--holdout", type=int, default=5000,
                    help="training images held out in the extra time-to-accuracy run (0: skip)")
     p.add_argument("--out", help="results JSON (default benchmarks/results/<date>-<machine>"

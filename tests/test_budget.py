@@ -100,9 +100,10 @@ def test_a_planned_run_ends_its_schedule_and_its_config_records_it(tmp_path, cap
     monkeypatch.setattr(fmnist.train.throughput, "measure", lambda setup: Measured(2_560.0, 256, 0.05))
     # eval_every 0 (the default's) is kept: only the last epoch is evaluated
     recipe = apply_overrides(SMALL, {"epochs": 1, "schedule": "onecycle", "eval_every": 0})
-    planned = fit(recipe, data=make_data(), out=tmp_path / "planned", time_budget="0.3s")
+    planned = fit(recipe, data=make_data(), out=tmp_path / "planned", time_budget="0.8s")
     out = capsys.readouterr().out
-    # the budget left when the plan is made: 0.3 s less what start-up took on a busy machine
+    # the budget left when the plan is made: 0.8 s less the 0.5 s kept free for curves.png, and
+    # what start-up took on a busy machine
     assert re.match(r"Plan for a 0\.[1-3] s budget: cnn 8,8,16, ", out), out[:200]
     config = read_config_file(tmp_path / "planned" / "config.json")
     epochs, steps = config["epochs"], config["steps"]
@@ -222,3 +223,29 @@ def test_at_a_steady_throughput_a_run_without_tta_keeps_its_plan():
     # nothing to keep back for a last TTA evaluation, and every step costs what was measured
     steady = simulate(60, lambda now: 0.03, 0.5, replan=True)
     assert steady == simulate(60, lambda now: 0.03, 0.5, replan=False)
+
+
+def test_the_budget_keeps_free_what_the_ends_of_the_run_take(tmp_path, capsys, monkeypatch):
+    """The budget ends with the run's last file: the callbacks' ends (Callback.end_seconds:
+    here one of 2 s, and curves.png's 0.5 s) are kept free of training when the run saves, and
+    `fmnist train` keeps its own exit free too."""
+    import fmnist.train.throughput
+    from fmnist.cli.train import EXIT_SECONDS, left_of_budget
+    from fmnist.train import Callback
+
+    class SlowEnd(Callback):
+        end_seconds = 2.0
+
+    monkeypatch.setattr(fmnist.train.throughput, "measure", lambda setup: Measured(2_560.0, 256, 0.05))
+    recipe = apply_overrides(SMALL, {"epochs": 1})
+
+    def planned_budget(**kwargs) -> float:
+        fit(recipe, data=make_data(), time_budget=3.0, callbacks=[SlowEnd()], **kwargs)
+        return float(re.search(r"Plan for a (\d+\.\d) s budget", capsys.readouterr().out)[1])
+
+    assert 0.0 < planned_budget(out=tmp_path / "run") <= 3.0 - 2.0 - 0.5
+    assert 3.0 - 2.5 < planned_budget(save=False) <= 3.0  # nothing written: nothing kept free
+    assert EXIT_SECONDS > 0 and left_of_budget("60s") <= 60 - EXIT_SECONDS
+    assert left_of_budget("60s") > 60 - EXIT_SECONDS - 30  # start-up, on a busy machine
+    with pytest.raises(ConfigError, match="used up by start-up alone"):
+        left_of_budget(f"{EXIT_SECONDS}s")

@@ -18,7 +18,8 @@ BUDGETS = (30, 60, 120, 300, 600)
 
 
 def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
-    budgets, seeds = ((30,), 1) if args.quick else (BUDGETS, args.seeds)
+    chosen = tuple(int(b) for b in args.budgets.split(",") if b) or BUDGETS
+    budgets, seeds = ((30,), 1) if args.quick else (chosen, args.seeds)
     runs = []
     # seed outermost: a run stopped part-way still has whole seeds of every budget
     for seed in range(seeds):

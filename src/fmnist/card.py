@@ -248,6 +248,8 @@ class ModelCard(Callback):
     """Writes the run's model card when a calibrated run ends, from the final model and test
     logits."""
 
+    end_seconds = 1.5  # the pictures it scores, drawn and preprocessed: 1.4-1.5 s measured
+
     def on_fit_end(self, state: RunState) -> None:
         if state.run_dir is None or not state.is_main or state.setup is None or state.trust is None:
             return

@@ -81,7 +81,10 @@ def fit(
     """
     info = distributed.from_env()
     recipe, resumed, seconds = checked_inputs(recipe, out, resume, time_budget, info)
-    deadline = None if seconds is None else time.monotonic() + seconds
+    ends = [*callbacks, Curves(), Status()]
+    # the budget ends with the last file: what the callbacks' ends write is kept free of training
+    ends_take = sum(cb.end_seconds for cb in ends) if save else 0.0
+    deadline = None if seconds is None else time.monotonic() + seconds - ends_take
     every = checked_every(checkpoint_every, info)
     if save and out is not None and not info.enabled:
         rundir.refuse_taken(Path(out))  # at once, not after the data and the model (~4 s)
@@ -103,7 +106,7 @@ def fit(
             held.enter_context(rundir.Claim(state.run_dir))
         shown = [display_callback(state.recipe)] if display else []
         keeper = [BudgetKeeper(deadline, display)] if deadline is not None else []
-        cbs = [*shown, *keeper, *callbacks, Curves(), Status()] if info.is_main else []
+        cbs = [*shown, *keeper, *ends] if info.is_main else []
         with stops_recorded(state):
             run_epochs(state, cbs, stops, save)
         # Finish together: a rank that tears gloo down while rank 0 is still writing the run
