@@ -265,13 +265,15 @@ def candidates_block(path: str, page: Path) -> str:
         runs.sort(key=lambda r: r["seed"])
         changes = ", ".join(f"{k} {json.dumps(v)}" for k, v in runs[0]["overrides"].items()) or "—"
         seeds = " / ".join(f"{100 * r['test_accuracy']:.2f}" for r in runs)
-        speed, seconds = (med([r[k] for r in runs]) for k in ("images_per_s", "train_seconds"))
+        speed, seconds = (med([r.get(k) for r in runs]) for k in ("images_per_s", "train_seconds"))
         lines.append(f"| {name} | {changes} | {len(runs)} | {seeds} | {mean(runs):.2f} % | "
-                     f"{speed:,.0f} | {seconds:.0f} |")
+                     f"{'—' if speed is None else f'{speed:,.0f}'} | {seconds:.0f} |")
     first = rows[0]
     flags = " ".join(first.get("flags", []))
+    commands = sorted({r.get("command") or f"fmnist train --config CANDIDATE --seed S --bf16 off {flags}"
+                       for r in rows})
     return "\n".join([f"- {machine_line(first['machine'])}",
-                      f"- Each run: `fmnist train --config CANDIDATE --seed S --bf16 off {flags}`",
+                      f"- Each run: {', '.join(f'`{c}`' for c in commands)}",
                       f"- Results: {link(path, page)}", "", *lines])
 
 
