@@ -92,7 +92,7 @@ class BudgetKeeper(Callback):
         now = self.clock()
         overhead = now - self.last_step
         if "test_accuracy" in row:  # evaluated: plain, or with flip TTA (two passes)
-            passes = 2 if row.get("tta") and state.recipe.tta_flip else 1
+            passes = 2 if row.get("tta") else 1
             seconds = max(0.0, overhead - self.save_seconds) / passes
             self.measured = replace(self.measured, eval_seconds=seconds)
         else:
