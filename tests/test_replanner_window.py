@@ -122,7 +122,7 @@ ODD = 0.0537123  # seconds a step: re-plan times and step times with more decima
 
 def test_fit_re_plans_every_five_seconds_and_its_first_re_plan_keeps_the_plans_evaluations_free():
     """The window fit's re-planner uses (its default) is 5 s; before the first epoch has ended,
-    the evaluations the plan measured are kept free (here one a epoch, OVERHEAD each); its
+    the evaluations the plan measured are kept free (here one an epoch, OVERHEAD each); its
     record rounds to 10 ms and 1 us."""
     budget = 120.0
     _, _, keeper = budgeted_run(budget, every=None, step_time=lambda now: ODD)
