@@ -82,9 +82,12 @@ def fit(
     info = distributed.from_env()
     recipe, resumed, seconds = checked_inputs(recipe, out, resume, time_budget, info)
     ends = [*callbacks, Curves(), Status()]
-    # the budget ends with the last file: what the callbacks' ends write is kept free of training
-    ends_take = sum(cb.end_seconds for cb in ends) if save else 0.0
-    deadline = None if seconds is None else time.monotonic() + seconds - ends_take
+    deadline = None
+    if seconds is not None:
+        # the budget ends with the last file: what the callbacks' ends write is kept free of
+        # training (a class attribute: a duck-typed callback without one takes nothing)
+        ends_take = sum(getattr(type(cb), "end_seconds", 0.0) for cb in ends) if save else 0.0
+        deadline = time.monotonic() + seconds - ends_take
     every = checked_every(checkpoint_every, info)
     if save and out is not None and not info.enabled:
         rundir.refuse_taken(Path(out))  # at once, not after the data and the model (~4 s)
