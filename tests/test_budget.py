@@ -230,6 +230,7 @@ def test_the_budget_keeps_free_what_the_ends_of_the_run_take(tmp_path, capsys, m
     """The budget ends with the run's last file: the callbacks' ends (Callback.end_seconds:
     here one of 2 s, and curves.png's 0.5 s) are kept free of training when the run saves, and
     `fmnist train` keeps its own exit free too."""
+    import fmnist.budget
     import fmnist.train.throughput
     from fmnist.cli.train import EXIT_SECONDS, left_of_budget
     from fmnist.train import Callback
@@ -246,8 +247,6 @@ def test_the_budget_keeps_free_what_the_ends_of_the_run_take(tmp_path, capsys, m
 
     assert 0.0 < planned_budget(out=tmp_path / "run") <= 3.0 - 2.0 - 0.5
     assert 3.0 - 2.5 < planned_budget(save=False) <= 3.0  # nothing written: nothing kept free
-    import fmnist.budget
-
     started = time.monotonic()  # a process that has just started
     monkeypatch.setattr(fmnist.budget, "process_started", lambda: started)
     assert EXIT_SECONDS > 0
